@@ -1,0 +1,454 @@
+//! The shared-memory session store.
+//!
+//! One [`SharedRegion`] made in the uWSGI master before the router processes
+//! fork holds every session of the node. Keys (session ids) hash to one of up
+//! to 64 shards, each with its own robust mutex, so lookups from many router
+//! processes proceed in parallel. Values live in 64-byte chunks, so resident
+//! memory follows the bytes stored instead of a fixed block per session.
+//!
+//! Across processes: the region is `MAP_SHARED`, so every process sees the
+//! same bytes. Fields read without a lock are atomics (`std` atomics are
+//! address-free and lock-free on this platform, hence valid across
+//! processes); everything else is touched only under the shard's lock. The
+//! hashing key lives in the [`Store`] handle, which every process inherits
+//! from the master through `fork()`.
+//!
+//! A holder killed at any instant leaves its shard repairable (see
+//! [`shard`]); the next locker repairs it. A holder that is alive but stuck
+//! costs other processes at most [`LOCK_TIMEOUT`] once, after which waits on
+//! that shard are cut to a few milliseconds (lookups miss, inserts are
+//! dropped) until it answers again.
+
+mod lock;
+mod region;
+mod shard;
+
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use lock::{Locked, RobustMutex};
+pub use region::SharedRegion;
+use region::SharedPod;
+use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
+
+/// Longest wait for a shard lock on the handshake path. Far above any
+/// critical section (microseconds) plus a scheduler delay on a busy machine.
+pub const LOCK_TIMEOUT: Duration = Duration::from_millis(50);
+/// After a timeout, for how long waits on that shard are cut short.
+const STALL_BACKOFF_SECS: u64 = 1;
+/// The cut-short wait.
+const STALLED_WAIT: Duration = Duration::from_millis(2);
+/// Upper bound on shards.
+const MAX_SHARDS: usize = 64;
+/// Entries per shard below which a smaller store uses fewer shards.
+const MIN_ENTRIES_PER_SHARD: u64 = 128;
+/// Keys are session ids; a longer key only costs chunks, so the chunk pool
+/// is sized for keys of up to this many bytes.
+const POOL_KEY_BYTES: u64 = 64;
+
+/// Sizes of a store, as configured (uWSGI `items`, `keysize`, `blocksize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Number of sessions the store keeps before evicting.
+    pub capacity: u64,
+    /// Longest key accepted.
+    pub keysize: u32,
+    /// Longest value accepted.
+    pub blocksize: u32,
+}
+
+/// Store-wide counters, all in shared memory.
+#[repr(C)]
+#[derive(Default)]
+pub struct Counters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub inserts: AtomicU64,
+    pub replaced: AtomicU64,
+    pub evicted: AtomicU64,
+    pub expired: AtomicU64,
+    pub removed: AtomicU64,
+    pub too_big: AtomicU64,
+    pub busy: AtomicU64,
+    pub repairs: AtomicU64,
+    /// Unix time of the last change.
+    pub last_modified: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics only, zero is a valid value of each.
+unsafe impl SharedPod for Counters {}
+
+/// The part of a shard that is shared without its lock.
+#[repr(C)]
+struct ShardHead {
+    lock: RobustMutex,
+    /// Live entries, mirrored from the shard's metadata for lock-free sums.
+    len: AtomicU32,
+    /// Bytes of keys and values stored, likewise.
+    bytes: AtomicU64,
+    /// Until this unix time, only try the lock (its holder seemed stuck).
+    stalled_until: AtomicU64,
+}
+
+// SAFETY: repr(C); the mutex is initialised before use, atomics are zero-valid.
+unsafe impl SharedPod for ShardHead {}
+
+/// Where each array of each shard sits in the region.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    shards: usize,
+    slots: usize,
+    buckets: usize,
+    chunks: usize,
+    counters_at: usize,
+    heads_at: usize,
+    metas_at: usize,
+    shard_base: usize,
+    shard_stride: usize,
+    entries_off: usize,
+    next_off: usize,
+    chunks_off: usize,
+    total: usize,
+}
+
+fn align(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+impl Layout {
+    fn new(limits: Limits) -> io::Result<Layout> {
+        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+        if limits.capacity == 0 || limits.keysize == 0 || limits.blocksize == 0 {
+            return Err(invalid("capacity, keysize and blocksize must be positive"));
+        }
+        if limits.keysize > u16::MAX as u32 {
+            return Err(invalid("keysize must be below 65536"));
+        }
+        let shards = (limits.capacity / MIN_ENTRIES_PER_SHARD)
+            .clamp(1, MAX_SHARDS as u64)
+            .next_power_of_two()
+            .min(MAX_SHARDS as u64) as usize;
+        let per_shard = limits.capacity.div_ceil(shards as u64);
+        // With one shard the count is exact; with more, hash skew can fill
+        // one shard before the store is full, so each gets some slack. The
+        // store-wide capacity is enforced on top (see Store::insert).
+        let slots = if shards == 1 {
+            per_shard
+        } else {
+            per_shard + per_shard / 4 + 16
+        };
+        if slots >= u32::MAX as u64 / 2 {
+            return Err(invalid("too many items"));
+        }
+        let slots = slots as usize;
+        let per_entry = (limits.keysize as u64).min(POOL_KEY_BYTES) + limits.blocksize as u64;
+        let chunks = (slots as u64)
+            .checked_mul(per_entry.div_ceil(CHUNK as u64))
+            .filter(|c| *c < u32::MAX as u64 / 2)
+            .ok_or_else(|| invalid("items * blocksize is too large"))? as usize;
+        let buckets = slots.next_power_of_two();
+
+        let counters_at = 0;
+        let heads_at = align(std::mem::size_of::<Counters>(), 64);
+        let metas_at = align(heads_at + shards * std::mem::size_of::<ShardHead>(), 64);
+        let shard_base = align(metas_at + shards * std::mem::size_of::<ShardMeta>(), 4096);
+        let entries_off = align(buckets * 4, 64);
+        let next_off = align(entries_off + slots * std::mem::size_of::<Entry>(), 64);
+        let chunks_off = align(next_off + chunks * 4, 64);
+        let shard_stride = align(chunks_off + chunks * CHUNK, 4096);
+        let total = shards
+            .checked_mul(shard_stride)
+            .and_then(|t| t.checked_add(shard_base))
+            .ok_or_else(|| invalid("store too large"))?;
+        Ok(Layout {
+            shards,
+            slots,
+            buckets,
+            chunks,
+            counters_at,
+            heads_at,
+            metas_at,
+            shard_base,
+            shard_stride,
+            entries_off,
+            next_off,
+            chunks_off,
+            total,
+        })
+    }
+}
+
+/// Result of a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Found; the value was appended to the output buffer.
+    Hit { expires: u64 },
+    Miss,
+    /// Found but expired (and now removed).
+    Expired,
+    /// The shard's lock could not be taken in time.
+    Busy,
+}
+
+/// Result of an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Insert {
+    Stored { replaced: bool, evicted: usize },
+    /// Key or value longer than the configured limits.
+    TooBig,
+    /// Expiry already in the past.
+    Expired,
+    Busy,
+}
+
+/// Handle to a store; cheap to share, valid in every process forked after
+/// its creation.
+pub struct Store {
+    region: SharedRegion,
+    layout: Layout,
+    limits: Limits,
+    hasher: RandomState,
+}
+
+impl Store {
+    /// Creates an empty store in a new shared mapping.
+    pub fn create(limits: Limits) -> io::Result<Store> {
+        let layout = Layout::new(limits)?;
+        let region = SharedRegion::new(layout.total)?;
+        let store = Store {
+            region,
+            layout,
+            limits,
+            hasher: RandomState::new(),
+        };
+        for i in 0..layout.shards {
+            let head = store.region.ptr_at::<ShardHead>(layout.heads_at + i * std::mem::size_of::<ShardHead>(), 1);
+            // SAFETY: the region was just mapped by this process and is not
+            // shared with anyone yet; `head` is in bounds and aligned.
+            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))? };
+        }
+        Ok(store)
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Bytes reserved (virtual); only touched pages are resident.
+    pub fn reserved_bytes(&self) -> usize {
+        self.region.len()
+    }
+
+    /// Bytes of the mapping actually resident.
+    pub fn resident_bytes(&self) -> io::Result<usize> {
+        self.region.resident_bytes()
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.layout.shards
+    }
+
+    pub fn counters(&self) -> &Counters {
+        self.region.shared(self.layout.counters_at)
+    }
+
+    fn head(&self, shard: usize) -> &ShardHead {
+        self.region
+            .shared(self.layout.heads_at + shard * std::mem::size_of::<ShardHead>())
+    }
+
+    /// Live entries, summed over shards without locking.
+    pub fn len(&self) -> u64 {
+        (0..self.layout.shards)
+            .map(|s| self.head(s).len.load(Ordering::Relaxed) as u64)
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes of keys and values stored.
+    pub fn stored_bytes(&self) -> u64 {
+        (0..self.layout.shards)
+            .map(|s| self.head(s).bytes.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        // High bits pick the shard, low bits the bucket inside it.
+        (hash >> 32) as usize & (self.layout.shards - 1)
+    }
+
+    /// Runs `f` on the locked shard; `None` when the lock was not obtained.
+    fn with_shard<R>(&self, shard: usize, now: u64, f: impl FnOnce(&mut ShardView<'_>) -> R) -> Option<R> {
+        let head = self.head(shard);
+        let stalled = head.stalled_until.load(Ordering::Relaxed) > now;
+        let locked = head.lock.lock(if stalled { STALLED_WAIT } else { LOCK_TIMEOUT });
+        if locked == Locked::TimedOut {
+            if !stalled {
+                head.stalled_until.store(now + STALL_BACKOFF_SECS, Ordering::Relaxed);
+            }
+            self.counters().busy.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        if stalled {
+            head.stalled_until.store(0, Ordering::Relaxed);
+        }
+        let mut view = self.view(shard);
+        if locked == Locked::OwnerDied {
+            view.repair();
+            self.counters().repairs.fetch_add(1, Ordering::Relaxed);
+            head.lock.mark_consistent();
+        }
+        // A panic half-way through a mutation leaves the shard as a killed
+        // holder would: repair it before letting anyone else in.
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut view)));
+        if result.is_err() {
+            view.repair();
+            self.counters().repairs.fetch_add(1, Ordering::Relaxed);
+        }
+        head.len.store(view.len(), Ordering::Relaxed);
+        head.bytes.store(view.bytes(), Ordering::Relaxed);
+        head.lock.unlock();
+        match result {
+            Ok(r) => Some(r),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+
+    /// The arrays of one shard. Only called with the shard's lock held.
+    fn view(&self, shard: usize) -> ShardView<'_> {
+        let l = &self.layout;
+        let base = l.shard_base + shard * l.shard_stride;
+        let meta = self
+            .region
+            .ptr_at::<ShardMeta>(l.metas_at + shard * std::mem::size_of::<ShardMeta>(), 1);
+        let buckets = self.region.ptr_at::<u32>(base, l.buckets);
+        let entries = self.region.ptr_at::<Entry>(base + l.entries_off, l.slots);
+        let next = self.region.ptr_at::<u32>(base + l.next_off, l.chunks);
+        let chunks = self.region.ptr_at::<Chunk>(base + l.chunks_off, l.chunks);
+        // SAFETY: the caller holds this shard's lock, so no other process or
+        // thread touches these arrays while the view lives; the pointers are
+        // in bounds and aligned (ptr_at) and the arrays do not overlap
+        // (Layout places them one after the other); the types are SharedPod.
+        unsafe {
+            ShardView {
+                meta: &mut *meta,
+                buckets: std::slice::from_raw_parts_mut(buckets, l.buckets),
+                entries: std::slice::from_raw_parts_mut(entries, l.slots),
+                chunk_next: std::slice::from_raw_parts_mut(next, l.chunks),
+                chunks: std::slice::from_raw_parts_mut(chunks, l.chunks),
+            }
+        }
+    }
+
+    /// Looks `key` up at time `now` (unix seconds); on a hit, appends the
+    /// value to `out`.
+    pub fn get(&self, key: &[u8], now: u64, out: &mut Vec<u8>) -> Lookup {
+        let hash = self.hash(key);
+        let counters = self.counters();
+        let result = self.with_shard(self.shard_of(hash), now, |view| {
+            let found = view.lookup(hash, key)?;
+            if found.expires <= now {
+                view.remove_found(hash, key, found);
+                return Some(Err(()));
+            }
+            view.read_value(found.slot, out);
+            Some(Ok(found.expires))
+        });
+        match result {
+            None => Lookup::Busy,
+            Some(None) => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                Lookup::Miss
+            }
+            Some(Some(Err(()))) => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+                Lookup::Expired
+            }
+            Some(Some(Ok(expires))) => {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                Lookup::Hit { expires }
+            }
+        }
+    }
+
+    /// Stores `value` under `key` until `expires` (unix seconds), evicting
+    /// the least recently used entries when the store is full.
+    pub fn insert(&self, key: &[u8], value: &[u8], expires: u64, now: u64) -> Insert {
+        let counters = self.counters();
+        if key.is_empty() || key.len() > self.limits.keysize as usize || value.len() > self.limits.blocksize as usize {
+            counters.too_big.fetch_add(1, Ordering::Relaxed);
+            return Insert::TooBig;
+        }
+        if expires <= now {
+            return Insert::Expired;
+        }
+        let hash = self.hash(key);
+        // Store-wide capacity: sums are read without locks, so concurrent
+        // inserts may overshoot by at most one entry each, corrected by the
+        // next insert.
+        let full = self.len() >= self.limits.capacity;
+        let result = self.with_shard(self.shard_of(hash), now, |view| {
+            view.insert(hash, key, value, expires, full)
+        });
+        match result {
+            None => Insert::Busy,
+            Some(Err(NoRoom::TooBig)) => {
+                counters.too_big.fetch_add(1, Ordering::Relaxed);
+                Insert::TooBig
+            }
+            Some(Ok(done)) => {
+                counters.inserts.fetch_add(1, Ordering::Relaxed);
+                if done.replaced {
+                    counters.replaced.fetch_add(1, Ordering::Relaxed);
+                }
+                if done.evicted > 0 {
+                    counters.evicted.fetch_add(done.evicted as u64, Ordering::Relaxed);
+                }
+                counters.last_modified.store(now, Ordering::Relaxed);
+                Insert::Stored {
+                    replaced: done.replaced,
+                    evicted: done.evicted,
+                }
+            }
+        }
+    }
+
+    /// Removes `key`; `Some(true)` if it was there, `None` if busy.
+    pub fn remove(&self, key: &[u8], now: u64) -> Option<bool> {
+        let hash = self.hash(key);
+        let removed = self.with_shard(self.shard_of(hash), now, |view| view.remove(hash, key))?;
+        if removed {
+            let counters = self.counters();
+            counters.removed.fetch_add(1, Ordering::Relaxed);
+            counters.last_modified.store(now, Ordering::Relaxed);
+        }
+        Some(removed)
+    }
+
+    /// Drops every entry expired at `now`; returns how many. Shards whose
+    /// lock is busy are skipped until the next sweep.
+    pub fn sweep(&self, now: u64) -> u64 {
+        let mut removed = 0;
+        for shard in 0..self.layout.shards {
+            removed += self.with_shard(shard, now, |view| view.sweep(now)).unwrap_or(0) as u64;
+        }
+        if removed > 0 {
+            self.counters().expired.fetch_add(removed, Ordering::Relaxed);
+        }
+        removed
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! An anonymous shared mapping, made before `fork()` and inherited by every
+//! child.
+//!
+//! The mapping is `MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE`: the kernel
+//! hands out zero-filled pages only when they are first touched, so resident
+//! memory follows what the store actually writes, not its reserved size.
+
+use std::io;
+use std::ptr::NonNull;
+
+/// Plain data that may live in a shared region: `#[repr(C)]`, no pointers,
+/// no drop glue, and valid when every byte is zero (a fresh mapping).
+///
+/// # Safety
+/// Implementors must meet all of the above; the region hands out references
+/// to such types over memory that another process may have written.
+pub unsafe trait SharedPod: Sized {}
+
+// SAFETY: integers are plain data and zero is a valid value.
+unsafe impl SharedPod for u32 {}
+// SAFETY: as above.
+unsafe impl SharedPod for u8 {}
+// SAFETY: arrays of plain data are plain data.
+unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
+
+/// Owner of one shared mapping.
+pub struct SharedRegion {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is plain memory; synchronisation of what is inside it is
+// the business of the types placed there (atomics and robust mutexes).
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above.
+unsafe impl Sync for SharedRegion {}
+
+impl SharedRegion {
+    /// Maps `len` bytes of zeroed shared memory.
+    pub fn new(len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty region"));
+        }
+        // SAFETY: a null hint never replaces an existing mapping; the result
+        // is checked against MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
+        Ok(SharedRegion { base, len })
+    }
+
+    /// Reserved size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A pointer to a `T` at `offset`, checked for bounds and alignment.
+    pub fn ptr_at<T: SharedPod>(&self, offset: usize, count: usize) -> *mut T {
+        let bytes = count
+            .checked_mul(std::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(offset))
+            .expect("region offset overflow");
+        assert!(bytes <= self.len, "region access out of bounds");
+        assert_eq!(offset % std::mem::align_of::<T>(), 0, "misaligned region access");
+        // SAFETY: offset + count * size_of::<T>() <= len was checked above, so
+        // the pointer stays inside the mapping.
+        unsafe { self.base.as_ptr().add(offset).cast::<T>() }
+    }
+
+    /// A shared reference to the `T` at `offset`.
+    ///
+    /// Only for types whose every field is an atomic or a robust mutex, so
+    /// that other processes writing it concurrently is expected.
+    pub fn shared<T: SharedPod>(&self, offset: usize) -> &T {
+        // SAFETY: in bounds and aligned (ptr_at), zero-valid and pointer-free
+        // (SharedPod); the mapping lives as long as `self`.
+        unsafe { &*self.ptr_at::<T>(offset, 1) }
+    }
+
+    /// Bytes of the region that are resident (touched at least once).
+    pub fn resident_bytes(&self) -> io::Result<usize> {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let pages = self.len.div_ceil(page);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: base/len describe our own mapping and `vec` holds one byte
+        // per page of it, as mincore requires.
+        let rc = unsafe { libc::mincore(self.base.as_ptr().cast(), self.len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(vec.iter().filter(|b| **b & 1 == 1).count() * page)
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        // SAFETY: base/len are exactly what mmap returned; nothing borrowed
+        // from the region outlives it (all references borrow `self`).
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.len);
+        }
+    }
+}

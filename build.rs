@@ -204,13 +204,11 @@ fn main() {
     let builder = bindgen::Builder::default()
         .header("include/wrapper.h")
         .clang_args(&clang_args)
-        .allowlist_var("uwsgi")
         .allowlist_var("UWSGI_OPT_MASTER")
         .allowlist_var("no_argument|required_argument|optional_argument")
         .allowlist_type("uwsgi_server|uwsgi_plugin|uwsgi_option|uwsgi_cache|uwsgi_opt")
         .allowlist_type("uwsgi_gateway_socket|uwsgi_socket|uwsgi_string_list")
-        .allowlist_type("uwsgi_hash_algo|uwsgi_lock_item")
-        .allowlist_function("uwsgi_log|uwsgi_register_metric|uwsgi_metric_set|uwsgi_metric_get")
+        .allowlist_type("uwsgi_hash_algo|uwsgi_lock_item|uwsgi_cache_item")
         // OpenSSL types come from openssl-sys; uWSGI's structs only hold
         // pointers to them.
         .opaque_type("ssl_ctx_st|ssl_st|SSL_CTX|SSL")

@@ -1,1 +1,507 @@
+//! Typed settings from the raw option strings uWSGI collected.
+//!
+//! Everything here is plain Rust: the host layer gathers the strings (from
+//! our own options and from `uwsgi.exported_opts`), this module turns them
+//! into [`Settings`] or one [`ConfigError`] that names the offending option.
 
+use std::fmt;
+
+/// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
+pub const DEFAULT_TIMEOUT: u32 = 300;
+/// Defaults of a stock uWSGI cache.
+pub const DEFAULT_KEYSIZE: u32 = 2048;
+pub const DEFAULT_BLOCKSIZE: u32 = 65535;
+/// A TLS session id is up to 32 bytes (SSL_MAX_SSL_SESSION_ID_LENGTH).
+pub const SESSION_ID_MAX: u32 = 32;
+/// Below this, most DER sessions do not fit and are not cached.
+pub const SMALL_BLOCKSIZE: u32 = 1024;
+
+/// The option strings as uWSGI holds them; `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct RawOptions {
+    /// `ssl-sessions-use-cache` / `ssl-session-use-cache`.
+    pub use_cache: Option<String>,
+    /// `ssl-sessions-timeout` / `ssl-session-timeout`.
+    pub timeout: Option<String>,
+    /// `cache` (items of the default cache).
+    pub cache: Option<String>,
+    /// `cache-blocksize`.
+    pub cache_blocksize: Option<String>,
+    /// Every `cache2` value, in order.
+    pub cache2: Vec<String>,
+    /// `cache-udp-server` values (default cache).
+    pub cache_udp_server: Vec<String>,
+    /// `cache-udp-node` values (default cache).
+    pub cache_udp_node: Vec<String>,
+    /// `https-session-context`.
+    pub https_session_context: Option<String>,
+    /// `sslrouter-session-context`.
+    pub sslrouter_session_context: Option<String>,
+}
+
+/// Where the session cache was defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheOrigin {
+    /// `cache = N` (+ `cache-blocksize`, `cache-udp-*`).
+    Default,
+    /// The `cache2` line at this position among the `cache2` lines.
+    Cache2 { index: usize },
+}
+
+/// The cache that becomes the session store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheDef {
+    /// As shown in the stats server (`default` for the default cache).
+    pub name: String,
+    pub origin: CacheOrigin,
+    pub items: u64,
+    pub keysize: u32,
+    pub blocksize: u32,
+    /// Peers to send updates to (`cache-udp-node`, `node=`/`nodes=`).
+    pub nodes: Vec<String>,
+    /// Addresses to receive updates on (`cache-udp-server`, `udp=`...).
+    pub udp_servers: Vec<String>,
+    /// Stock keys given that mean nothing for a session store.
+    pub ignored_keys: Vec<String>,
+}
+
+/// Everything the plugin needs to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub cache: CacheDef,
+    /// Session lifetime, seconds.
+    pub timeout: u32,
+    /// Session id context for the HTTPS router and https-socket contexts.
+    pub https_session_context: Option<String>,
+    /// Session id context for the SSL router contexts.
+    pub sslrouter_session_context: Option<String>,
+    /// Non-fatal remarks to log once at startup.
+    pub warnings: Vec<String>,
+}
+
+/// A configuration error, naming the option at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Parses a positive decimal number; `what` names the option in errors.
+pub fn positive(what: &str, value: &str, max: u64) -> Result<u64, ConfigError> {
+    let v = value.trim();
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return err(format!("{what} = \"{value}\" is not a number"));
+    }
+    match v.parse::<u64>() {
+        Ok(0) => err(format!("{what} must be greater than 0")),
+        Ok(n) if n <= max => Ok(n),
+        _ => err(format!("{what} = {v} is too large (at most {max})")),
+    }
+}
+
+/// Whether an `ssl-sessions-use-cache` value selects the default cache.
+fn means_default(value: &str) -> bool {
+    matches!(value.trim().to_ascii_lowercase().as_str(), "" | "true" | "1" | "yes" | "on")
+}
+
+/// Splits a `cache2` value the way uWSGI's `uwsgi_kvlist_parse` does:
+/// items on unescaped `,`, a backslash escapes the next character, the key
+/// ends at the first `=`. Later duplicates win.
+pub fn parse_kvlist(src: &str) -> Vec<(String, String)> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut escaped = false;
+    for c in src.chars() {
+        if escaped {
+            cur.push(c);
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == ',' {
+            items.push(std::mem::take(&mut cur));
+        } else {
+            cur.push(c);
+        }
+    }
+    if !cur.is_empty() {
+        items.push(cur);
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for item in items {
+        if let Some((k, v)) = item.split_once('=') {
+            out.retain(|(key, _)| key != k);
+            out.push((k.to_string(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// Keys a stock uWSGI cache2 accepts, by what they mean here.
+const KEYS_USED: &[&str] = &[
+    "name",
+    "max_items",
+    "maxitems",
+    "items",
+    "blocksize",
+    "keysize",
+    "key_size",
+    "node",
+    "nodes",
+    "udp",
+    "udp_servers",
+    "udp_server",
+    "udpservers",
+    "udpserver",
+    // The session store always evicts the least recently used entry.
+    "purge_lru",
+    "lru",
+];
+const KEYS_IGNORED: &[&str] = &[
+    "blocks",
+    "hash",
+    "hashsize",
+    "hash_size",
+    "store",
+    "store_sync",
+    "storesync",
+    "store_delete",
+    "storedelete",
+    "sync",
+    "bitmap",
+    "lastmod",
+    "math_initial",
+    "ignore_full",
+    "lazy_expire",
+    "lazy",
+    "sweep_on_full",
+    "clear_on_full",
+    "no_expire",
+];
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn cache2_name(value: &str) -> Option<String> {
+    parse_kvlist(value)
+        .into_iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v)
+}
+
+fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
+    let kv = parse_kvlist(value);
+    let get = |names: &[&str]| {
+        kv.iter()
+            .rev()
+            .find(|(k, _)| names.contains(&k.as_str()))
+            .map(|(_, v)| v.clone())
+    };
+    let name = get(&["name"]).unwrap_or_default();
+    let what = |key: &str| format!("cache2 \"{name}\" {key}");
+    let items = match get(&["max_items", "maxitems", "items"]) {
+        Some(v) => positive(&what("items"), &v, u32::MAX as u64 / 4)?,
+        None => return err(format!("cache2 \"{name}\" needs items=N (the number of sessions to keep)")),
+    };
+    let keysize = match get(&["keysize", "key_size"]) {
+        Some(v) => positive(&what("keysize"), &v, u16::MAX as u64 - 1)? as u32,
+        None => DEFAULT_KEYSIZE,
+    };
+    let blocksize = match get(&["blocksize"]) {
+        Some(v) => positive(&what("blocksize"), &v, u32::MAX as u64 / 2)? as u32,
+        None => DEFAULT_BLOCKSIZE,
+    };
+    let mut nodes = Vec::new();
+    let mut udp_servers = Vec::new();
+    let mut ignored_keys = Vec::new();
+    for (k, v) in &kv {
+        match k.as_str() {
+            "node" | "nodes" => nodes.extend(split_list(v)),
+            "udp" | "udp_servers" | "udp_server" | "udpservers" | "udpserver" => udp_servers.extend(split_list(v)),
+            k if KEYS_USED.contains(&k) => {}
+            k if KEYS_IGNORED.contains(&k) => ignored_keys.push(k.to_string()),
+            k => ignored_keys.push(format!("{k} (unknown)")),
+        }
+    }
+    Ok(CacheDef {
+        name,
+        origin: CacheOrigin::Cache2 { index },
+        items,
+        keysize,
+        blocksize,
+        nodes,
+        udp_servers,
+        ignored_keys,
+    })
+}
+
+fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError> {
+    let items = positive("cache", items, u32::MAX as u64 / 4)?;
+    let blocksize = match &raw.cache_blocksize {
+        Some(v) => positive("cache-blocksize", v, u32::MAX as u64 / 2)? as u32,
+        None => DEFAULT_BLOCKSIZE,
+    };
+    Ok(CacheDef {
+        name: "default".into(),
+        origin: CacheOrigin::Default,
+        items,
+        keysize: DEFAULT_KEYSIZE,
+        blocksize,
+        nodes: raw.cache_udp_node.clone(),
+        udp_servers: raw.cache_udp_server.clone(),
+        ignored_keys: Vec::new(),
+    })
+}
+
+/// Resolves the raw options; `Ok(None)` when `ssl-sessions-use-cache` is not
+/// set (the plugin then stays out of the way).
+pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
+    let Some(use_cache) = &raw.use_cache else {
+        return Ok(None);
+    };
+    let has_default = raw.cache.is_some();
+    let cache = if means_default(use_cache) {
+        match (&raw.cache, raw.cache2.first()) {
+            (Some(items), _) => default_cache(raw, items)?,
+            // As uWSGI 1.9 did: without `cache`, `true` takes the first cache.
+            (None, Some(first)) => parse_cache2(0, first)?,
+            (None, None) => {
+                return err(
+                    "ssl-sessions-use-cache needs a cache to store sessions in, and none is defined: \
+                     add `cache = <items>` (with `cache-blocksize`) or a `cache2 = name=...,items=...`",
+                )
+            }
+        }
+    } else {
+        let wanted = use_cache.trim();
+        match raw
+            .cache2
+            .iter()
+            .enumerate()
+            .find(|(_, v)| cache2_name(v).as_deref() == Some(wanted))
+        {
+            Some((index, value)) => parse_cache2(index, value)?,
+            None if wanted == "default" && has_default => default_cache(raw, raw.cache.as_deref().unwrap_or(""))?,
+            None => {
+                let defined: Vec<String> = raw
+                    .cache2
+                    .iter()
+                    .filter_map(|v| cache2_name(v))
+                    .chain(has_default.then(|| "default".to_string()))
+                    .collect();
+                return err(format!(
+                    "ssl-sessions-use-cache = {wanted}: no cache named \"{wanted}\" is defined ({})",
+                    if defined.is_empty() {
+                        "no cache is defined at all".to_string()
+                    } else {
+                        format!("defined: {}", defined.join(", "))
+                    }
+                ));
+            }
+        }
+    };
+    if cache.keysize < SESSION_ID_MAX {
+        return err(format!(
+            "cache \"{}\" keysize = {} is too small for a TLS session id ({} bytes)",
+            cache.name, cache.keysize, SESSION_ID_MAX
+        ));
+    }
+    let timeout = match &raw.timeout {
+        Some(v) => positive("ssl-sessions-timeout", v, u32::MAX as u64)? as u32,
+        None => DEFAULT_TIMEOUT,
+    };
+    let mut warnings = Vec::new();
+    if !cache.ignored_keys.is_empty() {
+        warnings.push(format!(
+            "cache \"{}\": ignoring keys that mean nothing for a TLS session store: {}",
+            cache.name,
+            cache.ignored_keys.join(", ")
+        ));
+    }
+    if cache.blocksize < SMALL_BLOCKSIZE {
+        warnings.push(format!(
+            "cache \"{}\" blocksize = {} is small: sessions larger than that are not cached",
+            cache.name, cache.blocksize
+        ));
+    }
+    let context = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+    Ok(Some(Settings {
+        cache,
+        timeout,
+        https_session_context: context(&raw.https_session_context),
+        sslrouter_session_context: context(&raw.sslrouter_session_context),
+        warnings,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw() -> RawOptions {
+        RawOptions {
+            use_cache: Some("true".into()),
+            cache: Some("20000".into()),
+            cache_blocksize: Some("4096".into()),
+            ..RawOptions::default()
+        }
+    }
+
+    #[test]
+    fn seed_setup_one() {
+        let mut r = raw();
+        r.timeout = Some("300".into());
+        r.https_session_context = Some("foobar".into());
+        let s = resolve(&r).unwrap().unwrap();
+        assert_eq!(s.cache.name, "default");
+        assert_eq!(s.cache.origin, CacheOrigin::Default);
+        assert_eq!((s.cache.items, s.cache.keysize, s.cache.blocksize), (20000, 2048, 4096));
+        assert_eq!(s.timeout, 300);
+        assert_eq!(s.https_session_context.as_deref(), Some("foobar"));
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn not_enabled_without_use_cache() {
+        let mut r = raw();
+        r.use_cache = None;
+        assert_eq!(resolve(&r).unwrap(), None);
+    }
+
+    #[test]
+    fn true_like_values_select_the_default_cache() {
+        for v in ["", "true", "TRUE", "1", "yes", "on"] {
+            let mut r = raw();
+            r.use_cache = Some(v.into());
+            assert_eq!(resolve(&r).unwrap().unwrap().cache.name, "default", "{v:?}");
+        }
+    }
+
+    #[test]
+    fn seed_named_cache() {
+        let mut r = raw();
+        r.cache = None;
+        r.use_cache = Some("ssl".into());
+        r.cache2 = vec![
+            "name=other,items=10".into(),
+            "name=ssl,items=20000,keysize=128,blocksize=4096,node=127.0.0.1:4242,udp=127.0.0.1:4141".into(),
+        ];
+        let s = resolve(&r).unwrap().unwrap();
+        let c = s.cache;
+        assert_eq!(c.name, "ssl");
+        assert_eq!(c.origin, CacheOrigin::Cache2 { index: 1 });
+        assert_eq!((c.items, c.keysize, c.blocksize), (20000, 128, 4096));
+        assert_eq!(c.nodes, vec!["127.0.0.1:4242"]);
+        assert_eq!(c.udp_servers, vec!["127.0.0.1:4141"]);
+    }
+
+    #[test]
+    fn every_stock_spelling_of_nodes_and_servers() {
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,maxitems=5,nodes=a:1;b:2,udp_servers=c:3,udpserver=d:4,lru=1".into()];
+        let c = resolve(&r).unwrap().unwrap().cache;
+        assert_eq!(c.items, 5);
+        assert_eq!(c.nodes, vec!["a:1", "b:2"]);
+        assert_eq!(c.udp_servers, vec!["c:3", "d:4"]);
+        assert!(c.ignored_keys.is_empty());
+    }
+
+    #[test]
+    fn meaningless_keys_warn_once() {
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,bitmap=1,store=/tmp/x,hash=murmur2,frobnicate=2".into()];
+        let s = resolve(&r).unwrap().unwrap();
+        assert_eq!(s.warnings.len(), 1);
+        assert!(s.warnings[0].contains("bitmap, store, hash, frobnicate (unknown)"), "{}", s.warnings[0]);
+    }
+
+    #[test]
+    fn true_without_default_takes_first_cache2() {
+        let mut r = raw();
+        r.cache = None;
+        r.cache2 = vec!["name=first,items=7".into(), "name=second,items=9".into()];
+        assert_eq!(resolve(&r).unwrap().unwrap().cache.name, "first");
+    }
+
+    #[test]
+    fn clear_errors() {
+        let cases: Vec<(Box<dyn Fn(&mut RawOptions)>, &str)> = vec![
+            (Box::new(|r| r.use_cache = Some("nope".into())), "no cache named \"nope\" is defined (defined: default)"),
+            (
+                Box::new(|r| {
+                    r.cache = None;
+                }),
+                "none is defined",
+            ),
+            (
+                Box::new(|r| {
+                    r.cache = None;
+                    r.use_cache = Some("x".into());
+                }),
+                "no cache is defined at all",
+            ),
+            (Box::new(|r| r.cache = Some("lots".into())), "cache = \"lots\" is not a number"),
+            (Box::new(|r| r.cache = Some("0".into())), "cache must be greater than 0"),
+            (Box::new(|r| r.cache_blocksize = Some("4k".into())), "cache-blocksize = \"4k\" is not a number"),
+            (Box::new(|r| r.timeout = Some("-3".into())), "ssl-sessions-timeout = \"-3\" is not a number"),
+            (Box::new(|r| r.timeout = Some("0".into())), "ssl-sessions-timeout must be greater than 0"),
+            (
+                Box::new(|r| {
+                    r.use_cache = Some("s".into());
+                    r.cache2 = vec!["name=s,items=10,keysize=16".into()];
+                }),
+                "keysize = 16 is too small for a TLS session id",
+            ),
+            (
+                Box::new(|r| {
+                    r.use_cache = Some("s".into());
+                    r.cache2 = vec!["name=s,blocksize=4096".into()];
+                }),
+                "cache2 \"s\" needs items=N",
+            ),
+            (
+                Box::new(|r| {
+                    r.use_cache = Some("s".into());
+                    r.cache2 = vec!["name=s,items=ten".into()];
+                }),
+                "cache2 \"s\" items = \"ten\" is not a number",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut r = raw();
+            mutate(&mut r);
+            let e = resolve(&r).unwrap_err();
+            assert!(e.0.contains(expected), "{:?} does not contain {expected:?}", e.0);
+        }
+    }
+
+    #[test]
+    fn kvlist_escapes_like_uwsgi() {
+        let kv = parse_kvlist(r"name=a\,b,items=3,items=4");
+        assert_eq!(kv, vec![("name".into(), "a,b".into()), ("items".into(), "4".into())]);
+    }
+
+    #[test]
+    fn small_blocksize_warns() {
+        let mut r = raw();
+        r.cache_blocksize = Some("512".into());
+        let s = resolve(&r).unwrap().unwrap();
+        assert!(s.warnings[0].contains("blocksize = 512 is small"));
+    }
+}

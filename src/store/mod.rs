@@ -1,6 +1,6 @@
 //! The shared-memory session store.
 //!
-//! One [`SharedRegion`] made in the uWSGI master before the router processes
+//! One shared [`Region`] made in the uWSGI master before the router processes
 //! fork holds every session of the node. Keys (session ids) hash to one of up
 //! to 64 shards, each with its own robust mutex, so lookups from many router
 //! processes proceed in parallel. Values live in 64-byte chunks, so resident
@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use lock::{Locked, RobustMutex};
-pub use region::SharedRegion;
+pub use region::Region;
 use region::SharedPod;
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
@@ -207,7 +207,7 @@ pub enum Insert {
 /// Handle to a store; cheap to share, valid in every process forked after
 /// its creation.
 pub struct Store {
-    region: SharedRegion,
+    region: Region,
     layout: Layout,
     limits: Limits,
     hasher: RandomState,
@@ -217,7 +217,7 @@ impl Store {
     /// Creates an empty store in a new shared mapping.
     pub fn create(limits: Limits) -> io::Result<Store> {
         let layout = Layout::new(limits)?;
-        let region = SharedRegion::new(layout.total)?;
+        let region = Region::shared(layout.total)?;
         let store = Store {
             region,
             layout,
@@ -251,13 +251,23 @@ impl Store {
         self.layout.shards
     }
 
+    /// Hash buckets over all shards.
+    pub fn bucket_count(&self) -> usize {
+        self.layout.shards * self.layout.buckets
+    }
+
+    /// Counts a value the caller could not even encode within the limits.
+    pub fn note_too_big(&self) {
+        self.counters().too_big.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn counters(&self) -> &Counters {
-        self.region.shared(self.layout.counters_at)
+        self.region.shared_ref(self.layout.counters_at)
     }
 
     fn head(&self, shard: usize) -> &ShardHead {
         self.region
-            .shared(self.layout.heads_at + shard * std::mem::size_of::<ShardHead>())
+            .shared_ref(self.layout.heads_at + shard * std::mem::size_of::<ShardHead>())
     }
 
     /// Live entries, summed over shards without locking.

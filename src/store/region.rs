@@ -1,9 +1,11 @@
-//! An anonymous shared mapping, made before `fork()` and inherited by every
-//! child.
+//! Anonymous mappings reserved up front and paid for as they are touched.
 //!
-//! The mapping is `MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE`: the kernel
-//! hands out zero-filled pages only when they are first touched, so resident
-//! memory follows what the store actually writes, not its reserved size.
+//! A shared region (`MAP_SHARED | MAP_ANONYMOUS`) is made before `fork()` and
+//! inherited by every child: all processes see the same bytes. A private one
+//! is zero-filled memory each process may read (the kernel's zero page) or
+//! write (its own copy). Both are `MAP_NORESERVE`: the kernel hands out pages
+//! only when first touched, so resident memory follows what is actually
+//! written, not the reserved size.
 
 use std::io;
 use std::ptr::NonNull;
@@ -23,21 +25,30 @@ unsafe impl SharedPod for u8 {}
 // SAFETY: arrays of plain data are plain data.
 unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
 
-/// Owner of one shared mapping.
-pub struct SharedRegion {
+/// Owner of one mapping.
+pub struct Region {
     base: NonNull<u8>,
     len: usize,
 }
 
 // SAFETY: the region is plain memory; synchronisation of what is inside it is
 // the business of the types placed there (atomics and robust mutexes).
-unsafe impl Send for SharedRegion {}
+unsafe impl Send for Region {}
 // SAFETY: as above.
-unsafe impl Sync for SharedRegion {}
+unsafe impl Sync for Region {}
 
-impl SharedRegion {
-    /// Maps `len` bytes of zeroed shared memory.
-    pub fn new(len: usize) -> io::Result<Self> {
+impl Region {
+    /// Maps `len` bytes of zeroed memory shared with future children.
+    pub fn shared(len: usize) -> io::Result<Self> {
+        Self::map(len, libc::MAP_SHARED)
+    }
+
+    /// Maps `len` bytes of zeroed memory private to each process.
+    pub fn private(len: usize) -> io::Result<Self> {
+        Self::map(len, libc::MAP_PRIVATE)
+    }
+
+    fn map(len: usize, sharing: libc::c_int) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty region"));
         }
@@ -48,7 +59,7 @@ impl SharedRegion {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                sharing | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
                 -1,
                 0,
             )
@@ -57,7 +68,7 @@ impl SharedRegion {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(SharedRegion { base, len })
+        Ok(Region { base, len })
     }
 
     /// Reserved size in bytes.
@@ -82,7 +93,7 @@ impl SharedRegion {
     ///
     /// Only for types whose every field is an atomic or a robust mutex, so
     /// that other processes writing it concurrently is expected.
-    pub fn shared<T: SharedPod>(&self, offset: usize) -> &T {
+    pub fn shared_ref<T: SharedPod>(&self, offset: usize) -> &T {
         // SAFETY: in bounds and aligned (ptr_at), zero-valid and pointer-free
         // (SharedPod); the mapping lives as long as `self`.
         unsafe { &*self.ptr_at::<T>(offset, 1) }
@@ -104,7 +115,7 @@ impl SharedRegion {
     }
 }
 
-impl Drop for SharedRegion {
+impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly what mmap returned; nothing borrowed
         // from the region outlives it (all references borrow `self`).

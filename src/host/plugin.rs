@@ -1,0 +1,207 @@
+//! The exported `sslcache_plugin` and its hooks.
+//!
+//! Hook order in uWSGI (generic plugin): `on_load` when the .so is loaded →
+//! options parsed and applied → `jail` (master, single-threaded, before the
+//! core creates caches and before any fork) → `init` (master, after the core
+//! created its caches and locks) → router processes fork → `master_cycle`
+//! in the master about once a second.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::server::{ContextKind, Server};
+use super::sys::{self, uwsgi_option, uwsgi_plugin};
+use super::{abi, facade, log, symbols};
+use crate::config::{self, Settings};
+use crate::store::{Limits, Store};
+use crate::tls::{self, SessionCache, SessionEvents};
+
+/// How often the master drops expired sessions (as uWSGI's cache sweeper).
+const SWEEP_EVERY_SECS: u64 = 3;
+
+const fn option(name: &'static std::ffi::CStr, kind: u32, help: &'static std::ffi::CStr) -> uwsgi_option {
+    uwsgi_option {
+        name: name.as_ptr() as *mut c_char,
+        type_: kind as c_int,
+        shortcut: 0,
+        help: help.as_ptr() as *mut c_char,
+        func: Some(option_seen),
+        data: std::ptr::null_mut(),
+        flags: sys::UWSGI_OPT_MASTER as u64,
+    }
+}
+
+const USE_CACHE_HELP: &std::ffi::CStr = c"store TLS sessions of the HTTPS/SSL routers in this cache, shared by all \
+    router processes (true or empty: the default cache made by --cache; a name: that --cache2) [sslcache]";
+const TIMEOUT_HELP: &std::ffi::CStr = c"set the TLS session timeout in seconds (default 300) [sslcache]";
+
+/// The option table; uWSGI reads it through `sslcache_plugin.options`.
+static mut OPTIONS: [uwsgi_option; 5] = [
+    option(c"ssl-sessions-use-cache", sys::optional_argument, USE_CACHE_HELP),
+    option(c"ssl-session-use-cache", sys::optional_argument, USE_CACHE_HELP),
+    option(c"ssl-sessions-timeout", sys::required_argument, TIMEOUT_HELP),
+    option(c"ssl-session-timeout", sys::required_argument, TIMEOUT_HELP),
+    // SAFETY: an all-zero uwsgi_option (null name) ends the table.
+    unsafe { std::mem::zeroed() },
+];
+
+/// The symbol uWSGI looks up in `sslcache_plugin.so`.
+#[no_mangle]
+#[allow(non_upper_case_globals)]
+pub static mut sslcache_plugin: uwsgi_plugin = {
+    // SAFETY: every field of uwsgi_plugin is a pointer, an optional function
+    // pointer or an integer, for which zero means "not provided".
+    let mut p: uwsgi_plugin = unsafe { std::mem::zeroed() };
+    p.name = c"sslcache".as_ptr();
+    p.on_load = Some(on_load);
+    p.options = &raw mut OPTIONS as *mut uwsgi_option;
+    p.jail = Some(jail);
+    p.init = Some(init);
+    p.master_cycle = Some(master_cycle);
+    p
+};
+
+/// Values are read from `uwsgi.exported_opts` in `jail`, where every option
+/// is known whatever its position in the configuration; uWSGI only needs a
+/// handler to call.
+unsafe extern "C" fn option_seen(_key: *mut c_char, _value: *mut c_char, _data: *mut c_void) {}
+
+/// What `jail` set up, for the later hooks of the master.
+struct Active {
+    settings: Settings,
+    hashsize: u32,
+}
+
+static ACTIVE: OnceLock<Active> = OnceLock::new();
+static NEXT_SWEEP: AtomicU64 = AtomicU64::new(0);
+
+/// Runs a hook body; a panic is a bug, reported in one line before exiting.
+fn hook(name: &str, body: impl FnOnce() -> Result<(), String>) {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {}
+        Ok(Err(msg)) => log::fatal(&msg),
+        Err(_) => log::fatal(&format!("internal error in the {name} hook")),
+    }
+}
+
+unsafe extern "C" fn on_load() {
+    hook("on_load", || {
+        let host = symbols::get().ok_or("not loaded by uWSGI: the uwsgi symbols are missing")?;
+        abi::check(&host)
+    });
+}
+
+unsafe extern "C" fn jail(_start: Option<unsafe extern "C" fn(*mut c_void) -> c_int>, _argv: *mut *mut c_char) {
+    hook("jail", setup);
+}
+
+/// Forwards store changes to the stats entry.
+struct Events;
+
+impl SessionEvents for Events {
+    fn changed(&self, store: &Store) {
+        facade::publish(store);
+    }
+}
+
+fn setup() -> Result<(), String> {
+    if ACTIVE.get().is_some() {
+        return Ok(());
+    }
+    let host = symbols::get().ok_or("not loaded by uWSGI")?;
+    // SAFETY: the ABI was checked in on_load; jail runs in the master's
+    // only thread before any fork.
+    let mut server = unsafe { Server::new(host.server) };
+    let Some(settings) = config::resolve(&server.raw_options()).map_err(|e| e.to_string())? else {
+        log::line("ssl-sessions-use-cache is not set: TLS sessions are not cached by sslcache");
+        return Ok(());
+    };
+    for warning in &settings.warnings {
+        log::line(&format!("warning: {warning}"));
+    }
+    let cache = &settings.cache;
+    server.take_cache(cache)?;
+    let store = Store::create(Limits {
+        capacity: cache.items,
+        keysize: cache.keysize,
+        blocksize: cache.blocksize,
+    })
+    .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
+
+    let listeners = server.listener_contexts();
+    let mut counts = [0usize; 3];
+    for c in &listeners {
+        let (sid, slot) = match c.kind {
+            ContextKind::Https => (&settings.https_session_context, 0),
+            ContextKind::SslRouter => (&settings.sslrouter_session_context, 1),
+            ContextKind::Socket => (&settings.https_session_context, 2),
+        };
+        // SAFETY: the contexts were made by the option handlers and are not
+        // in use yet: the router processes have not forked.
+        unsafe { tls::hook_listener(c.ctx, sid.as_deref().map(str::as_bytes), settings.timeout) }
+            .map_err(|e| format!("cannot set up a TLS context for session caching: {e}"))?;
+        counts[slot] += 1;
+    }
+    let sni = server.sni_contexts();
+    for ctx in &sni {
+        // SAFETY: as above.
+        unsafe { tls::keep_tickets_off(*ctx) };
+    }
+    let hashsize = store.bucket_count().min(u32::MAX as usize) as u32;
+    log::line(&format!(
+        "TLS session cache \"{}\": {} sessions (keys up to {} bytes, sessions up to {} bytes), \
+         {} MB reserved, resident as used, {} shards, timeout {}s; TLS contexts hooked: {} \
+         (https {}, sslrouter {}, https/ssl-socket {}; sni {})",
+        cache.name,
+        cache.items,
+        cache.keysize,
+        cache.blocksize,
+        store.reserved_bytes().div_ceil(1 << 20),
+        store.shard_count(),
+        settings.timeout,
+        listeners.len(),
+        counts[0],
+        counts[1],
+        counts[2],
+        sni.len()
+    ));
+    if listeners.is_empty() {
+        log::line("warning: no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
+    }
+    tls::install(SessionCache {
+        store,
+        timeout: settings.timeout,
+        events: Box::new(Events),
+    });
+    let _ = ACTIVE.set(Active { settings, hashsize });
+    Ok(())
+}
+
+unsafe extern "C" fn init() -> c_int {
+    hook("init", || {
+        let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
+            return Ok(());
+        };
+        let host = symbols::get().ok_or("not loaded by uWSGI")?;
+        // SAFETY: init runs in the master before fork, after the core made
+        // its caches and locks.
+        let mut server = unsafe { Server::new(host.server) };
+        facade::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
+    });
+    0
+}
+
+unsafe extern "C" fn master_cycle() {
+    let Some(cache) = tls::installed() else { return };
+    let now = tls::unix_now();
+    if now < NEXT_SWEEP.load(Ordering::Relaxed) {
+        return;
+    }
+    NEXT_SWEEP.store(now + SWEEP_EVERY_SECS, Ordering::Relaxed);
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        cache.store.sweep(now);
+        facade::publish(&cache.store);
+    }));
+}

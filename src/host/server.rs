@@ -1,0 +1,242 @@
+//! Reading and adjusting `struct uwsgi_server` in the master, before fork:
+//! the configured options, the cache definitions the plugin takes over, and
+//! the TLS contexts whose sessions it stores.
+
+use std::ffi::{c_char, CStr};
+
+use super::sys;
+use crate::config::{CacheDef, CacheOrigin, RawOptions};
+
+/// Owner names that mark a gateway socket whose `ctx` is an `SSL_CTX`.
+const HTTP_OWNER: &[u8] = b"uWSGI http";
+const SSLROUTER_OWNER: &[u8] = b"uWSGI sslrouter";
+/// `UWSGI_HTTP_SSL` in plugins/http/common.h.
+const HTTP_MODE_SSL: i32 = 1;
+
+/// What kind of listener a context belongs to; decides its session id context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContextKind {
+    /// `https` / `https2` of the HTTP router.
+    Https,
+    /// `sslrouter` / `sslrouter2`.
+    SslRouter,
+    /// Core `https-socket` / `ssl-socket`.
+    Socket,
+}
+
+/// A TLS context found in uWSGI's structures.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub ctx: *mut openssl_sys::SSL_CTX,
+    pub kind: ContextKind,
+}
+
+fn text(ptr: *const c_char) -> Option<String> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: uWSGI strings are NUL-terminated and live as long as the
+    // process (they are never freed once configured).
+    Some(unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned())
+}
+
+fn bytes<'a>(ptr: *const c_char) -> &'a [u8] {
+    if ptr.is_null() {
+        return b"";
+    }
+    // SAFETY: as in `text`.
+    unsafe { CStr::from_ptr(ptr) }.to_bytes()
+}
+
+/// The running server. Only used from the master's main thread, before the
+/// router processes fork, while no other thread reads these fields.
+pub struct Server {
+    raw: *mut sys::uwsgi_server,
+}
+
+impl Server {
+    /// # Safety
+    /// `raw` must be the host's `uwsgi` symbol, checked by `abi::check`, and
+    /// the caller must be the master's main thread before fork.
+    pub unsafe fn new(raw: *mut sys::uwsgi_server) -> Server {
+        Server { raw }
+    }
+
+    fn get(&self) -> &sys::uwsgi_server {
+        // SAFETY: see `new`: a valid, correctly laid out struct that no other
+        // thread touches while we hold this reference.
+        unsafe { &*self.raw }
+    }
+
+    fn get_mut(&mut self) -> &mut sys::uwsgi_server {
+        // SAFETY: as in `get`; `&mut self` makes this the only reference.
+        unsafe { &mut *self.raw }
+    }
+
+    /// Every option as configured (ini, command line, environment...), in
+    /// order. A value is `None` for a flag given without one.
+    pub fn exported_options(&self) -> Vec<(String, Option<String>)> {
+        let s = self.get();
+        let count = s.exported_opts_cnt.max(0) as usize;
+        if s.exported_opts.is_null() {
+            return Vec::new();
+        }
+        (0..count)
+            .filter_map(|i| {
+                // SAFETY: exported_opts holds exported_opts_cnt pointers to
+                // uwsgi_opt records owned by the core.
+                let opt = unsafe { *s.exported_opts.add(i) };
+                if opt.is_null() {
+                    return None;
+                }
+                // SAFETY: non-null records are fully initialised.
+                let opt = unsafe { &*opt };
+                Some((text(opt.key)?, text(opt.value)))
+            })
+            .collect()
+    }
+
+    /// The option strings sslcache reads; the last occurrence of a single
+    /// option wins, as with uWSGI's own string options.
+    pub fn raw_options(&self) -> RawOptions {
+        let mut raw = RawOptions::default();
+        for (key, value) in self.exported_options() {
+            let v = value.clone().unwrap_or_default();
+            match key.as_str() {
+                "ssl-sessions-use-cache" | "ssl-session-use-cache" => raw.use_cache = Some(v),
+                "ssl-sessions-timeout" | "ssl-session-timeout" => raw.timeout = Some(v),
+                "cache" => raw.cache = Some(v),
+                "cache-blocksize" => raw.cache_blocksize = Some(v),
+                "cache2" => raw.cache2.push(v),
+                "cache-udp-server" => raw.cache_udp_server.push(v),
+                "cache-udp-node" => raw.cache_udp_node.push(v),
+                "https-session-context" => raw.https_session_context = Some(v),
+                "sslrouter-session-context" => raw.sslrouter_session_context = Some(v),
+                _ => {}
+            }
+        }
+        raw
+    }
+
+    /// Takes the session cache's definition away from the core, so that it
+    /// neither allocates that cache nor binds its UDP ports. Every other
+    /// cache stays the core's.
+    pub fn take_cache(&mut self, def: &CacheDef) -> Result<(), String> {
+        let s = self.get_mut();
+        match def.origin {
+            CacheOrigin::Default => {
+                s.cache_max_items = 0;
+                s.cache_udp_server = std::ptr::null_mut();
+                s.cache_udp_node = std::ptr::null_mut();
+                Ok(())
+            }
+            CacheOrigin::Cache2 { index } => {
+                let mut link: *mut *mut sys::uwsgi_string_list = &mut s.cache2;
+                let mut i = 0;
+                // SAFETY: cache2 is the core's singly linked string list; we
+                // walk it through the `next` links and unlink one node (its
+                // memory is left to the core, which never frees it).
+                unsafe {
+                    while !(*link).is_null() {
+                        if i == index {
+                            (*link) = (**link).next;
+                            return Ok(());
+                        }
+                        link = &mut (**link).next;
+                        i += 1;
+                    }
+                }
+                Err(format!("cache2 number {} (\"{}\") not found in uWSGI's list", index + 1, def.name))
+            }
+        }
+    }
+
+    /// Whether the core still creates a default cache (it comes first).
+    pub fn has_core_default_cache(&self) -> bool {
+        self.get().cache_max_items > 0
+    }
+
+    /// Every TLS context that starts sessions: HTTPS router, SSL router and
+    /// core https/ssl sockets.
+    pub fn listener_contexts(&self) -> Vec<Context> {
+        let s = self.get();
+        let mut out = Vec::new();
+        let mut ugs = s.gateway_sockets;
+        while !ugs.is_null() {
+            // SAFETY: gateway_sockets is the core's linked list of fully
+            // initialised gateway sockets.
+            let g = unsafe { &*ugs };
+            let owner = bytes(g.owner);
+            let kind = if owner == HTTP_OWNER && g.mode == HTTP_MODE_SSL {
+                Some(ContextKind::Https)
+            } else if owner == SSLROUTER_OWNER {
+                Some(ContextKind::SslRouter)
+            } else {
+                None
+            };
+            if let (Some(kind), false) = (kind, g.ctx.is_null()) {
+                out.push(Context {
+                    ctx: g.ctx.cast(),
+                    kind,
+                });
+            }
+            ugs = g.next;
+        }
+        let mut sock = s.sockets;
+        while !sock.is_null() {
+            // SAFETY: sockets is the core's linked list of sockets.
+            let u = unsafe { &*sock };
+            if !u.ssl_ctx.is_null() {
+                out.push(Context {
+                    ctx: u.ssl_ctx.cast(),
+                    kind: ContextKind::Socket,
+                });
+            }
+            sock = u.next;
+        }
+        out
+    }
+
+    /// SNI contexts configured so far (`sni`, `sni-regexp`). The SNI
+    /// callback copies their options onto the connection, so they must not
+    /// turn session tickets back on.
+    pub fn sni_contexts(&self) -> Vec<*mut openssl_sys::SSL_CTX> {
+        let s = self.get();
+        let mut out = Vec::new();
+        let mut usl = s.sni;
+        while !usl.is_null() {
+            // SAFETY: the core's linked list of SNI entries.
+            let u = unsafe { &*usl };
+            if !u.custom_ptr.is_null() {
+                out.push(u.custom_ptr.cast());
+            }
+            usl = u.next;
+        }
+        let mut url = s.sni_regexp;
+        while !url.is_null() {
+            // SAFETY: the core's linked list of SNI regexp entries.
+            let u = unsafe { &*url };
+            if !u.custom_ptr.is_null() {
+                out.push(u.custom_ptr.cast());
+            }
+            url = u.next;
+        }
+        out
+    }
+
+    /// Pointer to the head of `uwsgi.caches`, for the stats entry.
+    pub fn caches_head(&mut self) -> *mut *mut sys::uwsgi_cache {
+        &mut self.get_mut().caches
+    }
+
+    /// `uwsgi.lock_ops.rwlock_init`, available once the core set up locking.
+    pub fn new_rwlock(&mut self, name: &CStr) -> *mut sys::uwsgi_lock_item {
+        match self.get().lock_ops.rwlock_init {
+            // SAFETY: the core's lock constructor; it copies nothing from the
+            // name but keeps the pointer, so `name` must be 'static (callers
+            // pass literals).
+            Some(init) => unsafe { init(name.as_ptr() as *mut c_char) },
+            None => std::ptr::null_mut(),
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! uWSGI's own symbols, found in the running process.
+//!
+//! Looking them up with `dlsym` instead of linking them keeps the crate
+//! linkable without uWSGI (unit tests, benches) and lets the ABI check run
+//! before anything reads `struct uwsgi_server`.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::sync::OnceLock;
+
+use super::sys::uwsgi_server;
+
+type LogFn = unsafe extern "C" fn(*const c_char, ...);
+
+/// Addresses of the host's symbols.
+#[derive(Clone, Copy)]
+pub struct Symbols {
+    pub server: *mut uwsgi_server,
+    pub log: LogFn,
+}
+
+// SAFETY: plain addresses inside the process image, valid for its lifetime.
+unsafe impl Send for Symbols {}
+// SAFETY: as above; what may be done through them is decided by callers.
+unsafe impl Sync for Symbols {}
+
+static SYMBOLS: OnceLock<Option<Symbols>> = OnceLock::new();
+
+fn lookup(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_DEFAULT and a NUL-terminated name only reads.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
+}
+
+/// The host's symbols, or `None` outside uWSGI.
+pub fn get() -> Option<Symbols> {
+    *SYMBOLS.get_or_init(|| {
+        let server = lookup(c"uwsgi");
+        let log = lookup(c"uwsgi_log");
+        if server.is_null() || log.is_null() {
+            return None;
+        }
+        Some(Symbols {
+            server: server.cast(),
+            // SAFETY: `uwsgi_log` is `void uwsgi_log(const char *, ...)` in
+            // every uWSGI version.
+            log: unsafe { std::mem::transmute::<*mut c_void, LogFn>(log) },
+        })
+    })
+}

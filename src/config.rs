@@ -267,6 +267,22 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
     })
 }
 
+/// Longest session id context OpenSSL takes (SSL_MAX_SID_CTX_LENGTH).
+pub const MAX_SESSION_CONTEXT: usize = 32;
+
+fn session_context(option: &str, value: &Option<String>) -> Result<Option<String>, ConfigError> {
+    let Some(v) = value.as_ref().map(|s| s.trim()).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    if v.len() > MAX_SESSION_CONTEXT {
+        return err(format!(
+            "{option} = {v} is {} bytes long; OpenSSL takes at most {MAX_SESSION_CONTEXT}",
+            v.len()
+        ));
+    }
+    Ok(Some(v.to_string()))
+}
+
 /// Resolves the raw options; `Ok(None)` when `ssl-sessions-use-cache` is not
 /// set (the plugin then stays out of the way).
 pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
@@ -338,12 +354,11 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             cache.name, cache.blocksize
         ));
     }
-    let context = |v: &Option<String>| v.as_ref().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
     Ok(Some(Settings {
         cache,
         timeout,
-        https_session_context: context(&raw.https_session_context),
-        sslrouter_session_context: context(&raw.sslrouter_session_context),
+        https_session_context: session_context("https-session-context", &raw.https_session_context)?,
+        sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
         warnings,
     }))
 }
@@ -461,6 +476,10 @@ mod tests {
             (Box::new(|r| r.cache_blocksize = Some("4k".into())), "cache-blocksize = \"4k\" is not a number"),
             (Box::new(|r| r.timeout = Some("-3".into())), "ssl-sessions-timeout = \"-3\" is not a number"),
             (Box::new(|r| r.timeout = Some("0".into())), "ssl-sessions-timeout must be greater than 0"),
+            (
+                Box::new(|r| r.https_session_context = Some("x".repeat(33))),
+                "https-session-context = xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx is 33 bytes long",
+            ),
             (
                 Box::new(|r| {
                     r.use_cache = Some("s".into());

@@ -3,25 +3,29 @@
 //! Every listener context gets server-side caching without OpenSSL's
 //! internal cache, no session tickets (TLS 1.2 resumes by session id, TLS
 //! 1.3 gets stateful tickets whose identity is the session id), the
-//! configured timeout and session id context, and three callbacks:
-//! `new` (store the DER session), `get` (decode it back) and `remove`.
+//! configured timeout and session id context, and four callbacks: `new`
+//! (store the DER session), `get` (decode it back), `remove`, and a
+//! ClientHello callback that tags the connection with its listener.
 //!
-//! OpenSSL also removes a session when its connection is freed without the
-//! server having sent close_notify (`ssl_clear_bad_session`): with uWSGI,
-//! every client that just drops the TCP connection would lose its session.
-//! TLS 1.1 and later no longer require that (RFC 4346, 7.2.1), and nginx
-//! marks such connections shut down for the same reason. Connections whose
-//! session went through the callbacks carry an ex_data marker; its free hook,
-//! which OpenSSL runs before `ssl_clear_bad_session`, marks them shut down.
-//! OpenSSL 3 also treats a TCP close without close_notify while reading as a
-//! fatal error and removes the session from there; the remove callback
-//! ignores that one reason (and only that one). Sessions still go away on
-//! any other fatal alert, on expiry, or by LRU eviction.
+//! Two OpenSSL behaviours would otherwise lose sessions:
+//! - SNI: OpenSSL looks the session up with the listener's session id
+//!   context, before the SNI callback switches the connection to the SNI
+//!   context (and to *its* session id context, the host name). A session
+//!   created after such a switch is stored with the listener's context, so
+//!   that it matches at the next lookup (uWSGI issue 580 was this).
+//! - Connections freed without close_notify: OpenSSL removes their session
+//!   (`ssl_clear_bad_session`), and OpenSSL 3 treats a peer's TCP close
+//!   without close_notify as a fatal error that removes it too. TLS 1.1 and
+//!   later no longer require that (RFC 4346, 7.2.1); nginx marks such
+//!   connections shut down for the same reason. The tag's ex_data free hook,
+//!   which OpenSSL runs before `ssl_clear_bad_session`, marks the connection
+//!   shut down, and the remove callback ignores the unexpected-EOF reason.
+//!   Sessions still go away on any other fatal alert, on expiry, or by LRU.
 //!
 //! The callbacks run on the handshake path of a router process: they never
 //! block beyond the store's bounded lock wait, never panic across the FFI
-//! boundary (a panic is caught, logged once, and answered with "no session"),
-//! and never keep a reference to OpenSSL's objects.
+//! boundary (a panic is caught, logged once, and answered with "no
+//! session"), and never keep a reference to OpenSSL's objects.
 
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -37,14 +41,17 @@ use crate::store::{Insert, Lookup, Store};
 extern "C" {
     // Real functions in every OpenSSL >= 1.1; not declared by openssl-sys.
     fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+    fn SSL_SESSION_get0_id_context(s: *const SSL_SESSION, len: *mut c_uint) -> *const c_uchar;
+    fn SSL_SESSION_set1_id_context(s: *mut SSL_SESSION, sid: *const c_uchar, len: c_uint) -> c_int;
 }
-
-/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3), and `ERR_LIB_SSL`.
-const UNEXPECTED_EOF: c_int = 294;
-const ERR_LIB_SSL: c_int = 20;
 
 /// Longest session id context OpenSSL accepts (SSL_MAX_SID_CTX_LENGTH).
 pub const MAX_SID_CTX: usize = 32;
+/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3), and `ERR_LIB_SSL`.
+const UNEXPECTED_EOF: c_int = 294;
+const ERR_LIB_SSL: c_int = 20;
+/// `SSL_CTX_get_session_cache_mode` is a macro over this control.
+const SSL_CTRL_GET_SESS_CACHE_MODE: c_int = 45;
 
 /// Told about every change the callbacks make to the store.
 pub trait SessionEvents: Send + Sync {
@@ -56,12 +63,23 @@ pub trait SessionEvents: Send + Sync {
     fn changed(&self, _store: &Store) {}
 }
 
+/// A listening context and the session id context its sessions carry.
+pub struct Listener {
+    /// The `SSL_CTX`, as an address (only compared, never dereferenced).
+    pub ctx: usize,
+    pub sid_ctx: Vec<u8>,
+}
+
 /// The state the callbacks use, set once in the master before fork.
 pub struct SessionCache {
     pub store: Store,
     /// Session lifetime, seconds.
     pub timeout: u32,
     pub events: Box<dyn SessionEvents>,
+    /// Log every callback (uWSGI's `ssl-verbose`).
+    pub verbose: bool,
+    /// Every hooked listener; fixed once installed.
+    pub listeners: Vec<Listener>,
 }
 
 static CACHE: OnceLock<SessionCache> = OnceLock::new();
@@ -83,61 +101,11 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+fn hex(id: &[u8]) -> String {
+    id.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
 static PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// SSL ex_data index of the "session is ours" marker; -1 until created.
-static OURS_INDEX: AtomicI32 = AtomicI32::new(-1);
-/// The marker's value: any non-null address.
-static OURS: u8 = 1;
-
-/// Runs when OpenSSL frees a connection, before it would drop the session of
-/// a connection not shut down: see the module docs.
-unsafe extern "C" fn on_ssl_free(
-    parent: *mut c_void,
-    ptr: *mut c_void,
-    _ad: *mut openssl_sys::CRYPTO_EX_DATA,
-    _idx: c_int,
-    _argl: c_long,
-    _argp: *mut c_void,
-) {
-    if parent.is_null() || ptr.is_null() {
-        return;
-    }
-    let ssl = parent.cast::<SSL>();
-    // SAFETY: OpenSSL calls this with the SSL being freed, still intact;
-    // setting the shutdown flags only changes an int in it.
-    unsafe {
-        openssl_sys::SSL_set_shutdown(ssl, openssl_sys::SSL_get_shutdown(ssl) | openssl_sys::SSL_SENT_SHUTDOWN);
-    }
-}
-
-/// Marks a connection whose session is in the store.
-///
-/// # Safety
-/// `ssl` must be a live connection used by this thread.
-unsafe fn mark_ours(ssl: *mut SSL) {
-    let index = OURS_INDEX.load(Ordering::Relaxed);
-    if index >= 0 && !ssl.is_null() {
-        // SAFETY: per the contract; the marker is a static address.
-        unsafe { openssl_sys::SSL_set_ex_data(ssl, index, std::ptr::addr_of!(OURS) as *mut c_void) };
-    }
-}
-
-/// Creates the marker's ex_data index (once per process image).
-fn ensure_marker_index() -> Result<(), String> {
-    if OURS_INDEX.load(Ordering::Relaxed) >= 0 {
-        return Ok(());
-    }
-    // SAFETY: registers a free hook for a new SSL ex_data index.
-    let index = unsafe {
-        openssl_sys::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(on_ssl_free))
-    };
-    if index < 0 {
-        return Err("OpenSSL could not allocate an SSL ex_data index".into());
-    }
-    OURS_INDEX.store(index, Ordering::Relaxed);
-    Ok(())
-}
 
 /// Runs a callback body; a panic becomes `fallback` and one log line.
 fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
@@ -155,6 +123,82 @@ fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     }
 }
 
+/// SSL ex_data index of the connection's tag (a `&'static Listener`);
+/// -1 until created.
+static TAG_INDEX: AtomicI32 = AtomicI32::new(-1);
+
+/// Creates the tag's ex_data index (once per process image).
+fn ensure_tag_index() -> Result<c_int, String> {
+    let index = TAG_INDEX.load(Ordering::Relaxed);
+    if index >= 0 {
+        return Ok(index);
+    }
+    // SAFETY: registers a free hook for a new SSL ex_data index.
+    let index = unsafe { openssl_sys::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(on_ssl_free)) };
+    if index < 0 {
+        return Err("OpenSSL could not allocate an SSL ex_data index".into());
+    }
+    TAG_INDEX.store(index, Ordering::Relaxed);
+    Ok(index)
+}
+
+/// The listener a connection was tagged with by the ClientHello callback.
+///
+/// # Safety
+/// `ssl` must be a live connection.
+unsafe fn tag(ssl: *const SSL) -> Option<&'static Listener> {
+    let index = TAG_INDEX.load(Ordering::Relaxed);
+    if index < 0 || ssl.is_null() {
+        return None;
+    }
+    // SAFETY: per the contract; the value is null or a pointer into the
+    // installed cache's listeners, which live as long as the process.
+    unsafe { openssl_sys::SSL_get_ex_data(ssl, index).cast::<Listener>().as_ref() }
+}
+
+unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_int, _arg: *mut c_void) -> c_int {
+    guard("client hello", (), || {
+        let (Some(cache), index) = (installed(), TAG_INDEX.load(Ordering::Relaxed)) else { return };
+        // SAFETY: OpenSSL passes the live connection; before SNI, its
+        // context is the listener's.
+        let ctx = unsafe { openssl_sys::SSL_get_SSL_CTX(ssl) } as usize;
+        if let Some(listener) = cache.listeners.iter().find(|l| l.ctx == ctx) {
+            // SAFETY: stores a pointer to a listener that outlives the
+            // connection (the cache is never dropped).
+            unsafe { openssl_sys::SSL_set_ex_data(ssl, index, listener as *const Listener as *mut c_void) };
+        }
+    });
+    openssl_sys::SSL_CLIENT_HELLO_SUCCESS
+}
+
+/// Runs when OpenSSL frees a connection, before it would drop the session
+/// of a connection not shut down: see the module docs.
+unsafe extern "C" fn on_ssl_free(
+    parent: *mut c_void,
+    tag: *mut c_void,
+    _ad: *mut openssl_sys::CRYPTO_EX_DATA,
+    _idx: c_int,
+    _argl: c_long,
+    _argp: *mut c_void,
+) {
+    if parent.is_null() || tag.is_null() {
+        return;
+    }
+    let ssl = parent.cast::<SSL>();
+    // SAFETY: OpenSSL calls this with the SSL being freed, still intact
+    // (its context is released later in SSL_free); setting the shutdown
+    // flags only changes an int in it. `tag` is a listener of the installed
+    // cache (see on_client_hello).
+    unsafe {
+        openssl_sys::SSL_set_shutdown(ssl, openssl_sys::SSL_get_shutdown(ssl) | openssl_sys::SSL_SENT_SHUTDOWN);
+        let listener = &*tag.cast::<Listener>();
+        let ctx = openssl_sys::SSL_get_SSL_CTX(ssl);
+        if ctx as usize != listener.ctx {
+            prepare_sni_context(ctx, Some(&listener.sid_ctx));
+        }
+    }
+}
+
 /// The id of a session.
 ///
 /// # Safety
@@ -168,6 +212,26 @@ unsafe fn session_id<'a>(sess: *const SSL_SESSION) -> &'a [u8] {
             return &[];
         }
         std::slice::from_raw_parts(id, len as usize)
+    }
+}
+
+/// Gives the session the listener's session id context, if SNI changed it.
+///
+/// # Safety
+/// `sess` must be a valid session not used by another thread.
+unsafe fn restore_sid_ctx(sess: *mut SSL_SESSION, sid: &[u8]) {
+    let mut len: c_uint = 0;
+    // SAFETY: per the contract.
+    unsafe {
+        let current = SSL_SESSION_get0_id_context(sess, &mut len);
+        let current = if current.is_null() {
+            &[][..]
+        } else {
+            std::slice::from_raw_parts(current, len as usize)
+        };
+        if current != sid {
+            SSL_SESSION_set1_id_context(sess, sid.as_ptr(), sid.len() as c_uint);
+        }
     }
 }
 
@@ -216,6 +280,16 @@ unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_
         if id.is_empty() {
             return 0;
         }
+        // SAFETY: `ssl` is the live connection this session belongs to.
+        unsafe {
+            if let Some(listener) = tag(ssl) {
+                restore_sid_ctx(sess, &listener.sid_ctx);
+                let ctx = openssl_sys::SSL_get_SSL_CTX(ssl);
+                if ctx as usize != listener.ctx {
+                    prepare_sni_context(ctx, Some(&listener.sid_ctx));
+                }
+            }
+        }
         let now = unix_now();
         // SAFETY: as above.
         let (established, lifetime) = unsafe {
@@ -229,25 +303,29 @@ unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_
         // SAFETY: as above.
         match unsafe { encode(sess, limits.blocksize as usize) } {
             Some(der) => {
-                if let Insert::Stored { .. } = cache.store.insert(id, &der, expires, now) {
+                let result = cache.store.insert(id, &der, expires, now);
+                if cache.verbose {
+                    log::line(&format!("new session {}.. ({} bytes): {result:?}", hex(id), der.len()));
+                }
+                if let Insert::Stored { .. } = result {
                     cache.events.stored(id, &der, expires);
                 }
             }
-            None => cache.store.note_too_big(),
+            None => {
+                cache.store.note_too_big();
+                if cache.verbose {
+                    log::line(&format!("new session {}.. larger than blocksize {}: not cached", hex(id), limits.blocksize));
+                }
+            }
         }
         cache.events.changed(&cache.store);
-        // SAFETY: `ssl` is the live connection this session belongs to.
-        unsafe {
-            mark_ours(ssl);
-            keep_tickets_off(openssl_sys::SSL_get_SSL_CTX(ssl));
-        }
         // We keep no reference to `sess`.
         0
     })
 }
 
 unsafe extern "C" fn on_get_session(
-    ssl: *mut SSL,
+    _ssl: *mut SSL,
     id: *const c_uchar,
     len: c_int,
     copy: *mut c_int,
@@ -268,19 +346,16 @@ unsafe extern "C" fn on_get_session(
         let id = unsafe { std::slice::from_raw_parts(id, len as usize) };
         let now = unix_now();
         let mut der = Vec::new();
-        let found = match cache.store.get(id, now, &mut der) {
-            Lookup::Hit { .. } => match decode(&der, id) {
-                Some(sess) => {
-                    // SAFETY: `ssl` is the live connection asking.
-                    unsafe { mark_ours(ssl) };
-                    sess
-                }
-                None => {
-                    // Undecodable or not this id: never offer it again.
-                    cache.store.remove(id, now);
-                    std::ptr::null_mut()
-                }
-            },
+        let lookup = cache.store.get(id, now, &mut der);
+        if cache.verbose {
+            log::line(&format!("get session {}..: {lookup:?}", hex(id)));
+        }
+        let found = match lookup {
+            Lookup::Hit { .. } => decode(&der, id).unwrap_or_else(|| {
+                // Undecodable or not this id: never offer it again.
+                cache.store.remove(id, now);
+                std::ptr::null_mut()
+            }),
             Lookup::Miss | Lookup::Expired | Lookup::Busy => std::ptr::null_mut(),
         };
         cache.events.changed(&cache.store);
@@ -299,13 +374,19 @@ fn removed_for_unexpected_eof() -> bool {
 unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSION) {
     guard("remove session", (), || {
         let Some(cache) = installed() else { return };
-        if removed_for_unexpected_eof() {
-            return;
-        }
         // SAFETY: OpenSSL passes a valid session for the duration of the call.
         let id = unsafe { session_id(sess) };
         if id.is_empty() {
             return;
+        }
+        if removed_for_unexpected_eof() {
+            if cache.verbose {
+                log::line(&format!("kept session {}.. of a connection closed without close_notify", hex(id)));
+            }
+            return;
+        }
+        if cache.verbose {
+            log::line(&format!("remove session {}..", hex(id)));
         }
         if cache.store.remove(id, unix_now()) == Some(true) {
             cache.events.removed(id);
@@ -314,18 +395,16 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
     })
 }
 
-/// Makes `ctx` cache sessions in the store.
+/// Makes `ctx` cache sessions in the store, under session id context `sid`.
 ///
 /// # Safety
 /// `ctx` must be a valid `SSL_CTX` not yet used by another thread (the
 /// master sets contexts up before the router processes fork).
-pub unsafe fn hook_listener(ctx: *mut SSL_CTX, sid_ctx: Option<&[u8]>, timeout: u32) -> Result<(), String> {
-    if let Some(sid) = sid_ctx {
-        if sid.len() > MAX_SID_CTX {
-            return Err(format!("a session id context is at most {MAX_SID_CTX} bytes"));
-        }
+pub unsafe fn hook_listener(ctx: *mut SSL_CTX, sid: &[u8], timeout: u32) -> Result<(), String> {
+    if sid.is_empty() || sid.len() > MAX_SID_CTX {
+        return Err(format!("a session id context takes 1 to {MAX_SID_CTX} bytes, not {}", sid.len()));
     }
-    ensure_marker_index()?;
+    ensure_tag_index()?;
     // SAFETY: per the contract.
     unsafe {
         openssl_sys::SSL_CTX_set_session_cache_mode(
@@ -339,30 +418,44 @@ pub unsafe fn hook_listener(ctx: *mut SSL_CTX, sid_ctx: Option<&[u8]>, timeout: 
         openssl_sys::SSL_CTX_sess_set_new_cb(ctx, Some(on_new_session));
         openssl_sys::SSL_CTX_sess_set_get_cb(ctx, Some(on_get_session));
         openssl_sys::SSL_CTX_sess_set_remove_cb(ctx, Some(on_remove_session));
-        if let Some(sid) = sid_ctx {
-            if openssl_sys::SSL_CTX_set_session_id_context(ctx, sid.as_ptr(), sid.len() as c_uint) != 1 {
-                openssl_sys::ERR_clear_error();
-                return Err("OpenSSL refused the session id context".into());
-            }
+        openssl_sys::SSL_CTX_set_client_hello_cb(ctx, Some(on_client_hello), std::ptr::null_mut());
+        if openssl_sys::SSL_CTX_set_session_id_context(ctx, sid.as_ptr(), sid.len() as c_uint) != 1 {
+            openssl_sys::ERR_clear_error();
+            return Err("OpenSSL refused the session id context".into());
         }
     }
     Ok(())
 }
 
-/// Keeps session tickets off on a context that SNI may switch to: uWSGI's
-/// SNI callback copies the SNI context's options onto the connection.
+/// Prepares a context that SNI may switch a connection to. OpenSSL takes the
+/// session cache mode from the connection's current context when it decides
+/// whether a new session gets an id, and uWSGI's SNI callback copies that
+/// context's options onto the connection: so an SNI context needs server
+/// caching on and tickets off, like its listener. In TLS 1.3 the session is
+/// looked up after the SNI switch, so the SNI context also needs the
+/// listener's session id context (`sid`). Contexts that uWSGI makes
+/// at run time (sni-dir, subscriptions) are prepared the first time one of
+/// their connections ends, so only their very first session is missed.
 ///
 /// # Safety
 /// `ctx` must be a valid `SSL_CTX` (or null) used by this thread only.
-pub unsafe fn keep_tickets_off(ctx: *mut SSL_CTX) {
+pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX, sid: Option<&[u8]>) {
     if ctx.is_null() {
         return;
     }
+    if let Some(sid) = sid.filter(|s| !s.is_empty() && s.len() <= MAX_SID_CTX) {
+        // SAFETY: per the contract.
+        unsafe { openssl_sys::SSL_CTX_set_session_id_context(ctx, sid.as_ptr(), sid.len() as c_uint) };
+    }
+    let mode = openssl_sys::SSL_SESS_CACHE_SERVER | openssl_sys::SSL_SESS_CACHE_NO_INTERNAL;
     // SAFETY: per the contract.
     unsafe {
         let no_ticket = openssl_sys::SSL_OP_NO_TICKET as _;
         if openssl_sys::SSL_CTX_get_options(ctx) & no_ticket == 0 {
             openssl_sys::SSL_CTX_set_options(ctx, no_ticket);
+        }
+        if openssl_sys::SSL_CTX_ctrl(ctx, SSL_CTRL_GET_SESS_CACHE_MODE, 0, std::ptr::null_mut()) & mode != mode {
+            openssl_sys::SSL_CTX_set_session_cache_mode(ctx, mode);
         }
     }
 }

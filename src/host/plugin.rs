@@ -130,24 +130,42 @@ fn setup() -> Result<(), String> {
     })
     .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
 
-    let listeners = server.listener_contexts();
+    let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
-    for c in &listeners {
-        let (sid, slot) = match c.kind {
-            ContextKind::Https => (&settings.https_session_context, 0),
-            ContextKind::SslRouter => (&settings.sslrouter_session_context, 1),
-            ContextKind::Socket => (&settings.https_session_context, 2),
+    let mut listeners = Vec::new();
+    for c in &contexts {
+        let (configured, prefix, slot) = match c.kind {
+            ContextKind::Https => (&settings.https_session_context, "http-", 0),
+            ContextKind::SslRouter => (&settings.sslrouter_session_context, "sslrouter-", 1),
+            ContextKind::Socket => (&settings.https_session_context, "", 2),
+        };
+        let sid = match configured {
+            Some(sid) => sid.as_bytes().to_vec(),
+            None => default_sid(prefix, &c.name),
         };
         // SAFETY: the contexts were made by the option handlers and are not
         // in use yet: the router processes have not forked.
-        unsafe { tls::hook_listener(c.ctx, sid.as_deref().map(str::as_bytes), settings.timeout) }
-            .map_err(|e| format!("cannot set up a TLS context for session caching: {e}"))?;
+        unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout) }
+            .map_err(|e| format!("cannot set up the TLS context of {} for session caching: {e}", c.name))?;
+        listeners.push(tls::Listener {
+            ctx: c.ctx as usize,
+            sid_ctx: sid,
+        });
         counts[slot] += 1;
     }
     let sni = server.sni_contexts();
+    // SNI contexts are shared by all listeners but carry one session id
+    // context: the listeners' one, which is common when configured.
+    let sni_sid = listeners.first().map(|l| l.sid_ctx.clone());
+    if !sni.is_empty() && listeners.iter().any(|l| Some(&l.sid_ctx) != sni_sid.as_ref()) {
+        log::line(
+            "warning: the TLS listeners have different session id contexts: set https-session-context \
+             so that TLS 1.3 sessions of SNI hosts resume on every listener",
+        );
+    }
     for ctx in &sni {
         // SAFETY: as above.
-        unsafe { tls::keep_tickets_off(*ctx) };
+        unsafe { tls::prepare_sni_context(*ctx, sni_sid.as_deref()) };
     }
     let hashsize = store.bucket_count().min(u32::MAX as usize) as u32;
     log::line(&format!(
@@ -161,22 +179,32 @@ fn setup() -> Result<(), String> {
         store.reserved_bytes().div_ceil(1 << 20),
         store.shard_count(),
         settings.timeout,
-        listeners.len(),
+        contexts.len(),
         counts[0],
         counts[1],
         counts[2],
         sni.len()
     ));
-    if listeners.is_empty() {
+    if contexts.is_empty() {
         log::line("warning: no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
     tls::install(SessionCache {
         store,
         timeout: settings.timeout,
         events: Box::new(Events),
+        verbose: server.ssl_verbose(),
+        listeners,
     });
     let _ = ACTIVE.set(Active { settings, hashsize });
     Ok(())
+}
+
+/// The session id context uWSGI gives a listener when none is configured
+/// ("http-" + address...), cut to the 32 bytes OpenSSL takes (uWSGI would
+/// silently leave a longer one unset).
+fn default_sid(prefix: &str, name: &str) -> Vec<u8> {
+    let full = format!("{prefix}{name}").into_bytes();
+    full[full.len().saturating_sub(tls::MAX_SID_CTX)..].to_vec()
 }
 
 unsafe extern "C" fn init() -> c_int {
@@ -205,3 +233,10 @@ unsafe extern "C" fn master_cycle() {
         facade::publish(&cache.store);
     }));
 }
+
+/// ELF section uWSGI reads before loading a plugin: load the HTTP router
+/// plugin first (Debian ships it separately), as the seed configs use
+/// `https =` without `plugins = http`.
+#[used]
+#[link_section = "uwsgi"]
+static UWSGI_SECTION: [u8; 14] = *b"requires=http\n";

@@ -25,10 +25,13 @@ pub enum ContextKind {
 }
 
 /// A TLS context found in uWSGI's structures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Context {
     pub ctx: *mut openssl_sys::SSL_CTX,
     pub kind: ContextKind,
+    /// The socket name, from which uWSGI derives the default session id
+    /// context ("http-" + name for the HTTPS router, and so on).
+    pub name: String,
 }
 
 fn text(ptr: *const c_char) -> Option<String> {
@@ -151,6 +154,11 @@ impl Server {
         }
     }
 
+    /// uWSGI's `ssl-verbose`.
+    pub fn ssl_verbose(&self) -> bool {
+        self.get().ssl_verbose != 0
+    }
+
     /// Whether the core still creates a default cache (it comes first).
     pub fn has_core_default_cache(&self) -> bool {
         self.get().cache_max_items > 0
@@ -178,6 +186,7 @@ impl Server {
                 out.push(Context {
                     ctx: g.ctx.cast(),
                     kind,
+                    name: text(g.name).unwrap_or_default(),
                 });
             }
             ugs = g.next;
@@ -190,6 +199,7 @@ impl Server {
                 out.push(Context {
                     ctx: u.ssl_ctx.cast(),
                     kind: ContextKind::Socket,
+                    name: text(u.name).unwrap_or_default(),
                 });
             }
             sock = u.next;
@@ -230,7 +240,7 @@ impl Server {
     }
 
     /// `uwsgi.lock_ops.rwlock_init`, available once the core set up locking.
-    pub fn new_rwlock(&mut self, name: &CStr) -> *mut sys::uwsgi_lock_item {
+    pub fn new_rwlock(&mut self, name: &'static CStr) -> *mut sys::uwsgi_lock_item {
         match self.get().lock_ops.rwlock_init {
             // SAFETY: the core's lock constructor; it copies nothing from the
             // name but keeps the pointer, so `name` must be 'static (callers

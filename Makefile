@@ -1,0 +1,80 @@
+# sslcache: build, install, test, demo.
+#
+#   make                      build sslcache_plugin.so for `uwsgi` on PATH
+#   make UWSGI=/path/uwsgi    ... for that binary
+#   make install              copy it into that binary's plugin directory
+#   make test                 the whole test suite (installs what it needs)
+#   make demo                 a local cluster showing resumed sessions
+#   make bench                benchmarks (figures in bench/RESULTS.md)
+
+UWSGI ?= $(shell command -v uwsgi 2>/dev/null)
+CARGO ?= cargo
+PLUGIN := sslcache_plugin.so
+
+# Debian packages: the uWSGI binary and what bindgen needs to read its
+# headers, the TLS and balancer tools the tests drive, the Python plugin used
+# to reach the stats entry through uWSGI's cache API.
+DEB_PACKAGES := uwsgi-core uwsgi-plugin-python3 libclang-dev libssl-dev libpcre3-dev \
+	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 binutils
+
+# uWSGI 2.0.31 built from PyPI's sdist, for the second binary under test.
+PYPI_UWSGI_VERSION := 2.0.31
+PYPI_DIR := target/pypi-uwsgi
+PYPI_UWSGI := $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
+PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
+
+.PHONY: all $(PLUGIN) install deps test unit-test demo bench pypi-uwsgi clean
+
+all: $(PLUGIN)
+
+$(PLUGIN):
+	@test -n "$(UWSGI)" || { echo "no uwsgi binary: install uwsgi-core or pass UWSGI=/path/to/uwsgi" >&2; exit 1; }
+	UWSGI=$(UWSGI) $(CARGO) build --release --lib
+	cp target/release/libsslcache.so $(PLUGIN)
+
+install: $(PLUGIN)
+	@dir=$$($(UWSGI) --cflags | tr ' ' '\n' | sed -n 's/^-DUWSGI_PLUGIN_DIR="\\"\(.*\)\\""$$/\1/p'); \
+	test -n "$$dir" || { echo "cannot find the plugin directory of $(UWSGI)" >&2; exit 1; }; \
+	install -d "$$dir" && install -m 0644 $(PLUGIN) "$$dir/$(PLUGIN)" && echo "installed $$dir/$(PLUGIN)"
+
+# Installs the Debian packages that are missing (needs root, as on CI).
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+$(PYPI_UWSGI):
+	mkdir -p $(PYPI_DIR)
+	pip download --no-binary :all: --no-deps -q -d $(PYPI_DIR) uwsgi==$(PYPI_UWSGI_VERSION)
+	tar -xzf $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION).tar.gz -C $(PYPI_DIR)
+	cd $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION) && python3 uwsgiconfig.py --build > build.log 2>&1 || { tail -20 build.log; exit 1; }
+
+# The plugin built against the PyPI binary, in its own target directory.
+pypi-uwsgi: $(PYPI_UWSGI)
+	UWSGI=$(abspath $(PYPI_UWSGI)) CARGO_TARGET_DIR=target/pypi-build $(CARGO) build --release --lib
+	mkdir -p $(PYPI_PLUGIN_DIR)
+	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN)
+
+unit-test:
+	$(CARGO) test --release --lib
+
+test: deps $(PLUGIN) pypi-uwsgi
+	SSLCACHE_REQUIRE_ALL=1 \
+	SSLCACHE_PYPI_UWSGI=$(abspath $(PYPI_UWSGI)) \
+	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
+	$(CARGO) test --release -- --test-threads=2
+
+demo: deps $(PLUGIN)
+	$(CARGO) run --release --quiet --example demo
+
+bench: deps $(PLUGIN)
+	$(CARGO) bench --bench store
+	$(CARGO) run --release --quiet --example bench_tls
+
+clean:
+	$(CARGO) clean
+	rm -f $(PLUGIN)

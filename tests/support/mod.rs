@@ -1,0 +1,469 @@
+//! Test and demo harness: real uWSGI processes, real TLS clients, loopback
+//! only. Every process started here is stopped by its pid (SIGINT to the
+//! master, then SIGKILL to its process group), every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use openssl::ssl::{SslConnector, SslMethod, SslOptions, SslSession, SslStream, SslVerifyMode, SslVersion};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The uWSGI binary under test (`UWSGI`, else `uwsgi` on PATH).
+pub fn uwsgi_binary() -> PathBuf {
+    std::env::var_os("UWSGI")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("uwsgi"))
+}
+
+/// Directory holding `sslcache_plugin.so` (`SSLCACHE_PLUGIN_DIR`, else the
+/// repository root where `make` puts it).
+pub fn plugin_dir() -> PathBuf {
+    let dir = std::env::var_os("SSLCACHE_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(repo_root);
+    let so = dir.join("sslcache_plugin.so");
+    assert!(so.exists(), "{} is missing: build it with `make` (tests run through `make test`)", so.display());
+    dir
+}
+
+/// When set (by `make test`), prerequisites of optional tests must exist.
+pub fn require_all() -> bool {
+    std::env::var_os("SSLCACHE_REQUIRE_ALL").is_some()
+}
+
+/// A fresh directory under target/itest for one test.
+pub fn test_dir(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = repo_root()
+        .join("target/itest")
+        .join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Self-signed certificate + key for `cn`, made once per process.
+pub fn cert(cn: &str) -> (PathBuf, PathBuf) {
+    static MADE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let dir = repo_root().join("target/itest/certs");
+    fs::create_dir_all(&dir).unwrap();
+    let crt = dir.join(format!("{cn}-{}.crt", std::process::id()));
+    let key = dir.join(format!("{cn}-{}.key", std::process::id()));
+    let mut made = MADE.lock().unwrap();
+    if !made.iter().any(|c| c == cn) {
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+            .arg(format!("/CN={cn}"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&crt)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl CLI");
+        assert!(status.success(), "openssl req failed");
+        made.push(cn.to_string());
+    }
+    (crt, key)
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 2_000) as u16 * 10, Ordering::Relaxed, Ordering::Relaxed);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::Relaxed);
+        if p > 60_000 {
+            NEXT.store(20_000, Ordering::Relaxed);
+            continue;
+        }
+        let tcp = TcpListener::bind(("127.0.0.1", p));
+        let udp = UdpSocket::bind(("127.0.0.1", p));
+        if tcp.is_ok() && udp.is_ok() {
+            return p;
+        }
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: sends a signal to a process (group) this harness started.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// One uWSGI instance started from an ini text.
+pub struct Uwsgi {
+    pub name: String,
+    child: Child,
+    pub pid: i32,
+    pub log_path: PathBuf,
+    pub ini_path: PathBuf,
+}
+
+impl Uwsgi {
+    /// Writes `<dir>/<name>.ini` and starts `binary --ini` on it.
+    pub fn spawn_with(binary: &Path, dir: &Path, name: &str, ini: &str) -> Uwsgi {
+        let ini_path = dir.join(format!("{name}.ini"));
+        let log_path = dir.join(format!("{name}.log"));
+        fs::write(&ini_path, ini).unwrap();
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(binary)
+            .arg("--ini")
+            .arg(&ini_path)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let pid = child.id() as i32;
+        Uwsgi {
+            name: name.into(),
+            child,
+            pid,
+            log_path,
+            ini_path,
+        }
+    }
+
+    pub fn spawn(dir: &Path, name: &str, ini: &str) -> Uwsgi {
+        Self::spawn_with(&uwsgi_binary(), dir, name, ini)
+    }
+
+    /// Starts and waits until every TCP port in `ports` accepts.
+    pub fn start(dir: &Path, name: &str, ini: &str, ports: &[u16]) -> Uwsgi {
+        let mut u = Self::spawn(dir, name, ini);
+        u.wait_ready(ports);
+        u
+    }
+
+    pub fn wait_ready(&mut self, ports: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for &port in ports {
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("{} exited early ({status}):\n{}", self.name, self.log());
+                }
+                if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "{} not listening on {port}:\n{}", self.name, self.log());
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits for the process to exit on its own (bounded).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The router (gateway) processes: children of the master.
+    pub fn children(&self) -> Vec<i32> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            // Fields after the command name (which may hold spaces).
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+            let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
+            if ppid == Some(self.pid) {
+                out.push(pid);
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    pub fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        // SIGINT: uWSGI's immediate shutdown (SIGTERM would reload it).
+        signal(self.pid, libc::SIGINT);
+        if self.wait_exit(Duration::from_secs(8)).is_none() {
+            signal(-self.pid, libc::SIGKILL);
+            let _ = self.child.wait();
+        }
+        // Children that outlived the master, if any.
+        signal(-self.pid, libc::SIGKILL);
+    }
+}
+
+impl Drop for Uwsgi {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs an instance expected to exit by itself; returns its status and log.
+pub fn run_to_exit(dir: &Path, name: &str, ini: &str) -> (Option<ExitStatus>, String) {
+    let mut u = Uwsgi::spawn(dir, name, ini);
+    let status = u.wait_exit(Duration::from_secs(15));
+    let log = u.log();
+    u.stop();
+    (status, log)
+}
+
+/// The JSON of a stats server.
+pub fn stats(port: u16) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("stats server");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).expect("stats read");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("stats JSON: {e}: {body}"))
+}
+
+/// The `caches` entry called `name`.
+pub fn cache_stats(port: u16, name: &str) -> serde_json::Value {
+    let all = stats(port);
+    all["caches"]
+        .as_array()
+        .and_then(|caches| caches.iter().find(|c| c["name"] == name).cloned())
+        .unwrap_or_else(|| panic!("no cache {name:?} in stats: {}", all["caches"]))
+}
+
+/// What a TLS client offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// TLS 1.2 without session tickets: resumes by session id only.
+    Tls12NoTickets,
+    /// TLS 1.2 with tickets (what stock uWSGI resumes).
+    Tls12Tickets,
+    /// TLS 1.3 (session tickets, stateful with the plugin).
+    Tls13,
+}
+
+/// One finished TLS connection.
+pub struct Conn {
+    pub resumed: bool,
+    pub session: Option<SslSession>,
+    /// Router process that held the server side, if asked for.
+    pub owner: Option<i32>,
+    pub peer_cn: String,
+}
+
+pub struct Client {
+    connector: SslConnector,
+    pub proto: Proto,
+    pub sni: Option<String>,
+}
+
+impl Client {
+    pub fn new(proto: Proto) -> Client {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+        b.set_verify(SslVerifyMode::NONE);
+        match proto {
+            Proto::Tls12NoTickets => {
+                b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+                b.set_options(SslOptions::NO_TICKET);
+            }
+            Proto::Tls12Tickets => {
+                b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+            }
+            Proto::Tls13 => {
+                b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+            }
+        }
+        Client {
+            connector: b.build(),
+            proto,
+            sni: None,
+        }
+    }
+
+    pub fn with_sni(mut self, host: &str) -> Client {
+        self.sni = Some(host.into());
+        self
+    }
+
+    /// A handshake (resuming `session` if given); the caller decides what
+    /// follows. Returns the stream and the client's local port.
+    pub fn handshake(&self, port: u16, session: Option<&SslSession>) -> std::io::Result<(SslStream<TcpStream>, u16)> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
+        let local_port = tcp.local_addr()?.port();
+        let mut config = self.connector.configure().map_err(std::io::Error::other)?;
+        config.set_verify_hostname(false);
+        config.set_use_server_name_indication(self.sni.is_some());
+        let mut ssl = config.into_ssl(self.sni.as_deref().unwrap_or("localhost")).map_err(std::io::Error::other)?;
+        if let Some(s) = session {
+            // SAFETY: the session comes from a connection made with this
+            // client's own context.
+            unsafe { ssl.set_session(s).map_err(std::io::Error::other)? };
+        }
+        let mut stream = SslStream::new(ssl, tcp).map_err(std::io::Error::other)?;
+        stream.connect().map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok((stream, local_port))
+    }
+
+    /// One connection: handshake (resuming `session` if given), a request,
+    /// read until the router closes. `routers` asks to find which of those
+    /// processes served it.
+    pub fn connect(&self, port: u16, session: Option<&SslSession>, routers: &[i32]) -> std::io::Result<Conn> {
+        let (mut stream, local_port) = self.handshake(port, session)?;
+        let resumed = stream.ssl().session_reused();
+        let peer_cn = stream
+            .ssl()
+            .peer_certificate()
+            .and_then(|c| {
+                c.subject_name()
+                    .entries_by_nid(openssl::nid::Nid::COMMONNAME)
+                    .next()
+                    .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+            })
+            .unwrap_or_default();
+        let owner = if routers.is_empty() {
+            None
+        } else {
+            socket_owner(port, local_port, routers)
+        };
+        let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut buf = [0u8; 4096];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            match stream.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let session = stream.ssl().session().map(|s| s.to_owned());
+        let _ = stream.shutdown();
+        Ok(Conn {
+            resumed,
+            session,
+            owner,
+            peer_cn,
+        })
+    }
+
+    /// `n` reconnects, each resuming the previous connection's session.
+    pub fn reconnects(&self, port: u16, n: usize, routers: &[i32]) -> Outcome {
+        let mut out = Outcome::default();
+        let mut session: Option<SslSession> = None;
+        for _ in 0..n {
+            match self.connect(port, session.as_ref(), routers) {
+                Ok(c) => {
+                    out.attempts += 1;
+                    if c.resumed {
+                        out.resumed += 1;
+                    }
+                    if let Some(pid) = c.owner {
+                        if !out.owners.contains(&pid) {
+                            out.owners.push(pid);
+                        }
+                    }
+                    if c.session.is_some() {
+                        session = c.session;
+                    }
+                }
+                Err(e) => {
+                    out.attempts += 1;
+                    out.errors.push(e.to_string());
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Result of a reconnect loop. The first connection is a full handshake by
+/// definition; `resumption_rate` counts the others.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub attempts: usize,
+    pub resumed: usize,
+    pub errors: Vec<String>,
+    pub owners: Vec<i32>,
+}
+
+impl Outcome {
+    pub fn resumption_rate(&self) -> f64 {
+        if self.attempts <= 1 {
+            return 0.0;
+        }
+        self.resumed as f64 / (self.attempts - 1) as f64
+    }
+}
+
+/// Which of `pids` holds the accepted socket of the connection from
+/// 127.0.0.1:`client_port` to 127.0.0.1:`server_port`.
+pub fn socket_owner(server_port: u16, client_port: u16, pids: &[i32]) -> Option<i32> {
+    let table = fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{server_port:04X}");
+    let remote = format!("0100007F:{client_port:04X}");
+    let inode = table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        (cols.len() > 9 && cols[1] == local && cols[2] == remote).then(|| cols[9].to_string())
+    })?;
+    let needle = format!("socket:[{inode}]");
+    pids.iter().copied().find(|pid| {
+        fs::read_dir(format!("/proc/{pid}/fd"))
+            .map(|dir| {
+                dir.flatten()
+                    .any(|fd| fs::read_link(fd.path()).map(|l| l.to_string_lossy() == needle).unwrap_or(false))
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Seed "Setup 1" on loopback, plus the lines a test needs.
+pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processes: usize, cache_lines: &str) -> String {
+    let (crt, key) = cert("localhost");
+    format!(
+        "[uwsgi]\n\
+         plugin-dir = {plugins}\n\
+         plugins = sslcache\n\
+         master = true\n\
+         {cache_lines}\n\
+         ssl-sessions-timeout = 300\n\
+         https-session-context = foobar\n\
+         https = 127.0.0.1:{https_port},{crt},{key}\n\
+         http-processes = {processes}\n\
+         http-to = 127.0.0.1:{dead}\n\
+         stats = 127.0.0.1:{stats_port}\n",
+        plugins = plugin_dir.display(),
+        crt = crt.display(),
+        key = key.display(),
+        dead = free_port(),
+    )
+}
+
+pub const DEFAULT_CACHE: &str = "cache = 20000\ncache-blocksize = 4096\nssl-sessions-use-cache = true";
+pub const NAMED_CACHE: &str = "cache2 = name=ssl,items=20000,keysize=128,blocksize=4096\nssl-sessions-use-cache = ssl";
+
+/// A lock shared by tests that start many router processes: the machine
+/// has 2 cores and such tests measure nothing when they starve each other.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: OnceLock<Mutex<()>> = OnceLock::new();
+    HEAVY.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -220,17 +220,20 @@ fn sni_contexts_keep_their_certificate_and_resume() {
 }
 
 /// Every session-capable context is hooked: core https-socket and the SSL
-/// router, whatever the order of the lines.
+/// router, whatever the order of the lines. The SSL router frees its
+/// connections without close_notify, which OpenSSL would punish by dropping
+/// the session.
 #[test]
 fn https_socket_and_sslrouter_contexts_resume() {
     let dir = test_dir("contexts");
     let (router, socket, stats_port) = (free_port(), free_port(), free_port());
+    let backend = http_backend(Duration::from_secs(60));
     let (crt, key) = cert("localhost");
     let ini = format!(
         "[uwsgi]\n\
          https-socket = 127.0.0.1:{socket},{crt},{key}\n\
          sslrouter = 127.0.0.1:{router},{crt},{key}\n\
-         sslrouter-to = 127.0.0.1:9\n\
+         sslrouter-to = 127.0.0.1:{backend}\n\
          sslrouter-processes = 2\n\
          ssl-sessions-use-cache = true\n\
          plugin-dir = {plugins}\n\
@@ -248,7 +251,29 @@ fn https_socket_and_sslrouter_contexts_resume() {
     for port in [router, socket] {
         for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
             let out = Client::new(proto).reconnects(port, 30, &[]);
-            assert!(out.resumption_rate() >= 0.99, "port {port} {proto:?}: {out:?}");
+            assert!(out.resumption_rate() >= 0.99, "port {port} {proto:?}: {out:?}\n{}", node.log());
         }
+    }
+}
+
+/// SNI contexts uWSGI creates at run time (`sni-dir`) are prepared after
+/// their first connection: from then on their sessions resume.
+#[test]
+fn sni_dir_contexts_resume_after_their_first_session() {
+    let dir = test_dir("sni-dir");
+    let certs = dir.join("sni");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (crt, key) = cert("dyn.example");
+    std::fs::copy(&crt, certs.join("dyn.example.crt")).unwrap();
+    std::fs::copy(&key, certs.join("dyn.example.key")).unwrap();
+    let (https, stats_port) = (free_port(), free_port());
+    let ini = seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE) + &format!("sni-dir = {}\n", certs.display());
+    let _node = Uwsgi::start(&dir, "node", &ini, &[https]);
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        let client = Client::new(proto).with_sni("dyn.example");
+        let first = client.connect(https, None, &[]).unwrap();
+        assert_eq!(first.peer_cn, "dyn.example");
+        let out = client.reconnects(https, 30, &[]);
+        assert!(out.resumption_rate() >= 0.99, "{proto:?}: {out:?}");
     }
 }

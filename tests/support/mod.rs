@@ -148,7 +148,11 @@ impl Uwsgi {
 
     /// Starts and waits until every TCP port in `ports` accepts.
     pub fn start(dir: &Path, name: &str, ini: &str, ports: &[u16]) -> Uwsgi {
-        let mut u = Self::spawn(dir, name, ini);
+        Self::start_with(&uwsgi_binary(), dir, name, ini, ports)
+    }
+
+    pub fn start_with(binary: &Path, dir: &Path, name: &str, ini: &str, ports: &[u16]) -> Uwsgi {
+        let mut u = Self::spawn_with(binary, dir, name, ini);
         u.wait_ready(ports);
         u
     }
@@ -225,7 +229,11 @@ impl Drop for Uwsgi {
 
 /// Runs an instance expected to exit by itself; returns its status and log.
 pub fn run_to_exit(dir: &Path, name: &str, ini: &str) -> (Option<ExitStatus>, String) {
-    let mut u = Uwsgi::spawn(dir, name, ini);
+    run_to_exit_with(&uwsgi_binary(), dir, name, ini)
+}
+
+pub fn run_to_exit_with(binary: &Path, dir: &Path, name: &str, ini: &str) -> (Option<ExitStatus>, String) {
+    let mut u = Uwsgi::spawn_with(binary, dir, name, ini);
     let status = u.wait_exit(Duration::from_secs(15));
     let log = u.log();
     u.stop();
@@ -466,4 +474,35 @@ pub const NAMED_CACHE: &str = "cache2 = name=ssl,items=20000,keysize=128,blocksi
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: OnceLock<Mutex<()>> = OnceLock::new();
     HEAVY.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A plain TCP backend answering every request with a tiny HTTP response,
+/// for routers that pass the decrypted stream through (sslrouter). Runs
+/// until `lifetime` elapses.
+pub fn http_backend(lifetime: Duration) -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + lifetime;
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 1024];
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    port
 }

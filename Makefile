@@ -22,6 +22,8 @@ PYPI_UWSGI_VERSION := 2.0.31
 PYPI_DIR := target/pypi-uwsgi
 PYPI_UWSGI := $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
+# The same uWSGI built without SSL: sslcache must refuse to build for it.
+PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
 .PHONY: all $(PLUGIN) install deps test unit-test demo bench pypi-uwsgi clean
 
@@ -53,8 +55,13 @@ $(PYPI_UWSGI):
 	tar -xzf $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION).tar.gz -C $(PYPI_DIR)
 	cd $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION) && python3 uwsgiconfig.py --build > build.log 2>&1 || { tail -20 build.log; exit 1; }
 
+$(PYPI_NOSSL_UWSGI): $(PYPI_UWSGI)
+	mkdir -p $(PYPI_DIR)/nossl
+	tar -xzf $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION).tar.gz -C $(PYPI_DIR)/nossl
+	cd $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION) && UWSGI_PROFILE_OVERRIDE="ssl=false" python3 uwsgiconfig.py --build > build.log 2>&1 || { tail -20 build.log; exit 1; }
+
 # The plugin built against the PyPI binary, in its own target directory.
-pypi-uwsgi: $(PYPI_UWSGI)
+pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
 	UWSGI=$(abspath $(PYPI_UWSGI)) CARGO_TARGET_DIR=target/pypi-build $(CARGO) build --release --lib
 	mkdir -p $(PYPI_PLUGIN_DIR)
 	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN)
@@ -66,6 +73,7 @@ test: deps $(PLUGIN) pypi-uwsgi
 	SSLCACHE_REQUIRE_ALL=1 \
 	SSLCACHE_PYPI_UWSGI=$(abspath $(PYPI_UWSGI)) \
 	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
+	SSLCACHE_NOSSL_UWSGI=$(abspath $(PYPI_NOSSL_UWSGI)) \
 	$(CARGO) test --release -- --test-threads=2
 
 demo: deps $(PLUGIN)

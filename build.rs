@@ -52,13 +52,10 @@ fn which(name: &Path) -> Option<PathBuf> {
 }
 
 fn run(binary: &Path, args: &[&str]) -> String {
-    let out = Command::new(binary).args(args).output().unwrap_or_else(|e| {
-        fail(&format!(
-            "cannot run {} {}: {e}",
-            binary.display(),
-            args.join(" ")
-        ))
-    });
+    let out = Command::new(binary)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| fail(&format!("cannot run {} {}: {e}", binary.display(), args.join(" "))));
     if !out.status.success() || out.stdout.is_empty() {
         fail(&format!(
             "{} {} failed ({}): {}",
@@ -191,8 +188,7 @@ fn main() {
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dot_h = run(&binary, &["--dot-h"]);
-    fs::write(out_dir.join("uwsgi.h"), dot_h)
-        .unwrap_or_else(|e| fail(&format!("cannot write uwsgi.h: {e}")));
+    fs::write(out_dir.join("uwsgi.h"), dot_h).unwrap_or_else(|e| fail(&format!("cannot write uwsgi.h: {e}")));
 
     let mut clang_args: Vec<String> = cflags
         .iter()
@@ -252,6 +248,5 @@ fn main() {
         build_id(&binary),
         symbol_size
     );
-    fs::write(out_dir.join("stamp.rs"), stamp)
-        .unwrap_or_else(|e| fail(&format!("cannot write stamp.rs: {e}")));
+    fs::write(out_dir.join("stamp.rs"), stamp).unwrap_or_else(|e| fail(&format!("cannot write stamp.rs: {e}")));
 }

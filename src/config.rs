@@ -110,7 +110,10 @@ pub fn positive(what: &str, value: &str, max: u64) -> Result<u64, ConfigError> {
 
 /// Whether an `ssl-sessions-use-cache` value selects the default cache.
 fn means_default(value: &str) -> bool {
-    matches!(value.trim().to_ascii_lowercase().as_str(), "" | "true" | "1" | "yes" | "on")
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "" | "true" | "1" | "yes" | "on"
+    )
 }
 
 /// Splits a `cache2` value the way uWSGI's `uwsgi_kvlist_parse` does:
@@ -215,7 +218,11 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     let what = |key: &str| format!("cache2 \"{name}\" {key}");
     let items = match get(&["max_items", "maxitems", "items"]) {
         Some(v) => positive(&what("items"), &v, u32::MAX as u64 / 4)?,
-        None => return err(format!("cache2 \"{name}\" needs items=N (the number of sessions to keep)")),
+        None => {
+            return err(format!(
+                "cache2 \"{name}\" needs items=N (the number of sessions to keep)"
+            ))
+        }
     };
     let keysize = match get(&["keysize", "key_size"]) {
         Some(v) => positive(&what("keysize"), &v, u16::MAX as u64 - 1)? as u32,
@@ -443,7 +450,11 @@ mod tests {
         r.cache2 = vec!["name=s,items=5,bitmap=1,store=/tmp/x,hash=murmur2,frobnicate=2".into()];
         let s = resolve(&r).unwrap().unwrap();
         assert_eq!(s.warnings.len(), 1);
-        assert!(s.warnings[0].contains("bitmap, store, hash, frobnicate (unknown)"), "{}", s.warnings[0]);
+        assert!(
+            s.warnings[0].contains("bitmap, store, hash, frobnicate (unknown)"),
+            "{}",
+            s.warnings[0]
+        );
     }
 
     #[test]
@@ -456,8 +467,12 @@ mod tests {
 
     #[test]
     fn clear_errors() {
-        let cases: Vec<(Box<dyn Fn(&mut RawOptions)>, &str)> = vec![
-            (Box::new(|r| r.use_cache = Some("nope".into())), "no cache named \"nope\" is defined (defined: default)"),
+        type Mutation = Box<dyn Fn(&mut RawOptions)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|r| r.use_cache = Some("nope".into())),
+                "no cache named \"nope\" is defined (defined: default)",
+            ),
             (
                 Box::new(|r| {
                     r.cache = None;
@@ -471,11 +486,23 @@ mod tests {
                 }),
                 "no cache is defined at all",
             ),
-            (Box::new(|r| r.cache = Some("lots".into())), "cache = \"lots\" is not a number"),
+            (
+                Box::new(|r| r.cache = Some("lots".into())),
+                "cache = \"lots\" is not a number",
+            ),
             (Box::new(|r| r.cache = Some("0".into())), "cache must be greater than 0"),
-            (Box::new(|r| r.cache_blocksize = Some("4k".into())), "cache-blocksize = \"4k\" is not a number"),
-            (Box::new(|r| r.timeout = Some("-3".into())), "ssl-sessions-timeout = \"-3\" is not a number"),
-            (Box::new(|r| r.timeout = Some("0".into())), "ssl-sessions-timeout must be greater than 0"),
+            (
+                Box::new(|r| r.cache_blocksize = Some("4k".into())),
+                "cache-blocksize = \"4k\" is not a number",
+            ),
+            (
+                Box::new(|r| r.timeout = Some("-3".into())),
+                "ssl-sessions-timeout = \"-3\" is not a number",
+            ),
+            (
+                Box::new(|r| r.timeout = Some("0".into())),
+                "ssl-sessions-timeout must be greater than 0",
+            ),
             (
                 Box::new(|r| r.https_session_context = Some("x".repeat(33))),
                 "https-session-context = xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx is 33 bytes long",

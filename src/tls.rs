@@ -117,7 +117,10 @@ fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            log::once(&PANICKED, &format!("internal error in the {what} callback ({msg}); the session is not cached"));
+            log::once(
+                &PANICKED,
+                &format!("internal error in the {what} callback ({msg}); the session is not cached"),
+            );
             fallback
         }
     }
@@ -158,7 +161,9 @@ unsafe fn tag(ssl: *const SSL) -> Option<&'static Listener> {
 
 unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_int, _arg: *mut c_void) -> c_int {
     guard("client hello", (), || {
-        let (Some(cache), index) = (installed(), TAG_INDEX.load(Ordering::Relaxed)) else { return };
+        let (Some(cache), index) = (installed(), TAG_INDEX.load(Ordering::Relaxed)) else {
+            return;
+        };
         // SAFETY: OpenSSL passes the live connection; before SNI, its
         // context is the listener's.
         let ctx = unsafe { openssl_sys::SSL_get_SSL_CTX(ssl) } as usize;
@@ -314,7 +319,11 @@ unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_
             None => {
                 cache.store.note_too_big();
                 if cache.verbose {
-                    log::line(&format!("new session {}.. larger than blocksize {}: not cached", hex(id), limits.blocksize));
+                    log::line(&format!(
+                        "new session {}.. larger than blocksize {}: not cached",
+                        hex(id),
+                        limits.blocksize
+                    ));
                 }
             }
         }
@@ -381,7 +390,10 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
         }
         if removed_for_unexpected_eof() {
             if cache.verbose {
-                log::line(&format!("kept session {}.. of a connection closed without close_notify", hex(id)));
+                log::line(&format!(
+                    "kept session {}.. of a connection closed without close_notify",
+                    hex(id)
+                ));
             }
             return;
         }
@@ -402,7 +414,10 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
 /// master sets contexts up before the router processes fork).
 pub unsafe fn hook_listener(ctx: *mut SSL_CTX, sid: &[u8], timeout: u32) -> Result<(), String> {
     if sid.is_empty() || sid.len() > MAX_SID_CTX {
-        return Err(format!("a session id context takes 1 to {MAX_SID_CTX} bytes, not {}", sid.len()));
+        return Err(format!(
+            "a session id context takes 1 to {MAX_SID_CTX} bytes, not {}",
+            sid.len()
+        ));
     }
     ensure_tag_index()?;
     // SAFETY: per the contract.

@@ -24,7 +24,11 @@ fn fails_with(name: &str, body: &str, expected: &str) {
     assert_eq!(status.code(), Some(1), "{name}: {status}\n{log}");
     let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
     assert_eq!(ours.len(), 1, "{name}: expected one [sslcache] line:\n{log}");
-    assert!(ours[0].contains(expected), "{name}: {:?} does not contain {expected:?}", ours[0]);
+    assert!(
+        ours[0].contains(expected),
+        "{name}: {:?} does not contain {expected:?}",
+        ours[0]
+    );
 }
 
 #[test]
@@ -39,13 +43,25 @@ fn cache_name_not_defined() {
 #[test]
 fn no_cache_at_all() {
     fails_with("no-cache", "ssl-sessions-use-cache = true", "none is defined");
-    fails_with("no-cache-named", "ssl-session-use-cache = ssl", "no cache is defined at all");
+    fails_with(
+        "no-cache-named",
+        "ssl-session-use-cache = ssl",
+        "no cache is defined at all",
+    );
 }
 
 #[test]
 fn non_numeric_and_zero_sizes() {
-    fails_with("items-text", "cache = many\nssl-sessions-use-cache = true", "cache = \"many\" is not a number");
-    fails_with("items-zero", "cache = 0\nssl-sessions-use-cache = true", "cache must be greater than 0");
+    fails_with(
+        "items-text",
+        "cache = many\nssl-sessions-use-cache = true",
+        "cache = \"many\" is not a number",
+    );
+    fails_with(
+        "items-zero",
+        "cache = 0\nssl-sessions-use-cache = true",
+        "cache must be greater than 0",
+    );
     fails_with(
         "blocksize-text",
         "cache = 10\ncache-blocksize = 4k\nssl-sessions-use-cache = true",
@@ -116,7 +132,11 @@ fn inactive_without_use_cache() {
         free_port()
     );
     let node = Uwsgi::start(&dir, "node", &ini, &[stats_port]);
-    assert!(node.log().contains("ssl-sessions-use-cache is not set"), "{}", node.log());
+    assert!(
+        node.log().contains("ssl-sessions-use-cache is not set"),
+        "{}",
+        node.log()
+    );
     // The core's own default cache, with the core's hash.
     assert_eq!(cache_stats(stats_port, "default")["hash"], "djb33x");
 }
@@ -153,8 +173,18 @@ fn meaningless_cache2_keys_warn_once() {
     let dir = test_dir("keys");
     let (https, stats_port) = (free_port(), free_port());
     let lines = "cache2 = name=ssl,items=100,blocksize=4096,bitmap=1,store=/nonexistent/x,hashsize=99\nssl-sessions-use-cache = ssl";
-    let node = Uwsgi::start(&dir, "node", &seed_setup1(&plugin_dir(), https, stats_port, 1, lines), &[https]);
-    let warnings: Vec<String> = node.log().lines().filter(|l| l.contains("[sslcache] warning")).map(String::from).collect();
+    let node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 1, lines),
+        &[https],
+    );
+    let warnings: Vec<String> = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("[sslcache] warning"))
+        .map(String::from)
+        .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("bitmap, store, hashsize"), "{}", warnings[0]);
 }

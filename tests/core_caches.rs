@@ -44,7 +44,10 @@ fn http_get(port: u16, path: &str) -> String {
 
 fn python_plugin_available() -> bool {
     let found = std::path::Path::new("/usr/lib/uwsgi/plugins/python3_plugin.so").exists();
-    assert!(found || !require_all(), "python3 plugin missing: apt-get install uwsgi-plugin-python3");
+    assert!(
+        found || !require_all(),
+        "python3 plugin missing: apt-get install uwsgi-plugin-python3"
+    );
     found
 }
 
@@ -57,7 +60,8 @@ fn core_cache_api_on_the_session_cache_is_safe() {
     let dir = test_dir("core-api");
     std::fs::write(dir.join("app.py"), APP).unwrap();
     let (https, stats_port, web) = (free_port(), free_port(), free_port());
-    let cache_lines = "cache2 = name=ssl,items=300,keysize=64,blocksize=4096\ncache2 = name=other,items=10,blocksize=64\n\
+    let cache_lines =
+        "cache2 = name=ssl,items=300,keysize=64,blocksize=4096\ncache2 = name=other,items=10,blocksize=64\n\
                        ssl-sessions-use-cache = ssl";
     let ini = seed_setup1(&plugin_dir(), https, stats_port, 2, cache_lines)
         + &format!("plugins = python3\nhttp-socket = 127.0.0.1:{web}\nwsgi-file = app.py\nprocesses = 1\n");
@@ -70,28 +74,57 @@ fn core_cache_api_on_the_session_cache_is_safe() {
     // The core's API finds the session cache empty and cannot change it.
     let ssl = http_get(web, "/?ssl");
     assert!(ssl.contains("200 OK"), "{ssl}\n{}", node.log());
-    for expected in ["get=None", "set=None", "update=None", "exists=None", "inc=None", "keys=[]", "del=None", "clear=True", "get_after=None"] {
+    for expected in [
+        "get=None",
+        "set=None",
+        "update=None",
+        "exists=None",
+        "inc=None",
+        "keys=[]",
+        "del=None",
+        "clear=True",
+        "get_after=None",
+    ] {
         assert!(ssl.contains(expected), "{expected} missing in {ssl}");
     }
     // Another cache is the core's, fully working.
     let other = http_get(web, "/?other");
-    for expected in ["get=None", "set=True", "exists=True", "inc=True", "num=1", "del=True", "get_after=None"] {
+    for expected in [
+        "get=None",
+        "set=True",
+        "exists=True",
+        "inc=True",
+        "num=1",
+        "del=True",
+        "get_after=None",
+    ] {
         assert!(other.contains(expected), "{expected} missing in {other}");
     }
-    assert!(other.contains("keys=[b'k', b'n']") || other.contains("keys=[b'n', b'k']"), "{other}");
+    assert!(
+        other.contains("keys=[b'k', b'n']") || other.contains("keys=[b'n', b'k']"),
+        "{other}"
+    );
 
     // Sessions survived all of that, the stats show both caches, and no
     // process died.
     let out = Client::new(Proto::Tls12NoTickets).reconnects(https, 20, &[]);
     assert!(out.resumption_rate() >= 0.99, "{out:?}");
     let all = stats(stats_port);
-    let names: Vec<&str> = all["caches"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = all["caches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["ssl", "other"]);
     let ssl_stats = cache_stats(stats_port, "ssl");
     assert_eq!(ssl_stats["hash"], "siphash");
     assert!(ssl_stats["items"].as_u64().unwrap() >= 1, "{ssl_stats}");
     let log = node.log();
-    assert!(!log.contains("DAMN !") && !log.contains("killed by signal"), "a process died:\n{log}");
+    assert!(
+        !log.contains("DAMN !") && !log.contains("killed by signal"),
+        "a process died:\n{log}"
+    );
 }
 
 /// Stats counters track the store across router processes: hits for each
@@ -103,7 +136,12 @@ fn stats_count_hits_misses_items_and_evictions() {
     let dir = test_dir("stats");
     let (https, stats_port) = (free_port(), free_port());
     let lines = "cache2 = name=small,items=5,keysize=64,blocksize=4096\nssl-sessions-use-cache = small";
-    let _node = Uwsgi::start(&dir, "node", &seed_setup1(&plugin_dir(), https, stats_port, 4, lines), &[https, stats_port]);
+    let _node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 4, lines),
+        &[https, stats_port],
+    );
 
     // 10 fresh TLS 1.2 clients: 10 sessions in a store of 5.
     let mut sessions = Vec::new();
@@ -119,8 +157,15 @@ fn stats_count_hits_misses_items_and_evictions() {
     // Newest first: the 5 newest resume (hits), the 5 oldest were evicted
     // (misses; their new sessions then evict the ones just used).
     let client = Client::new(Proto::Tls12NoTickets);
-    let resumed: Vec<bool> = sessions.iter().rev().map(|sess| client.connect(https, Some(sess), &[]).unwrap().resumed).collect();
-    assert_eq!(resumed, [true, true, true, true, true, false, false, false, false, false]);
+    let resumed: Vec<bool> = sessions
+        .iter()
+        .rev()
+        .map(|sess| client.connect(https, Some(sess), &[]).unwrap().resumed)
+        .collect();
+    assert_eq!(
+        resumed,
+        [true, true, true, true, true, false, false, false, false, false]
+    );
     let s = cache_stats(stats_port, "small");
     assert_eq!(s["hits"], 5, "{s}");
     assert_eq!(s["miss"], 5, "{s}");

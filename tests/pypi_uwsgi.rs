@@ -15,7 +15,10 @@ fn pypi() -> Option<(PathBuf, PathBuf)> {
     match (binary, plugins) {
         (Some(b), Some(p)) if b.exists() && p.join("sslcache_plugin.so").exists() => Some((b, p)),
         _ => {
-            assert!(!require_all(), "the PyPI uWSGI or its plugin is missing: run `make test`");
+            assert!(
+                !require_all(),
+                "the PyPI uWSGI or its plugin is missing: run `make test`"
+            );
             eprintln!("skipped: no PyPI uWSGI (run `make test`)");
             None
         }
@@ -60,7 +63,9 @@ fn pypi_uwsgi_named_cache_resumes() {
 /// A plugin refuses, in one line, to run in a binary it was not built for.
 #[test]
 fn plugins_refuse_the_other_binary() {
-    let Some((pypi_binary, pypi_plugins)) = pypi() else { return };
+    let Some((pypi_binary, pypi_plugins)) = pypi() else {
+        return;
+    };
     let cases = [
         (pypi_binary.clone(), plugin_dir(), "built for uWSGI 2.0.21"),
         (uwsgi_binary(), pypi_plugins, "built for uWSGI 2.0.31"),
@@ -73,7 +78,15 @@ fn plugins_refuse_the_other_binary() {
         assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
         let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
         assert_eq!(ours.len(), 1, "{log}");
-        assert!(ours[0].contains("refusing to start") && ours[0].contains(expected), "{}", ours[0]);
-        assert!(ours[0].contains("rebuild it for this binary: make UWSGI="), "{}", ours[0]);
+        assert!(
+            ours[0].contains("refusing to start") && ours[0].contains(expected),
+            "{}",
+            ours[0]
+        );
+        assert!(
+            ours[0].contains("rebuild it for this binary: make UWSGI="),
+            "{}",
+            ours[0]
+        );
     }
 }

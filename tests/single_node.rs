@@ -9,7 +9,11 @@ use support::*;
 const RECONNECTS: usize = 200;
 
 fn assert_resumes(outcome: &Outcome, what: &str) {
-    assert!(outcome.errors.is_empty(), "{what}: connection errors {:?}", outcome.errors);
+    assert!(
+        outcome.errors.is_empty(),
+        "{what}: connection errors {:?}",
+        outcome.errors
+    );
     assert!(
         outcome.resumption_rate() >= 0.99,
         "{what}: resumed {}/{}",
@@ -25,13 +29,22 @@ fn resumes_across_router_processes(cache_lines: &str, cache_name: &str) {
     let _heavy = heavy();
     let dir = test_dir(&format!("resume-{cache_name}"));
     let (https, stats_port) = (free_port(), free_port());
-    let node = Uwsgi::start(&dir, "node", &seed_setup1(&plugin_dir(), https, stats_port, 4, cache_lines), &[https, stats_port]);
+    let node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 4, cache_lines),
+        &[https, stats_port],
+    );
     let routers = node.children();
     assert_eq!(routers.len(), 4, "router processes: {routers:?}");
 
     let tls12 = Client::new(Proto::Tls12NoTickets).reconnects(https, RECONNECTS, &routers);
     assert_resumes(&tls12, "TLS 1.2 without tickets");
-    assert!(tls12.owners.len() > 1, "all connections went to one router process: {:?}", tls12.owners);
+    assert!(
+        tls12.owners.len() > 1,
+        "all connections went to one router process: {:?}",
+        tls12.owners
+    );
 
     let tls13 = Client::new(Proto::Tls13).reconnects(https, RECONNECTS, &routers);
     assert_resumes(&tls13, "TLS 1.3");
@@ -41,7 +54,10 @@ fn resumes_across_router_processes(cache_lines: &str, cache_name: &str) {
     let items = cache["items"].as_u64().unwrap();
     let resumed = (tls12.resumed + tls13.resumed) as u64;
     // TLS 1.3 may look a session up twice per resumption.
-    assert!(hits >= resumed && hits <= 2 * resumed + 2, "hits {hits} for {resumed} resumptions: {cache}");
+    assert!(
+        hits >= resumed && hits <= 2 * resumed + 2,
+        "hits {hits} for {resumed} resumptions: {cache}"
+    );
     // One session per full TLS 1.2 handshake, two tickets per TLS 1.3 one.
     assert!(items >= 2, "items: {cache}");
     assert_eq!(cache["max_items"], 20000);
@@ -93,19 +109,31 @@ fn sigkill_of_router_processes_under_load() {
     let _heavy = heavy();
     let dir = test_dir("sigkill");
     let (https, stats_port) = (free_port(), free_port());
-    let mut node = Uwsgi::start(&dir, "node", &seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE), &[https, stats_port]);
+    let mut node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE),
+        &[https, stats_port],
+    );
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let loaders: Vec<_> = (0..3)
         .map(|i| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let client = Client::new(if i % 2 == 0 { Proto::Tls12NoTickets } else { Proto::Tls13 });
+                let client = Client::new(if i % 2 == 0 {
+                    Proto::Tls12NoTickets
+                } else {
+                    Proto::Tls13
+                });
                 let mut session = None;
                 let mut done = 0;
                 // Bounded in count and time.
                 let deadline = std::time::Instant::now() + Duration::from_secs(30);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && done < 5000 && std::time::Instant::now() < deadline {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && done < 5000
+                    && std::time::Instant::now() < deadline
+                {
                     if let Ok(c) = client.connect(https, session.as_ref(), &[]) {
                         session = c.session.or(session);
                     }
@@ -133,7 +161,11 @@ fn sigkill_of_router_processes_under_load() {
     // The master respawned the routers; nothing is wedged.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node.children().len() < 4 {
-        assert!(std::time::Instant::now() < deadline, "routers not respawned:\n{}", node.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "routers not respawned:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     node.wait_ready(&[https]);
@@ -142,7 +174,13 @@ fn sigkill_of_router_processes_under_load() {
     assert_resumes(&tls12, "TLS 1.2 after SIGKILLs");
     let tls13 = Client::new(Proto::Tls13).reconnects(https, RECONNECTS, &routers);
     assert_resumes(&tls13, "TLS 1.3 after SIGKILLs");
-    println!("after {killed} SIGKILLs: TLS1.2 {}/{}, TLS1.3 {}/{}", tls12.resumed, RECONNECTS - 1, tls13.resumed, RECONNECTS - 1);
+    println!(
+        "after {killed} SIGKILLs: TLS1.2 {}/{}, TLS1.3 {}/{}",
+        tls12.resumed,
+        RECONNECTS - 1,
+        tls13.resumed,
+        RECONNECTS - 1
+    );
 }
 
 /// Clients that drop the connection without close_notify, and connections
@@ -151,7 +189,8 @@ fn sigkill_of_router_processes_under_load() {
 fn abrupt_and_idle_closes_keep_sessions() {
     let dir = test_dir("abrupt");
     let (https, stats_port) = (free_port(), free_port());
-    let ini = seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE) + "http-timeout = 1\nssl-verbose = true\n";
+    let ini =
+        seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE) + "http-timeout = 1\nssl-verbose = true\n";
     let node = Uwsgi::start(&dir, "node", &ini, &[https]);
     for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
         let client = Client::new(proto);
@@ -162,7 +201,12 @@ fn abrupt_and_idle_closes_keep_sessions() {
             resumed += usize::from(c);
             session = s.or(session);
         }
-        assert_eq!(resumed, 10, "{proto:?}: resumed {resumed}/10 after abrupt/idle closes:\n{}", node.log());
+        assert_eq!(
+            resumed,
+            10,
+            "{proto:?}: resumed {resumed}/10 after abrupt/idle closes:\n{}",
+            node.log()
+        );
     }
 }
 
@@ -247,11 +291,20 @@ fn https_socket_and_sslrouter_contexts_resume() {
         plugins = plugin_dir().display()
     );
     let node = Uwsgi::start(&dir, "node", &ini, &[router, socket]);
-    assert!(node.log().contains("TLS contexts hooked: 2 (https 0, sslrouter 1, https/ssl-socket 1"), "{}", node.log());
+    assert!(
+        node.log()
+            .contains("TLS contexts hooked: 2 (https 0, sslrouter 1, https/ssl-socket 1"),
+        "{}",
+        node.log()
+    );
     for port in [router, socket] {
         for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
             let out = Client::new(proto).reconnects(port, 30, &[]);
-            assert!(out.resumption_rate() >= 0.99, "port {port} {proto:?}: {out:?}\n{}", node.log());
+            assert!(
+                out.resumption_rate() >= 0.99,
+                "port {port} {proto:?}: {out:?}\n{}",
+                node.log()
+            );
         }
     }
 }
@@ -267,7 +320,8 @@ fn sni_dir_contexts_resume_after_their_first_session() {
     std::fs::copy(&crt, certs.join("dyn.example.crt")).unwrap();
     std::fs::copy(&key, certs.join("dyn.example.key")).unwrap();
     let (https, stats_port) = (free_port(), free_port());
-    let ini = seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE) + &format!("sni-dir = {}\n", certs.display());
+    let ini =
+        seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE) + &format!("sni-dir = {}\n", certs.display());
     let _node = Uwsgi::start(&dir, "node", &ini, &[https]);
     for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
         let client = Client::new(proto).with_sni("dyn.example");

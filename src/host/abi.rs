@@ -93,7 +93,11 @@ pub fn check(host: &Symbols) -> Result<(), String> {
         "refusing to start: this plugin was built for uWSGI {BUILT_FOR_VERSION} ({BUILT_FOR_BINARY}, \
          build-id {}, struct uwsgi_server of {BUILT_FOR_UWSGI_SIZE} bytes) but was loaded by {running} \
          (build-id {}, {}); rebuild it for this binary: make UWSGI={running}",
-        if BUILT_FOR_BUILD_ID.is_empty() { "none" } else { BUILT_FOR_BUILD_ID },
+        if BUILT_FOR_BUILD_ID.is_empty() {
+            "none"
+        } else {
+            BUILT_FOR_BUILD_ID
+        },
         if build_id.is_empty() { "none" } else { &build_id },
         match size {
             Some(s) => format!("struct uwsgi_server of {s} bytes"),

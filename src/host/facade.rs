@@ -62,7 +62,9 @@ pub fn link(server: &mut Server, def: &CacheDef, store: &Store, hashsize: u32) -
         return Err("uWSGI locking is not set up".into());
     }
     let name = CString::new(def.name.clone()).map_err(|_| "cache name contains NUL")?;
-    let uc = shared.ptr_at::<u8>(0, std::mem::size_of::<sys::uwsgi_cache>()).cast::<sys::uwsgi_cache>();
+    let uc = shared
+        .ptr_at::<u8>(0, std::mem::size_of::<sys::uwsgi_cache>())
+        .cast::<sys::uwsgi_cache>();
     // SAFETY: `uc` points to a fresh zeroed mapping big enough for the
     // struct; every pointer stored in it stays valid for the process's life
     // (mappings are leaked below, the name is leaked, HASH_ALGO is static).

@@ -8,8 +8,8 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use super::server::{ContextKind, Server};
 use super::sys::{self, uwsgi_option, uwsgi_plugin};

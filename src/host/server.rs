@@ -149,7 +149,11 @@ impl Server {
                         i += 1;
                     }
                 }
-                Err(format!("cache2 number {} (\"{}\") not found in uWSGI's list", index + 1, def.name))
+                Err(format!(
+                    "cache2 number {} (\"{}\") not found in uWSGI's list",
+                    index + 1,
+                    def.name
+                ))
             }
         }
     }

@@ -69,10 +69,7 @@ impl RobustMutex {
                     attr.as_mut_ptr(),
                     libc::PTHREAD_MUTEX_ROBUST,
                 ))?;
-                check(libc::pthread_mutex_init(
-                    (*this).inner.get(),
-                    attr.as_ptr(),
-                ))
+                check(libc::pthread_mutex_init((*this).inner.get(), attr.as_ptr()))
             })();
             libc::pthread_mutexattr_destroy(attr.as_mut_ptr());
             result
@@ -118,10 +115,7 @@ impl RobustMutex {
 }
 
 fn deadline_after(timeout: Duration) -> libc::timespec {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes one timespec into `now`.
     unsafe {
         libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);

@@ -185,7 +185,9 @@ impl Layout {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
     /// Found; the value was appended to the output buffer.
-    Hit { expires: u64 },
+    Hit {
+        expires: u64,
+    },
     Miss,
     /// Found but expired (and now removed).
     Expired,
@@ -196,7 +198,10 @@ pub enum Lookup {
 /// Result of an insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Insert {
-    Stored { replaced: bool, evicted: usize },
+    Stored {
+        replaced: bool,
+        evicted: usize,
+    },
     /// Key or value longer than the configured limits.
     TooBig,
     /// Expiry already in the past.
@@ -225,7 +230,9 @@ impl Store {
             hasher: RandomState::new(),
         };
         for i in 0..layout.shards {
-            let head = store.region.ptr_at::<ShardHead>(layout.heads_at + i * std::mem::size_of::<ShardHead>(), 1);
+            let head = store
+                .region
+                .ptr_at::<ShardHead>(layout.heads_at + i * std::mem::size_of::<ShardHead>(), 1);
             // SAFETY: the region was just mapped by this process and is not
             // shared with anyone yet; `head` is in bounds and aligned.
             unsafe { RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))? };
@@ -239,7 +246,7 @@ impl Store {
 
     /// Bytes reserved (virtual); only touched pages are resident.
     pub fn reserved_bytes(&self) -> usize {
-        self.region.len()
+        self.region.size()
     }
 
     /// Bytes of the mapping actually resident.

@@ -71,8 +71,8 @@ impl Region {
         Ok(Region { base, len })
     }
 
-    /// Reserved size in bytes.
-    pub fn len(&self) -> usize {
+    /// Reserved size in bytes (never zero).
+    pub fn size(&self) -> usize {
         self.len
     }
 

@@ -87,10 +87,22 @@ fn kill(pid: libc::pid_t, sig: i32) {
 fn insert_get_replace_remove() {
     let store = Store::create(limits(1000)).unwrap();
     let v = value_for(b"abc", 300);
-    assert_eq!(store.insert(b"abc", &v, NOW + 10, NOW), Insert::Stored { replaced: false, evicted: 0 });
+    assert_eq!(
+        store.insert(b"abc", &v, NOW + 10, NOW),
+        Insert::Stored {
+            replaced: false,
+            evicted: 0
+        }
+    );
     assert_eq!(get(&store, b"abc").unwrap(), v);
     assert_eq!(get(&store, b"abd"), None);
-    assert_eq!(store.insert(b"abc", b"short", NOW + 10, NOW), Insert::Stored { replaced: true, evicted: 0 });
+    assert_eq!(
+        store.insert(b"abc", b"short", NOW + 10, NOW),
+        Insert::Stored {
+            replaced: true,
+            evicted: 0
+        }
+    );
     assert_eq!(get(&store, b"abc").unwrap(), b"short");
     assert_eq!(store.len(), 1);
     assert_eq!(store.remove(b"abc", NOW), Some(true));
@@ -108,8 +120,11 @@ fn rejects_oversized_and_expired() {
     assert_eq!(store.insert(b"k", &vec![0; 4097], NOW + 1, NOW), Insert::TooBig);
     assert_eq!(store.insert(b"", b"v", NOW + 1, NOW), Insert::TooBig);
     assert_eq!(store.insert(b"k", b"v", NOW, NOW), Insert::Expired);
-    assert!(matches!(store.insert(b"k", &vec![7; 4096], NOW + 1, NOW), Insert::Stored { .. }));
-    assert!(store.is_empty() == false);
+    assert!(matches!(
+        store.insert(b"k", &vec![7; 4096], NOW + 1, NOW),
+        Insert::Stored { .. }
+    ));
+    assert!(!store.is_empty());
 }
 
 #[test]
@@ -138,7 +153,10 @@ fn full_store_evicts_least_recently_used() {
     // Touch key 0 so that key 1 is the oldest.
     assert!(get(&store, &key(0)).is_some());
     for i in 100..150 {
-        assert!(matches!(store.insert(&key(i), &value_for(&key(i), 200), NOW + 100, NOW), Insert::Stored { .. }));
+        assert!(matches!(
+            store.insert(&key(i), &value_for(&key(i), 200), NOW + 100, NOW),
+            Insert::Stored { .. }
+        ));
     }
     assert_eq!(store.len(), 100);
     assert!(get(&store, &key(0)).is_some());
@@ -160,7 +178,11 @@ fn sharded_store_holds_its_capacity_then_evicts_old_entries() {
         store.insert(&key(i), &value_for(&key(i), 150), NOW + 100, NOW);
     }
     assert_eq!(store.len(), capacity);
-    assert_eq!(store.counters().evicted.load(Ordering::Relaxed), 0, "no eviction below capacity");
+    assert_eq!(
+        store.counters().evicted.load(Ordering::Relaxed),
+        0,
+        "no eviction below capacity"
+    );
     for i in capacity..capacity * 3 / 2 {
         store.insert(&key(i), &value_for(&key(i), 150), NOW + 100, NOW);
     }
@@ -206,7 +228,10 @@ fn forked_processes_share_one_store() {
                 for i in 0..2_000 {
                     let k = key(p * 1_000_000 + i);
                     let mut tries = 0;
-                    while !matches!(store.insert(&k, &value_for(&k, 180), NOW + 100, NOW + tries), Insert::Stored { .. }) {
+                    while !matches!(
+                        store.insert(&k, &value_for(&k, 180), NOW + 100, NOW + tries),
+                        Insert::Stored { .. }
+                    ) {
                         tries += 1;
                         if tries > 50 {
                             return false;
@@ -309,15 +334,24 @@ fn process_killed_holding_the_lock_at_every_step() {
         };
         assert_eq!(wait(pid), (-1, Some(libc::SIGKILL)), "crash point {point} not reached");
         let started = Instant::now();
-        assert!(matches!(store.insert(&key(100), &value_for(&key(100), 50), NOW + 100, NOW), Insert::Stored { .. }));
+        assert!(matches!(
+            store.insert(&key(100), &value_for(&key(100), 50), NOW + 100, NOW),
+            Insert::Stored { .. }
+        ));
         assert!(started.elapsed() < LOCK_TIMEOUT, "waited on a dead holder");
         assert_eq!(store.counters().repairs.load(Ordering::Relaxed), 1, "point {point}");
         for i in 0..20 {
             let k = key(i);
             match get(&store, &k) {
-                Some(v) => assert!(v == value_for(&k, 300) || (i == 5 && v == value_for(&k, 900)), "point {point} key {i}"),
+                Some(v) => assert!(
+                    v == value_for(&k, 300) || (i == 5 && v == value_for(&k, 900)),
+                    "point {point} key {i}"
+                ),
                 // Only the key being replaced or removed may be gone.
-                None => assert!((point <= 5 && i == 5) || (point >= 6 && point <= 8 && i == 7), "point {point} lost key {i}"),
+                None => assert!(
+                    (point <= 5 && i == 5) || ((6..=8).contains(&point) && i == 7),
+                    "point {point} lost key {i}"
+                ),
             }
         }
         assert_eq!(get(&store, &key(100)).unwrap(), value_for(&key(100), 50));
@@ -343,9 +377,9 @@ fn random_sigkill_under_load_never_wedges_or_corrupts() {
                 x ^= x >> 7;
                 x ^= x << 17;
                 let k = key(x % 8_000);
-                if x % 3 == 0 {
+                if x.is_multiple_of(3) {
                     store.insert(&k, &value_for(&k, 100 + (x % 900) as usize), NOW + 100, NOW);
-                } else if x % 11 == 0 {
+                } else if x.is_multiple_of(11) {
                     store.remove(&k, NOW);
                 } else {
                     out.clear();
@@ -388,7 +422,10 @@ fn random_sigkill_under_load_never_wedges_or_corrupts() {
     }
     assert_eq!(found, store.len());
     for i in 10_000..10_100 {
-        assert!(matches!(store.insert(&key(i), b"after", NOW + 10, NOW), Insert::Stored { .. }));
+        assert!(matches!(
+            store.insert(&key(i), b"after", NOW + 10, NOW),
+            Insert::Stored { .. }
+        ));
     }
     assert_eq!(get(&store, &key(10_050)).unwrap(), b"after");
 }
@@ -430,5 +467,8 @@ fn stopped_holder_never_hangs_others() {
     kill(pid, libc::SIGCONT);
     assert_eq!(wait(pid), (0, None));
     // After the stall window, the shard answers again.
-    assert!(matches!(store.get(b"k", NOW + STALL_BACKOFF_SECS + 1, &mut out), Lookup::Hit { .. }));
+    assert!(matches!(
+        store.get(b"k", NOW + STALL_BACKOFF_SECS + 1, &mut out),
+        Lookup::Hit { .. }
+    ));
 }

@@ -35,7 +35,11 @@ pub fn plugin_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(repo_root);
     let so = dir.join("sslcache_plugin.so");
-    assert!(so.exists(), "{} is missing: build it with `make` (tests run through `make test`)", so.display());
+    assert!(
+        so.exists(),
+        "{} is missing: build it with `make` (tests run through `make test`)",
+        so.display()
+    );
     dir
 }
 
@@ -47,9 +51,11 @@ pub fn require_all() -> bool {
 /// A fresh directory under target/itest for one test.
 pub fn test_dir(name: &str) -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = repo_root()
-        .join("target/itest")
-        .join(format!("{name}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let dir = repo_root().join("target/itest").join(format!(
+        "{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -84,7 +90,12 @@ pub fn cert(cn: &str) -> (PathBuf, PathBuf) {
 /// A loopback port free for both TCP and UDP right now.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, 20_000 + (std::process::id() % 2_000) as u16 * 10, Ordering::Relaxed, Ordering::Relaxed);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 2_000) as u16 * 10,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
     loop {
         let p = NEXT.fetch_add(1, Ordering::Relaxed);
         if p > 60_000 {
@@ -164,10 +175,17 @@ impl Uwsgi {
                 if let Ok(Some(status)) = self.child.try_wait() {
                     panic!("{} exited early ({status}):\n{}", self.name, self.log());
                 }
-                if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok() {
+                if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200))
+                    .is_ok()
+                {
                     break;
                 }
-                assert!(Instant::now() < deadline, "{} not listening on {port}:\n{}", self.name, self.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not listening on {port}:\n{}",
+                    self.name,
+                    self.log()
+                );
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -193,10 +211,16 @@ impl Uwsgi {
     pub fn children(&self) -> Vec<i32> {
         let mut out = Vec::new();
         for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
             // Fields after the command name (which may hold spaces).
-            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else { continue };
+            let Some(rest) = stat.rsplit_once(") ").map(|(_, r)| r) else {
+                continue;
+            };
             let ppid = rest.split_whitespace().nth(1).and_then(|p| p.parse::<i32>().ok());
             if ppid == Some(self.pid) {
                 out.push(pid);
@@ -323,7 +347,9 @@ impl Client {
         let mut config = self.connector.configure().map_err(std::io::Error::other)?;
         config.set_verify_hostname(false);
         config.set_use_server_name_indication(self.sni.is_some());
-        let mut ssl = config.into_ssl(self.sni.as_deref().unwrap_or("localhost")).map_err(std::io::Error::other)?;
+        let mut ssl = config
+            .into_ssl(self.sni.as_deref().unwrap_or("localhost"))
+            .map_err(std::io::Error::other)?;
         if let Some(s) = session {
             // SAFETY: the session comes from a connection made with this
             // client's own context.
@@ -347,7 +373,7 @@ impl Client {
                 c.subject_name()
                     .entries_by_nid(openssl::nid::Nid::COMMONNAME)
                     .next()
-                    .and_then(|e| e.data().as_utf8().ok().map(|s| s.to_string()))
+                    .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
             })
             .unwrap_or_default();
         let owner = if routers.is_empty() {
@@ -437,8 +463,11 @@ pub fn socket_owner(server_port: u16, client_port: u16, pids: &[i32]) -> Option<
     pids.iter().copied().find(|pid| {
         fs::read_dir(format!("/proc/{pid}/fd"))
             .map(|dir| {
-                dir.flatten()
-                    .any(|fd| fs::read_link(fd.path()).map(|l| l.to_string_lossy() == needle).unwrap_or(false))
+                dir.flatten().any(|fd| {
+                    fs::read_link(fd.path())
+                        .map(|l| l.to_string_lossy() == needle)
+                        .unwrap_or(false)
+                })
             })
             .unwrap_or(false)
     })
@@ -473,7 +502,10 @@ pub const NAMED_CACHE: &str = "cache2 = name=ssl,items=20000,keysize=128,blocksi
 /// has 2 cores and such tests measure nothing when they starve each other.
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: OnceLock<Mutex<()>> = OnceLock::new();
-    HEAVY.get_or_init(|| Mutex::new(())).lock().unwrap_or_else(|e| e.into_inner())
+    HEAVY
+        .get_or_init(|| Mutex::new(()))
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// A plain TCP backend answering every request with a tiny HTTP response,

@@ -1,0 +1,89 @@
+//! Building the plugin: `uwsgi --build-plugin <checkout>` produces a working
+//! plugin, and build.rs stops with one clear line for a missing binary, a
+//! binary without SSL, and a missing libclang.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Command;
+use support::*;
+
+#[test]
+fn uwsgi_build_plugin_builds_a_working_plugin() {
+    let dir = test_dir("build-plugin");
+    let out = Command::new(uwsgi_binary())
+        .arg("--build-plugin")
+        .arg(repo_root())
+        .current_dir(&dir)
+        .env("PYTHON", "python3")
+        .output()
+        .expect("uwsgi --build-plugin");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(dir.join("sslcache_plugin.so").exists(), "{text}");
+
+    let (https, stats_port) = (free_port(), free_port());
+    let node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&dir, https, stats_port, 2, DEFAULT_CACHE),
+        &[https],
+    );
+    assert!(node.log().contains("[sslcache] TLS session cache"), "{}", node.log());
+    let outcome = Client::new(Proto::Tls12NoTickets).reconnects(https, 30, &[]);
+    assert!(outcome.resumption_rate() >= 0.99, "{outcome:?}");
+}
+
+/// Runs build.rs through cargo with `env`; returns cargo's output.
+fn cargo_build(env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "--lib", "--quiet"])
+        .current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", repo_root().join("target/build-errors"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("cargo");
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn fails_clearly(env: &[(&str, &str)], expected: &str) {
+    let (ok, text) = cargo_build(env);
+    assert!(!ok, "build succeeded with {env:?}");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with("sslcache build error:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains(expected),
+        "{:?} does not contain {expected:?}",
+        lines[0]
+    );
+}
+
+#[test]
+fn build_errors_are_one_clear_line() {
+    fails_clearly(
+        &[("UWSGI", "/nonexistent/uwsgi")],
+        "UWSGI=/nonexistent/uwsgi does not name an existing uWSGI binary",
+    );
+    // A PATH with the Rust toolchain but no uwsgi.
+    let out = Command::new("rustc").args(["--print", "sysroot"]).output().unwrap();
+    let toolchain = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("bin");
+    fails_clearly(
+        &[("UWSGI", ""), ("PATH", toolchain.to_str().unwrap())],
+        "no uWSGI binary found",
+    );
+    fails_clearly(
+        &[("LIBCLANG_PATH", "/nonexistent")],
+        "bindgen needs libclang, which was not found",
+    );
+    match std::env::var_os("SSLCACHE_NOSSL_UWSGI").map(PathBuf::from) {
+        Some(nossl) if nossl.exists() => {
+            fails_clearly(&[("UWSGI", nossl.to_str().unwrap())], "was built without SSL support");
+        }
+        _ => assert!(!require_all(), "SSLCACHE_NOSSL_UWSGI missing: run `make test`"),
+    }
+}

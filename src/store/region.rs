@@ -22,6 +22,8 @@ pub unsafe trait SharedPod: Sized {}
 unsafe impl SharedPod for u32 {}
 // SAFETY: as above.
 unsafe impl SharedPod for u8 {}
+// SAFETY: atomics are plain integers in memory; zero is a valid value.
+unsafe impl SharedPod for std::sync::atomic::AtomicU32 {}
 // SAFETY: arrays of plain data are plain data.
 unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
 

@@ -1,0 +1,89 @@
+//! Resumed handshakes per second on one node, sslcache against stock
+//! uWSGI's own (ticket) resumption, side by side (`make bench`).
+//!
+//! Method: two uWSGI nodes with the seed's Setup 1 on 127.0.0.1 (HTTPS
+//! router, `http-processes = 4`), one with `plugins = sslcache` (sessions by
+//! id, tickets off), one stock (it resumes with session tickets). The
+//! client is `openssl s_time -reuse -www /` for a fixed time, against one
+//! node then the other, alternating, ROUNDS times per TLS version. The rate
+//! is connections / wall-clock seconds of the s_time run (s_time's own
+//! "real seconds" are whole seconds). s_time prints `r` for each resumed
+//! connection: every run is checked to have resumed all but the first.
+//! Reported: the median of each node's rates and the median of the
+//! per-round ratios (the machine is shared and noisy; rounds alternate).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Command;
+use std::time::Instant;
+
+use support::*;
+
+const ROUNDS: usize = 5;
+const SECONDS: u32 = 4;
+
+/// Returns (connections per wall-clock second, share resumed).
+fn s_time(port: u16, version: &str) -> (f64, f64) {
+    let started = Instant::now();
+    let out = Command::new("openssl")
+        .args(["s_time", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-reuse", "-www", "/", "-time", &SECONDS.to_string(), version])
+        .output()
+        .expect("openssl s_time");
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let marks: String = text
+        .lines()
+        .filter(|l| l.chars().all(|c| "r*".contains(c)) && !l.is_empty())
+        .collect();
+    let total = marks.len().max(1);
+    let resumed = marks.chars().filter(|&c| c == 'r').count();
+    (total as f64 / wall, resumed as f64 / total as f64)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() {
+    let dir = test_dir("bench-tls");
+    let (https, stats_port) = (free_port(), free_port());
+    let _node = Uwsgi::start(
+        &dir,
+        "sslcache",
+        &seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE),
+        &[https],
+    );
+    let (stock_https, stock_stats) = (free_port(), free_port());
+    let stock_ini =
+        seed_setup1(&plugin_dir(), stock_https, stock_stats, 4, "").replace("plugins = sslcache\n", "plugins = http\n");
+    let _stock = Uwsgi::start(&dir, "stock", &stock_ini, &[stock_https]);
+
+    println!("Resumed TLS handshakes per second, one node, {ROUNDS} alternating rounds of {SECONDS} s each\n");
+    println!("| TLS | stock uWSGI (tickets) | sslcache (session ids / stateful tickets) | ratio (median of rounds) |");
+    println!("|---|---|---|---|");
+    for version in ["-tls1_2", "-tls1_3"] {
+        let (mut stock_rates, mut ours_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            let (stock, stock_resumed) = s_time(stock_https, version);
+            let (ours, ours_resumed) = s_time(https, version);
+            assert!(
+                stock_resumed > 0.99 && ours_resumed > 0.99,
+                "not resumed: {stock_resumed} {ours_resumed}"
+            );
+            stock_rates.push(stock);
+            ours_rates.push(ours);
+            ratios.push(ours / stock);
+        }
+        println!(
+            "| {} | {:.0}/s | {:.0}/s | {:.3} |",
+            &version[4..].replace('_', "."),
+            median(stock_rates),
+            median(ours_rates),
+            median(ratios)
+        );
+    }
+}

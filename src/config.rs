@@ -5,6 +5,10 @@
 //! into [`Settings`] or one [`ConfigError`] that names the offending option.
 
 use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::sync::addr;
+use crate::sync::net::Multicast;
 
 /// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
 pub const DEFAULT_TIMEOUT: u32 = 300;
@@ -37,6 +41,11 @@ pub struct RawOptions {
     pub https_session_context: Option<String>,
     /// `sslrouter-session-context`.
     pub sslrouter_session_context: Option<String>,
+    /// `ssl-sessions-multicast-if`: interface address for multicast.
+    pub multicast_if: Option<String>,
+    /// uWSGI's `multicast-ttl` and `multicast-loop`.
+    pub multicast_ttl: Option<String>,
+    pub multicast_loop: Option<String>,
 }
 
 /// Where the session cache was defined.
@@ -65,6 +74,22 @@ pub struct CacheDef {
     pub ignored_keys: Vec<String>,
 }
 
+/// Where sessions are replicated.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Replication {
+    /// Addresses to receive peers' sessions on.
+    pub servers: Vec<SocketAddr>,
+    /// Peers to send new sessions to.
+    pub nodes: Vec<SocketAddr>,
+    pub multicast: Multicast,
+}
+
+impl Replication {
+    pub fn is_enabled(&self) -> bool {
+        !self.servers.is_empty() || !self.nodes.is_empty()
+    }
+}
+
 /// Everything the plugin needs to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -75,6 +100,7 @@ pub struct Settings {
     pub https_session_context: Option<String>,
     /// Session id context for the SSL router contexts.
     pub sslrouter_session_context: Option<String>,
+    pub replication: Replication,
     /// Non-fatal remarks to log once at startup.
     pub warnings: Vec<String>,
 }
@@ -290,6 +316,49 @@ fn session_context(option: &str, value: &Option<String>) -> Result<Option<String
     Ok(Some(v.to_string()))
 }
 
+fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, ConfigError> {
+    let (server_option, node_option) = match cache.origin {
+        CacheOrigin::Default => ("cache-udp-server".to_string(), "cache-udp-node".to_string()),
+        CacheOrigin::Cache2 { .. } => (
+            format!("cache2 \"{}\" udp", cache.name),
+            format!("cache2 \"{}\" node", cache.name),
+        ),
+    };
+    let servers = cache
+        .udp_servers
+        .iter()
+        .map(|v| addr::parse(&server_option, v, true))
+        .collect::<Result<Vec<_>, _>>()?;
+    let nodes = cache
+        .nodes
+        .iter()
+        .map(|v| addr::parse(&node_option, v, false))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut multicast = Multicast::default();
+    if let Some(v) = raw.multicast_if.as_deref().map(str::trim) {
+        multicast.interface = Some(v.parse::<Ipv4Addr>().map_err(|_| {
+            ConfigError(format!(
+                "ssl-sessions-multicast-if = {v}: not the IPv4 address of an interface"
+            ))
+        })?);
+    }
+    if let Some(v) = &raw.multicast_ttl {
+        multicast.ttl = positive("multicast-ttl", v, 255)? as u32;
+    }
+    if let Some(v) = &raw.multicast_loop {
+        multicast.loopback = match v.trim() {
+            "0" | "false" | "no" | "off" => false,
+            "1" | "true" | "yes" | "on" | "" => true,
+            _ => return err(format!("multicast-loop = {v}: expected 0 or 1")),
+        };
+    }
+    Ok(Replication {
+        servers,
+        nodes,
+        multicast,
+    })
+}
+
 /// Resolves the raw options; `Ok(None)` when `ssl-sessions-use-cache` is not
 /// set (the plugin then stays out of the way).
 pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
@@ -361,11 +430,21 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             cache.name, cache.blocksize
         ));
     }
+    let https_session_context = session_context("https-session-context", &raw.https_session_context)?;
+    let replication = replication(raw, &cache)?;
+    if !replication.nodes.is_empty() && https_session_context.is_none() {
+        warnings.push(
+            "https-session-context is not set: each node's HTTPS listeners get their own session id \
+             context (\"http-\" + address), so sessions replicated from other nodes will not resume here"
+                .to_string(),
+        );
+    }
     Ok(Some(Settings {
         cache,
         timeout,
-        https_session_context: session_context("https-session-context", &raw.https_session_context)?,
+        https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
+        replication,
         warnings,
     }))
 }
@@ -435,11 +514,14 @@ mod tests {
     fn every_stock_spelling_of_nodes_and_servers() {
         let mut r = raw();
         r.use_cache = Some("s".into());
-        r.cache2 = vec!["name=s,maxitems=5,nodes=a:1;b:2,udp_servers=c:3,udpserver=d:4,lru=1".into()];
+        r.cache2 = vec![
+            "name=s,maxitems=5,nodes=127.0.0.1:1;127.0.0.2:2,udp_servers=127.0.0.3:3,udpserver=127.0.0.4:4,lru=1"
+                .into(),
+        ];
         let c = resolve(&r).unwrap().unwrap().cache;
         assert_eq!(c.items, 5);
-        assert_eq!(c.nodes, vec!["a:1", "b:2"]);
-        assert_eq!(c.udp_servers, vec!["c:3", "d:4"]);
+        assert_eq!(c.nodes, vec!["127.0.0.1:1", "127.0.0.2:2"]);
+        assert_eq!(c.udp_servers, vec!["127.0.0.3:3", "127.0.0.4:4"]);
         assert!(c.ignored_keys.is_empty());
     }
 
@@ -535,6 +617,57 @@ mod tests {
             let e = resolve(&r).unwrap_err();
             assert!(e.0.contains(expected), "{:?} does not contain {expected:?}", e.0);
         }
+    }
+
+    #[test]
+    fn replication_addresses_and_multicast() {
+        let mut r = raw();
+        r.cache_udp_server = vec!["225.1.1.1:7171".into()];
+        r.cache_udp_node = vec!["225.1.1.1:7171".into(), "127.0.0.2:7171".into()];
+        r.https_session_context = Some("foobar".into());
+        r.multicast_if = Some("127.0.0.1".into());
+        r.multicast_ttl = Some("3".into());
+        r.multicast_loop = Some("0".into());
+        let s = resolve(&r).unwrap().unwrap();
+        let rep = s.replication;
+        assert_eq!(rep.servers, vec!["225.1.1.1:7171".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(rep.nodes.len(), 2);
+        assert_eq!(rep.multicast.interface, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!((rep.multicast.ttl, rep.multicast.loopback), (3, false));
+        assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn replication_errors_name_the_option() {
+        let mut r = raw();
+        r.cache_udp_node = vec!["nowhere".into()];
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .starts_with("cache-udp-node = nowhere: expected host:port"));
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,udp=127.0.0.1:99999".into()];
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .starts_with("cache2 \"s\" udp = 127.0.0.1:99999:"));
+        let mut r = raw();
+        r.multicast_if = Some("eth0".into());
+        r.cache_udp_node = vec!["225.1.1.1:7171".into()];
+        assert!(resolve(&r).unwrap_err().0.contains("ssl-sessions-multicast-if = eth0"));
+    }
+
+    #[test]
+    fn warns_when_nodes_cannot_share_sessions() {
+        let mut r = raw();
+        r.cache_udp_node = vec!["127.0.0.2:7171".into()];
+        let s = resolve(&r).unwrap().unwrap();
+        assert!(
+            s.warnings[0].contains("https-session-context is not set"),
+            "{:?}",
+            s.warnings
+        );
     }
 
     #[test]

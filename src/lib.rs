@@ -11,4 +11,5 @@ pub mod config;
 pub mod host;
 pub mod stats;
 pub mod store;
+pub mod sync;
 pub mod tls;

@@ -1,1 +1,77 @@
+//! Replication counters, in shared memory: router processes count what they
+//! send, the master's receiver counts what arrives. The host layer shows
+//! them in the stats server as uWSGI metrics (`sslcache.<cache>.<name>`).
 
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::store::{Region, SharedPod};
+
+/// Every replication counter.
+#[repr(C)]
+#[derive(Default)]
+pub struct ReplicationCounters {
+    /// Datagrams handed to the kernel (one per peer).
+    pub sent: AtomicU64,
+    /// Datagrams dropped because the socket buffer was full: sending never
+    /// waits.
+    pub send_dropped: AtomicU64,
+    /// Datagrams the kernel refused for another reason.
+    pub send_errors: AtomicU64,
+    /// Sessions too large for a datagram, never sent.
+    pub send_too_big: AtomicU64,
+    /// Datagrams received.
+    pub received: AtomicU64,
+    /// Sessions stored from peers.
+    pub applied: AtomicU64,
+    /// Deletes applied from peers.
+    pub removed: AtomicU64,
+    /// Datagrams dropped as malformed (or of a format not accepted).
+    pub rejected: AtomicU64,
+    /// Sessions that arrived already expired.
+    pub stale: AtomicU64,
+    /// Well-formed sessions the store refused (too big for it, or busy).
+    pub not_stored: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics only, zero is a valid value of each.
+unsafe impl SharedPod for ReplicationCounters {}
+
+impl ReplicationCounters {
+    /// Names and fields, in the order they are shown.
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 10] {
+        [
+            ("sent", &self.sent),
+            ("send_dropped", &self.send_dropped),
+            ("send_errors", &self.send_errors),
+            ("send_too_big", &self.send_too_big),
+            ("received", &self.received),
+            ("applied", &self.applied),
+            ("removed", &self.removed),
+            ("rejected", &self.rejected),
+            ("stale", &self.stale),
+            ("not_stored", &self.not_stored),
+        ]
+    }
+
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Counters in their own shared mapping, made before fork.
+pub struct SharedCounters {
+    region: Region,
+}
+
+impl SharedCounters {
+    pub fn create() -> io::Result<SharedCounters> {
+        Ok(SharedCounters {
+            region: Region::shared(std::mem::size_of::<ReplicationCounters>())?,
+        })
+    }
+
+    pub fn get(&self) -> &ReplicationCounters {
+        self.region.shared_ref(0)
+    }
+}

@@ -11,6 +11,7 @@ mod abi;
 mod facade;
 pub mod log;
 mod plugin;
+mod replication;
 mod server;
 mod symbols;
 

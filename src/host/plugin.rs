@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use super::server::{ContextKind, Server};
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
-use super::{abi, facade, log, symbols};
+use super::{abi, facade, log, replication, symbols};
 use crate::config::{self, Settings};
 use crate::store::{Limits, Store};
 use crate::tls::{self, SessionCache, SessionEvents};
@@ -97,10 +97,22 @@ unsafe extern "C" fn jail(_start: Option<unsafe extern "C" fn(*mut c_void) -> c_
     hook("jail", setup);
 }
 
-/// Forwards store changes to the stats entry.
+/// Forwards store changes to the peers and to the stats entry.
 struct Events;
 
 impl SessionEvents for Events {
+    fn stored(&self, id: &[u8], der: &[u8], expires: u64) {
+        if let Some(r) = replication::get() {
+            r.stored(id, der, expires);
+        }
+    }
+
+    fn removed(&self, id: &[u8]) {
+        if let Some(r) = replication::get() {
+            r.removed(id);
+        }
+    }
+
     fn changed(&self, store: &Store) {
         facade::publish(store);
     }
@@ -185,6 +197,30 @@ fn setup() -> Result<(), String> {
         counts[2],
         sni.len()
     ));
+    let rep = &settings.replication;
+    if rep.is_enabled() {
+        replication::setup(rep, &cache.name)?;
+        let list = |addrs: &[std::net::SocketAddr]| {
+            if addrs.is_empty() {
+                "nowhere".to_string()
+            } else {
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        log::line(&format!(
+            "replication of cache \"{}\": receiving on {}; sending to {} (stock uWSGI cache datagrams); \
+             counters in the stats server's metrics sslcache.{}.*",
+            cache.name,
+            list(&rep.servers),
+            list(&rep.nodes),
+            cache.name
+        ));
+        log::line(
+            "warning: session replication is unauthenticated and readable on the network: anyone who can \
+             reach the receiving port can plant sessions, anyone on the path reads their master secrets",
+        );
+        server.enable_metrics();
+    }
     if contexts.is_empty() {
         log::line("warning: no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
@@ -216,6 +252,9 @@ unsafe extern "C" fn init() -> c_int {
         // SAFETY: init runs in the master before fork, after the core made
         // its caches and locks.
         let mut server = unsafe { Server::new(host.server) };
+        if let Some(r) = replication::get() {
+            r.register_metrics(&active.settings.cache.name);
+        }
         facade::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
     });
     0
@@ -223,6 +262,10 @@ unsafe extern "C" fn init() -> c_int {
 
 unsafe extern "C" fn master_cycle() {
     let Some(cache) = tls::installed() else { return };
+    // After the first fork: threads never live across the initial forks.
+    if let Some(r) = replication::get() {
+        r.start_receivers();
+    }
     let now = tls::unix_now();
     if now < NEXT_SWEEP.load(Ordering::Relaxed) {
         return;

@@ -115,6 +115,9 @@ impl Server {
                 "cache-udp-node" => raw.cache_udp_node.push(v),
                 "https-session-context" => raw.https_session_context = Some(v),
                 "sslrouter-session-context" => raw.sslrouter_session_context = Some(v),
+                "ssl-sessions-multicast-if" | "ssl-session-multicast-if" => raw.multicast_if = Some(v),
+                "multicast-ttl" => raw.multicast_ttl = Some(v),
+                "multicast-loop" => raw.multicast_loop = Some(v),
                 _ => {}
             }
         }
@@ -156,6 +159,15 @@ impl Server {
                 ))
             }
         }
+    }
+
+    /// Turns on uWSGI's metrics subsystem (`enable-metrics`), where the
+    /// replication counters are shown.
+    pub fn enable_metrics(&mut self) -> bool {
+        let s = self.get_mut();
+        let was = s.has_metrics != 0;
+        s.has_metrics = 1;
+        !was
     }
 
     /// uWSGI's `ssl-verbose`.

@@ -10,12 +10,16 @@ use std::sync::OnceLock;
 use super::sys::uwsgi_server;
 
 type LogFn = unsafe extern "C" fn(*const c_char, ...);
+/// `uwsgi_register_metric(name, oid, type, collector, ptr, freq, custom)`.
+pub type RegisterMetricFn =
+    unsafe extern "C" fn(*mut c_char, *mut c_char, u8, *mut c_char, *mut c_void, u32, *mut c_void) -> *mut c_void;
 
 /// Addresses of the host's symbols.
 #[derive(Clone, Copy)]
 pub struct Symbols {
     pub server: *mut uwsgi_server,
     pub log: LogFn,
+    pub register_metric: Option<RegisterMetricFn>,
 }
 
 // SAFETY: plain addresses inside the process image, valid for its lifetime.
@@ -38,11 +42,16 @@ pub fn get() -> Option<Symbols> {
         if server.is_null() || log.is_null() {
             return None;
         }
+        let register_metric = lookup(c"uwsgi_register_metric");
         Some(Symbols {
             server: server.cast(),
             // SAFETY: `uwsgi_log` is `void uwsgi_log(const char *, ...)` in
             // every uWSGI version.
             log: unsafe { std::mem::transmute::<*mut c_void, LogFn>(log) },
+            // SAFETY: uwsgi_register_metric has had this prototype since
+            // uWSGI 1.9.19 (core/metrics.c).
+            register_metric: (!register_metric.is_null())
+                .then(|| unsafe { std::mem::transmute::<*mut c_void, RegisterMetricFn>(register_metric) }),
         })
     })
 }

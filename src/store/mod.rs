@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use lock::{Locked, RobustMutex};
 pub use region::Region;
-use region::SharedPod;
+pub use region::SharedPod;
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
 /// Longest wait for a shard lock on the handshake path. Far above any

@@ -1,0 +1,115 @@
+//! UDP sockets of replication: one sending socket per address family,
+//! shared by all router processes (made before fork, non-blocking), and
+//! the receiving sockets of the master.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use super::addr::is_multicast;
+use crate::stats::ReplicationCounters;
+
+/// How multicast datagrams are sent and received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Multicast {
+    /// Interface (its IPv4 address) to send from and join on; `None`: the
+    /// kernel's choice (the default route when sending).
+    pub interface: Option<Ipv4Addr>,
+    /// IP_MULTICAST_TTL.
+    pub ttl: u32,
+    /// IP_MULTICAST_LOOP: deliver to receivers on this host too.
+    pub loopback: bool,
+}
+
+impl Default for Multicast {
+    fn default() -> Self {
+        Multicast {
+            interface: None,
+            ttl: 1,
+            loopback: true,
+        }
+    }
+}
+
+/// Sends each datagram to every peer, never waiting.
+pub struct Sender {
+    v4: Option<UdpSocket>,
+    v6: Option<UdpSocket>,
+    peers: Vec<SocketAddr>,
+}
+
+fn udp(domain: Domain) -> io::Result<Socket> {
+    Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
+}
+
+impl Sender {
+    pub fn new(peers: Vec<SocketAddr>, mc: &Multicast) -> io::Result<Sender> {
+        let v4 = if peers.iter().any(SocketAddr::is_ipv4) {
+            let s = udp(Domain::IPV4)?;
+            if peers.iter().any(is_multicast) {
+                if let Some(interface) = mc.interface {
+                    s.set_multicast_if_v4(&interface)?;
+                }
+                s.set_multicast_ttl_v4(mc.ttl)?;
+                s.set_multicast_loop_v4(mc.loopback)?;
+            }
+            s.set_nonblocking(true)?;
+            Some(s.into())
+        } else {
+            None
+        };
+        let v6 = if peers.iter().any(SocketAddr::is_ipv6) {
+            let s = udp(Domain::IPV6)?;
+            if peers.iter().any(is_multicast) {
+                s.set_multicast_hops_v6(mc.ttl)?;
+                s.set_multicast_loop_v6(mc.loopback)?;
+            }
+            s.set_nonblocking(true)?;
+            Some(s.into())
+        } else {
+            None
+        };
+        Ok(Sender { v4, v6, peers })
+    }
+
+    pub fn peers(&self) -> &[SocketAddr] {
+        &self.peers
+    }
+
+    /// Hands `datagram` to the kernel for every peer; a full socket buffer
+    /// drops it (counted), it never blocks.
+    pub fn send(&self, datagram: &[u8], counters: &ReplicationCounters) {
+        for peer in &self.peers {
+            let socket = if peer.is_ipv4() { &self.v4 } else { &self.v6 };
+            let Some(socket) = socket else { continue };
+            match socket.send_to(datagram, peer) {
+                Ok(_) => ReplicationCounters::bump(&counters.sent),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock) || e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    ReplicationCounters::bump(&counters.send_dropped)
+                }
+                Err(_) => ReplicationCounters::bump(&counters.send_errors),
+            }
+        }
+    }
+}
+
+/// Binds a receiving socket. A multicast group is bound with SO_REUSEADDR
+/// (several nodes of one host may join it) and joined on the interface.
+pub fn bind_receiver(addr: SocketAddr, mc: &Multicast) -> io::Result<UdpSocket> {
+    let s = udp(Domain::for_address(addr))?;
+    if is_multicast(&addr) {
+        s.set_reuse_address(true)?;
+    }
+    s.bind(&addr.into())?;
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_multicast() => {
+            s.join_multicast_v4(v4.ip(), &mc.interface.unwrap_or(Ipv4Addr::UNSPECIFIED))?;
+        }
+        SocketAddr::V6(v6) if v6.ip().is_multicast() => s.join_multicast_v6(v6.ip(), 0)?,
+        _ => {}
+    }
+    // Big enough for bursts of sessions while the receiver is descheduled.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    Ok(s.into())
+}

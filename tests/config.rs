@@ -188,3 +188,28 @@ fn meaningless_cache2_keys_warn_once() {
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("bitmap, store, hashsize"), "{}", warnings[0]);
 }
+
+/// The options and their help texts are visible in `uwsgi --help`.
+#[test]
+fn options_are_listed_in_help() {
+    let out = std::process::Command::new(uwsgi_binary())
+        .arg("--plugin-dir")
+        .arg(plugin_dir())
+        .args(["--plugins", "sslcache", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for option in [
+        "--ssl-sessions-use-cache",
+        "--ssl-session-use-cache",
+        "--ssl-sessions-timeout",
+        "--ssl-session-timeout",
+        "--ssl-sessions-multicast-if",
+    ] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{option} ")))
+            .unwrap_or_else(|| panic!("{option} missing"));
+        assert!(line.contains("[sslcache]"), "{line}");
+    }
+}

@@ -36,13 +36,17 @@ const fn option(name: &'static std::ffi::CStr, kind: u32, help: &'static std::ff
 const USE_CACHE_HELP: &std::ffi::CStr = c"store TLS sessions of the HTTPS/SSL routers in this cache, shared by all \
     router processes (true or empty: the default cache made by --cache; a name: that --cache2) [sslcache]";
 const TIMEOUT_HELP: &std::ffi::CStr = c"set the TLS session timeout in seconds (default 300) [sslcache]";
+const MULTICAST_IF_HELP: &std::ffi::CStr = c"send and receive multicast session updates on the interface with this \
+    IPv4 address (TTL and loop: --multicast-ttl, --multicast-loop) [sslcache]";
 
 /// The option table; uWSGI reads it through `sslcache_plugin.options`.
-static mut OPTIONS: [uwsgi_option; 5] = [
+static mut OPTIONS: [uwsgi_option; 7] = [
     option(c"ssl-sessions-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-session-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-sessions-timeout", sys::required_argument, TIMEOUT_HELP),
     option(c"ssl-session-timeout", sys::required_argument, TIMEOUT_HELP),
+    option(c"ssl-sessions-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
+    option(c"ssl-session-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
     // SAFETY: an all-zero uwsgi_option (null name) ends the table.
     unsafe { std::mem::zeroed() },
 ];

@@ -341,9 +341,14 @@ impl Client {
     pub fn handshake(&self, port: u16, session: Option<&SslSession>) -> std::io::Result<(SslStream<TcpStream>, u16)> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        let local_port = tcp.local_addr()?.port();
+        Ok((self.handshake_on(tcp, session)?, local_port))
+    }
+
+    /// A handshake over an already connected socket.
+    pub fn handshake_on(&self, tcp: TcpStream, session: Option<&SslSession>) -> std::io::Result<SslStream<TcpStream>> {
         tcp.set_read_timeout(Some(Duration::from_secs(5)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(5)))?;
-        let local_port = tcp.local_addr()?.port();
         let mut config = self.connector.configure().map_err(std::io::Error::other)?;
         config.set_verify_hostname(false);
         config.set_use_server_name_indication(self.sni.is_some());
@@ -357,7 +362,7 @@ impl Client {
         }
         let mut stream = SslStream::new(ssl, tcp).map_err(std::io::Error::other)?;
         stream.connect().map_err(|e| std::io::Error::other(e.to_string()))?;
-        Ok((stream, local_port))
+        Ok(stream)
     }
 
     /// One connection: handshake (resuming `session` if given), a request,
@@ -537,4 +542,137 @@ pub fn http_backend(lifetime: Duration) -> u16 {
         }
     });
     port
+}
+
+/// A process other than uWSGI (HAProxy), stopped by its pid on drop.
+pub struct Process {
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(dir: &Path, name: &str, program: &str, args: &[&str]) -> Process {
+        let log_path = dir.join(format!("{name}.log"));
+        let log = fs::File::create(&log_path).unwrap();
+        let child = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        Process { child, log_path }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let pid = self.child.id() as i32;
+        signal(pid, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        signal(-pid, libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until 127.0.0.1:`port` accepts TCP connections.
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} not listening on {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// HAProxy in TCP round-robin mode on 127.0.0.1:`port` in front of `backends`.
+pub fn haproxy(dir: &Path, port: u16, backends: &[SocketAddr]) -> Process {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("    server n{i} {b}\n"))
+        .collect();
+    let cfg = format!(
+        "global\n    maxconn 2000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    \
+         timeout server 10s\nfrontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\nbackend be\n    \
+         balance roundrobin\n{servers}"
+    );
+    let path = dir.join("haproxy.cfg");
+    fs::write(&path, cfg).unwrap();
+    let p = Process::spawn(dir, "haproxy", "haproxy", &["-db", "-f", path.to_str().unwrap()]);
+    wait_port(port, "haproxy");
+    p
+}
+
+/// uWSGI's rawrouter on 127.0.0.1:`port` in front of `backends` (seed Setup 2).
+pub fn rawrouter(dir: &Path, port: u16, backends: &[SocketAddr]) -> Uwsgi {
+    let to: String = backends.iter().map(|b| format!("rawrouter-to = {b}\n")).collect();
+    let ini = format!("[uwsgi]\nplugins = rawrouter\nmaster = true\nrawrouter = 127.0.0.1:{port}\n{to}");
+    Uwsgi::start(dir, "rawrouter", &ini, &[port])
+}
+
+/// Seed "Setup 2" node `i` (1-based) on 127.0.0.`i`: HTTPS on `https`,
+/// stats on 127.0.0.1:`stats_port`, then the `replication` lines.
+pub fn seed_setup2_node(plugin_dir: &Path, i: usize, https: u16, stats_port: u16, replication: &str) -> String {
+    let (crt, key) = cert("localhost");
+    format!(
+        "[uwsgi]\n\
+         plugin-dir = {plugins}\n\
+         plugins = sslcache\n\
+         master = true\n\
+         cache = 20000\n\
+         cache-blocksize = 4096\n\
+         ssl-sessions-use-cache = true\n\
+         ssl-sessions-timeout = 300\n\
+         https-session-context = foobar\n\
+         https = 127.0.0.{i}:{https},{crt},{key}\n\
+         http-processes = 2\n\
+         http-to = 127.0.0.1:{dead}\n\
+         stats = 127.0.0.1:{stats_port}\n\
+         {replication}",
+        plugins = plugin_dir.display(),
+        crt = crt.display(),
+        key = key.display(),
+        dead = free_port(),
+    )
+}
+
+/// Setup 2's replication lines for node `i` of `n`: receive on
+/// 127.0.0.`i`:`udp`, send to every other node.
+pub fn setup2_replication(i: usize, n: usize, udp: u16) -> String {
+    let peers: String = (1..=n)
+        .filter(|&j| j != i)
+        .map(|j| format!("cache-udp-node = 127.0.0.{j}:{udp}\n"))
+        .collect();
+    format!("cache-udp-server = 127.0.0.{i}:{udp}\n{peers}")
+}
+
+/// A uWSGI metric from the stats server (0 when absent).
+pub fn metric(stats_port: u16, name: &str) -> u64 {
+    stats(stats_port)["metrics"][name]["value"].as_u64().unwrap_or(0)
+}
+
+/// Polls until `f` holds (bounded), returning whether it did.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -5,7 +5,8 @@
 #   make install              copy it into that binary's plugin directory
 #   make test                 the whole test suite (installs what it needs)
 #   make demo                 a local cluster showing resumed sessions
-#   make bench                benchmarks (figures in bench/RESULTS.md)
+#   make bench                benchmarks (figures in the README)
+#   make fuzz                 fuzz the datagram decoder (needs cargo-fuzz)
 
 UWSGI ?= $(shell command -v uwsgi 2>/dev/null)
 CARGO ?= cargo
@@ -25,7 +26,7 @@ PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
 # The same uWSGI built without SSL: sslcache must refuse to build for it.
 PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
-.PHONY: all $(PLUGIN) install deps test unit-test demo bench pypi-uwsgi clean
+.PHONY: all $(PLUGIN) install deps test unit-test demo bench fuzz pypi-uwsgi clean
 
 all: $(PLUGIN)
 
@@ -81,7 +82,18 @@ demo: deps $(PLUGIN)
 
 bench: deps $(PLUGIN)
 	$(CARGO) bench --bench store
+	$(CARGO) bench --bench replication
+	$(CARGO) run --release --quiet --example bench_memory
 	$(CARGO) run --release --quiet --example bench_tls
+	$(CARGO) run --release --quiet --example bench_cluster
+
+# 12 million inputs through the replication decoder. cargo-fuzz on a stable
+# toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.
+FUZZ_RUNS ?= 12000000
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
+	mkdir -p fuzz/corpus/wire_decode
+	cd fuzz && $(CARGO) fuzz run --sanitizer none wire_decode corpus/wire_decode seeds/wire_decode -- -runs=$(FUZZ_RUNS) -max_len=600
 
 clean:
 	$(CARGO) clean

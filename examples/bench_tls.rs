@@ -15,38 +15,10 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::process::Command;
-use std::time::Instant;
-
 use support::*;
 
 const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;
-
-/// Returns (connections per wall-clock second, share resumed).
-fn s_time(port: u16, version: &str) -> (f64, f64) {
-    let started = Instant::now();
-    let out = Command::new("openssl")
-        .args(["s_time", "-connect"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(["-reuse", "-www", "/", "-time", &SECONDS.to_string(), version])
-        .output()
-        .expect("openssl s_time");
-    let wall = started.elapsed().as_secs_f64();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let marks: String = text
-        .lines()
-        .filter(|l| l.chars().all(|c| "r*".contains(c)) && !l.is_empty())
-        .collect();
-    let total = marks.len().max(1);
-    let resumed = marks.chars().filter(|&c| c == 'r').count();
-    (total as f64 / wall, resumed as f64 / total as f64)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
 
 fn main() {
     let dir = test_dir("bench-tls");
@@ -68,8 +40,8 @@ fn main() {
     for version in ["-tls1_2", "-tls1_3"] {
         let (mut stock_rates, mut ours_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            let (stock, stock_resumed) = s_time(stock_https, version);
-            let (ours, ours_resumed) = s_time(https, version);
+            let (stock, stock_resumed) = s_time(stock_https, version, SECONDS);
+            let (ours, ours_resumed) = s_time(https, version, SECONDS);
             assert!(
                 stock_resumed > 0.99 && ours_resumed > 0.99,
                 "not resumed: {stock_resumed} {ours_resumed}"

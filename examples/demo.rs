@@ -33,14 +33,22 @@ fn cluster(dir: &std::path::Path, with_plugin: bool) -> Cluster {
     let stats: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
     let nodes: Vec<Uwsgi> = (1..=NODES)
         .map(|i| {
-            let mut ini = seed_setup2_node(&plugin_dir(), i, https, stats[i - 1], &setup2_replication(i, NODES, udp));
+            let mut ini = seed_setup2_node(
+                &plugin_dir(),
+                i,
+                https,
+                stats[i - 1],
+                &setup2_replication(i, NODES, udp),
+            );
             if !with_plugin {
                 ini = ini.replace("plugins = sslcache\n", "plugins = http\n");
             }
             Uwsgi::start(dir, &format!("node{i}"), &ini, &[stats[i - 1]])
         })
         .collect();
-    let backends: Vec<SocketAddr> = (1..=NODES).map(|i| SocketAddr::from(([127, 0, 0, i as u8], https))).collect();
+    let backends: Vec<SocketAddr> = (1..=NODES)
+        .map(|i| SocketAddr::from(([127, 0, 0, i as u8], https)))
+        .collect();
     for b in &backends {
         let ok = eventually(Duration::from_secs(20), || {
             std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
@@ -59,15 +67,31 @@ fn cluster(dir: &std::path::Path, with_plugin: bool) -> Cluster {
 
 fn main() {
     let dir = test_dir("demo");
-    println!("sslcache demo: 3 uWSGI nodes on 127.0.0.1-3 behind HAProxy (round robin); files in {}\n", dir.display());
+    println!(
+        "sslcache demo: 3 uWSGI nodes on 127.0.0.1-3 behind HAProxy (round robin); files in {}\n",
+        dir.display()
+    );
     let stock = cluster(&dir.join("stock"), false);
     let ours = cluster(&dir.join("sslcache"), true);
 
-    println!("{:<24} {:>24} {:>24}", "client reconnecting", "stock uWSGI cluster", "sslcache cluster");
-    for (label, proto) in [("TLS 1.2, no tickets", Proto::Tls12NoTickets), ("TLS 1.3", Proto::Tls13)] {
+    println!(
+        "{:<24} {:>24} {:>24}",
+        "client reconnecting", "stock uWSGI cluster", "sslcache cluster"
+    );
+    for (label, proto) in [
+        ("TLS 1.2, no tickets", Proto::Tls12NoTickets),
+        ("TLS 1.3", Proto::Tls13),
+    ] {
         let a = Client::new(proto).reconnects(stock.port, RECONNECTS, &[]);
         let b = Client::new(proto).reconnects(ours.port, RECONNECTS, &[]);
-        let show = |o: &Outcome| format!("{}/{} resumed ({:.0}%)", o.resumed, o.attempts - 1, o.resumption_rate() * 100.0);
+        let show = |o: &Outcome| {
+            format!(
+                "{}/{} resumed ({:.0}%)",
+                o.resumed,
+                o.attempts - 1,
+                o.resumption_rate() * 100.0
+            )
+        };
         println!("{label:<24} {:>24} {:>24}", show(&a), show(&b));
     }
 

@@ -15,7 +15,6 @@ struct Cluster {
     nodes: Vec<Uwsgi>,
     https: u16,
     stats: Vec<u16>,
-    udp: u16,
 }
 
 impl Cluster {

@@ -676,3 +676,31 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `openssl s_time -reuse -www /` for `seconds` against 127.0.0.1:`port`.
+/// Returns (connections per wall-clock second, share of them resumed).
+/// s_time prints `r` for a resumed connection and `*` for a full one; its
+/// own "real seconds" are whole seconds, hence the wall clock here.
+pub fn s_time(port: u16, version: &str, seconds: u32) -> (f64, f64) {
+    let started = Instant::now();
+    let out = Command::new("openssl")
+        .args(["s_time", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["-reuse", "-www", "/", "-time", &seconds.to_string(), version])
+        .output()
+        .expect("openssl s_time");
+    let wall = started.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let marks: String = text
+        .lines()
+        .filter(|l| !l.is_empty() && l.chars().all(|c| "r*".contains(c)))
+        .collect();
+    let total = marks.len().max(1);
+    let resumed = marks.chars().filter(|&c| c == 'r').count();
+    (total as f64 / wall, resumed as f64 / total as f64)
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}

@@ -34,12 +34,7 @@ impl Cluster {
                 node
             })
             .collect();
-        let cluster = Cluster {
-            nodes,
-            https,
-            stats,
-            udp,
-        };
+        let cluster = Cluster { nodes, https, stats };
         for i in 1..=n {
             wait_addr(SocketAddr::from(([127, 0, 0, i as u8], https)));
         }

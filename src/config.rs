@@ -46,6 +46,12 @@ pub struct RawOptions {
     /// uWSGI's `multicast-ttl` and `multicast-loop`.
     pub multicast_ttl: Option<String>,
     pub multicast_loop: Option<String>,
+    /// `cache-udp-key`: key file of the default cache's replication.
+    pub cache_udp_key: Option<String>,
+    /// `ssl-sessions-accept-plain`: also accept plain datagrams with a key.
+    pub accept_plain: Option<String>,
+    /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
+    pub max_skew: Option<String>,
 }
 
 /// Where the session cache was defined.
@@ -70,9 +76,14 @@ pub struct CacheDef {
     pub nodes: Vec<String>,
     /// Addresses to receive updates on (`cache-udp-server`, `udp=`...).
     pub udp_servers: Vec<String>,
+    /// Key file sealing replication (`cache-udp-key`, `udp_key=`).
+    pub key_file: Option<String>,
     /// Stock keys given that mean nothing for a session store.
     pub ignored_keys: Vec<String>,
 }
+
+/// Default `ssl-sessions-max-skew`, seconds.
+pub const DEFAULT_MAX_SKEW: u64 = 30;
 
 /// Where sessions are replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -82,6 +93,12 @@ pub struct Replication {
     /// Peers to send new sessions to.
     pub nodes: Vec<SocketAddr>,
     pub multicast: Multicast,
+    /// The key file (and the option naming it): replication is sealed.
+    pub key_file: Option<(String, String)>,
+    /// With a key, still accept plain datagrams (a migration).
+    pub accept_plain: bool,
+    /// Clock skew tolerated on sealed datagrams, seconds.
+    pub max_skew: u64,
 }
 
 impl Replication {
@@ -190,6 +207,8 @@ const KEYS_USED: &[&str] = &[
     "udp_server",
     "udpservers",
     "udpserver",
+    "udp_key",
+    "udpkey",
     // The session store always evicts the least recently used entry.
     "purge_lru",
     "lru",
@@ -260,6 +279,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     };
     let mut nodes = Vec::new();
     let mut udp_servers = Vec::new();
+    let key_file = get(&["udp_key", "udpkey"]);
     let mut ignored_keys = Vec::new();
     for (k, v) in &kv {
         match k.as_str() {
@@ -278,6 +298,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         blocksize,
         nodes,
         udp_servers,
+        key_file,
         ignored_keys,
     })
 }
@@ -296,6 +317,7 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
         blocksize,
         nodes: raw.cache_udp_node.clone(),
         udp_servers: raw.cache_udp_server.clone(),
+        key_file: raw.cache_udp_key.clone(),
         ignored_keys: Vec::new(),
     })
 }
@@ -352,10 +374,32 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
             _ => return err(format!("multicast-loop = {v}: expected 0 or 1")),
         };
     }
+    let key_option = match cache.origin {
+        CacheOrigin::Default => "cache-udp-key".to_string(),
+        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" udp_key", cache.name),
+    };
+    let key_file = cache
+        .key_file
+        .as_ref()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(|v| (key_option, v));
+    let accept_plain = match raw.accept_plain.as_deref().map(str::trim) {
+        None | Some("0" | "false" | "no" | "off") => false,
+        Some("" | "1" | "true" | "yes" | "on") => true,
+        Some(v) => return err(format!("ssl-sessions-accept-plain = {v}: expected true or false")),
+    };
+    let max_skew = match &raw.max_skew {
+        Some(v) => positive("ssl-sessions-max-skew", v, 86_400)?,
+        None => DEFAULT_MAX_SKEW,
+    };
     Ok(Replication {
         servers,
         nodes,
         multicast,
+        key_file,
+        accept_plain,
+        max_skew,
     })
 }
 
@@ -656,6 +700,28 @@ mod tests {
         r.multicast_if = Some("eth0".into());
         r.cache_udp_node = vec!["225.1.1.1:7171".into()];
         assert!(resolve(&r).unwrap_err().0.contains("ssl-sessions-multicast-if = eth0"));
+    }
+
+    #[test]
+    fn key_files_and_policy() {
+        let mut r = raw();
+        r.cache_udp_key = Some("/etc/keys".into());
+        r.accept_plain = Some("true".into());
+        r.max_skew = Some("5".into());
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        assert_eq!(rep.key_file, Some(("cache-udp-key".into(), "/etc/keys".into())));
+        assert!(rep.accept_plain);
+        assert_eq!(rep.max_skew, 5);
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,udp_key=/k".into()];
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        assert_eq!(rep.key_file, Some(("cache2 \"s\" udp_key".into(), "/k".into())));
+        assert!(!rep.accept_plain);
+        assert_eq!(rep.max_skew, DEFAULT_MAX_SKEW);
+        let mut r = raw();
+        r.accept_plain = Some("maybe".into());
+        assert!(resolve(&r).unwrap_err().0.contains("ssl-sessions-accept-plain = maybe"));
     }
 
     #[test]

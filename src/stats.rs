@@ -32,6 +32,16 @@ pub struct ReplicationCounters {
     pub stale: AtomicU64,
     /// Well-formed sessions the store refused (too big for it, or busy).
     pub not_stored: AtomicU64,
+    /// Sealed datagrams sent; also the nonce sequence of this node.
+    pub sealed: AtomicU64,
+    /// Sealed datagrams refused: unknown key, tag that does not verify.
+    pub forged: AtomicU64,
+    /// Sealed datagrams refused: sequence already seen or out of the window.
+    pub replayed: AtomicU64,
+    /// Sealed datagrams refused: timestamp beyond the allowed clock skew.
+    pub skewed: AtomicU64,
+    /// Plain datagrams refused by a node that requires sealing.
+    pub plain_refused: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -39,7 +49,7 @@ unsafe impl SharedPod for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 10] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 15] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -51,6 +61,11 @@ impl ReplicationCounters {
             ("rejected", &self.rejected),
             ("stale", &self.stale),
             ("not_stored", &self.not_stored),
+            ("sealed", &self.sealed),
+            ("forged", &self.forged),
+            ("replayed", &self.replayed),
+            ("skewed", &self.skewed),
+            ("plain_refused", &self.plain_refused),
         ]
     }
 

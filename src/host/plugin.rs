@@ -36,17 +36,26 @@ const fn option(name: &'static std::ffi::CStr, kind: u32, help: &'static std::ff
 const USE_CACHE_HELP: &std::ffi::CStr = c"store TLS sessions of the HTTPS/SSL routers in this cache, shared by all \
     router processes (true or empty: the default cache made by --cache; a name: that --cache2) [sslcache]";
 const TIMEOUT_HELP: &std::ffi::CStr = c"set the TLS session timeout in seconds (default 300) [sslcache]";
+const KEY_HELP: &std::ffi::CStr = c"seal the default cache's session replication with the keys in this file \
+    (one per line, 64 hex digits; the first seals, all open; mode 0600) [sslcache]";
+const ACCEPT_PLAIN_HELP: &std::ffi::CStr =
+    c"with a replication key, still accept plain datagrams (while migrating a cluster) [sslcache]";
+const MAX_SKEW_HELP: &std::ffi::CStr =
+    c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]";
 const MULTICAST_IF_HELP: &std::ffi::CStr = c"send and receive multicast session updates on the interface with this \
     IPv4 address (TTL and loop: --multicast-ttl, --multicast-loop) [sslcache]";
 
 /// The option table; uWSGI reads it through `sslcache_plugin.options`.
-static mut OPTIONS: [uwsgi_option; 7] = [
+static mut OPTIONS: [uwsgi_option; 10] = [
     option(c"ssl-sessions-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-session-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-sessions-timeout", sys::required_argument, TIMEOUT_HELP),
     option(c"ssl-session-timeout", sys::required_argument, TIMEOUT_HELP),
     option(c"ssl-sessions-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
     option(c"ssl-session-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
+    option(c"cache-udp-key", sys::required_argument, KEY_HELP),
+    option(c"ssl-sessions-accept-plain", sys::optional_argument, ACCEPT_PLAIN_HELP),
+    option(c"ssl-sessions-max-skew", sys::required_argument, MAX_SKEW_HELP),
     // SAFETY: an all-zero uwsgi_option (null name) ends the table.
     unsafe { std::mem::zeroed() },
 ];
@@ -211,18 +220,35 @@ fn setup() -> Result<(), String> {
                 addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
             }
         };
+        let replicator = replication::setup(rep, &cache.name)?;
+        let mode = match replicator.sealed_with() {
+            Some((sender, keys)) => format!(
+                "sealed with AES-256-GCM (sender {sender:016x}, {keys} key{} to open, clock skew up to {}s){}",
+                if keys == 1 { "" } else { "s" },
+                rep.max_skew,
+                if rep.accept_plain {
+                    "; plain datagrams accepted too (ssl-sessions-accept-plain)"
+                } else {
+                    ""
+                }
+            ),
+            None => "plain stock uWSGI cache datagrams".to_string(),
+        };
         log::line(&format!(
-            "replication of cache \"{}\": receiving on {}; sending to {} (stock uWSGI cache datagrams); \
+            "replication of cache \"{}\": receiving on {}; sending to {}; {mode}; \
              counters in the stats server's metrics sslcache.{}.*",
             cache.name,
             list(&rep.servers),
             list(&rep.nodes),
             cache.name
         ));
-        log::line(
-            "warning: session replication is unauthenticated and readable on the network: anyone who can \
-             reach the receiving port can plant sessions, anyone on the path reads their master secrets",
-        );
+        if replicator.sealed_with().is_none() {
+            log::line(
+                "warning: session replication is unauthenticated and readable on the network: anyone who can \
+                 reach the receiving port can plant sessions, anyone on the path reads their master secrets \
+                 (set cache-udp-key, or udp_key= in cache2, to seal it)",
+            );
+        }
         server.enable_metrics();
     }
     if contexts.is_empty() {

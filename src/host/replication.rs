@@ -11,12 +11,17 @@ use std::sync::{Mutex, OnceLock};
 use super::{facade, log, symbols};
 use crate::config::Replication;
 use crate::stats::{ReplicationCounters, SharedCounters};
-use crate::sync::{self, net::Sender, Applier};
+use crate::sync::seal::{Opener, Sealer};
+use crate::sync::{self, keys, net::Sender, Applier};
 use crate::tls;
 
 /// Replication state of this process image.
 pub struct Replicator {
     sender: Option<Sender>,
+    /// With a key file: seals what is sent, opens what arrives.
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    accept_plain: bool,
     counters: SharedCounters,
     /// Bound in `jail`, handed to their threads on the first master cycle.
     receivers: Mutex<Vec<(SocketAddr, UdpSocket)>>,
@@ -48,8 +53,21 @@ pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Rep
         )
     };
     let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
+    let (sealer, opener) = match &replication.key_file {
+        Some((option, path)) => {
+            let keys = keys::load(option, std::path::Path::new(path))?;
+            (
+                Some(Sealer::new(&keys[0])),
+                Some(Opener::new(keys, replication.max_skew)),
+            )
+        }
+        None => (None, None),
+    };
     let _ = REPLICATOR.set(Replicator {
         sender,
+        sealer,
+        opener,
+        accept_plain: replication.accept_plain,
         counters,
         receivers: Mutex::new(receivers),
         started: AtomicBool::new(false),
@@ -62,22 +80,44 @@ impl Replicator {
         self.counters.get()
     }
 
+    /// Whether datagrams are sealed, and with how many keys to open.
+    pub fn sealed_with(&self) -> Option<(u64, usize)> {
+        Some((self.sealer.as_ref()?.sender(), self.opener.as_ref()?.key_count()))
+    }
+
     /// Sends a session just stored here to every peer.
     pub fn stored(&self, id: &[u8], der: &[u8], expires: u64) {
-        let Some(sender) = &self.sender else { return };
-        let mut datagram = Vec::with_capacity(der.len() + id.len() + 32);
-        match sync::encode_set(id, der, expires, &mut datagram) {
-            Ok(()) => sender.send(&datagram, self.counters()),
+        if self.sender.is_none() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(der.len() + id.len() + 32);
+        match sync::encode_set(id, der, expires, &mut frame) {
+            Ok(()) => self.send(&frame),
             Err(_) => ReplicationCounters::bump(&self.counters().send_too_big),
         }
     }
 
     /// Tells every peer to forget a session.
     pub fn removed(&self, id: &[u8]) {
+        if self.sender.is_none() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(id.len() + 8);
+        if sync::encode_delete(id, &mut frame).is_ok() {
+            self.send(&frame);
+        }
+    }
+
+    /// Sends a plain frame, sealed first when a key is configured.
+    fn send(&self, frame: &[u8]) {
         let Some(sender) = &self.sender else { return };
-        let mut datagram = Vec::with_capacity(id.len() + 8);
-        if sync::encode_delete(id, &mut datagram).is_ok() {
-            sender.send(&datagram, self.counters());
+        match &self.sealer {
+            Some(sealer) => {
+                let mut sealed = Vec::with_capacity(frame.len() + 64);
+                sealer.seal(frame, &self.counters().sealed, unix_ms(), &mut sealed);
+                sender.send(&sealed, self.counters());
+            }
+            None => sender.send(frame, self.counters()),
         }
     }
 
@@ -106,12 +146,14 @@ impl Replicator {
             store: &cache.store,
             timeout: cache.timeout,
             counters: self.counters(),
+            opener: self.opener.as_ref(),
+            accept_plain: self.accept_plain,
         };
         let mut buf = vec![0u8; 65536];
         loop {
             match socket.recv_from(&mut buf) {
                 Ok((n, _)) => {
-                    let outcome = applier.apply(&buf[..n], tls::unix_now());
+                    let outcome = applier.apply(&buf[..n], unix_ms());
                     if cache.verbose {
                         log::line(&format!("replication datagram of {n} bytes: {outcome:?}"));
                     }
@@ -160,6 +202,13 @@ impl Replicator {
         }
         registered
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// `UWSGI_METRIC_COUNTER`, the first value of its enum in uwsgi.h.

@@ -8,11 +8,14 @@
 //! expiry.
 
 pub mod addr;
+pub mod keys;
 pub mod net;
+pub mod seal;
 pub mod wire;
 
 use crate::stats::ReplicationCounters;
 use crate::store::{Insert, Store};
+use seal::{Opener, SealError};
 use wire::{Format, Frame, FrameLimits, WireError};
 
 /// What one datagram did.
@@ -27,6 +30,10 @@ pub enum Applied {
     /// Well formed, but the store did not take it (too big, lock busy).
     NotStored,
     Rejected(WireError),
+    /// A sealed datagram that failed verification or freshness.
+    Refused(SealError),
+    /// A plain datagram on a node that requires sealing.
+    PlainRefused,
 }
 
 /// Applies peers' datagrams to the local store.
@@ -35,6 +42,10 @@ pub struct Applier<'a> {
     /// Session lifetime here, seconds: caps remote expiries.
     pub timeout: u32,
     pub counters: &'a ReplicationCounters,
+    /// With a key: opens sealed datagrams, and plain ones are refused
+    /// unless `accept_plain` (a migration).
+    pub opener: Option<&'a Opener>,
+    pub accept_plain: bool,
 }
 
 impl Applier<'_> {
@@ -46,27 +57,47 @@ impl Applier<'_> {
         }
     }
 
-    /// Decodes and applies one datagram received at `now` (unix seconds).
-    pub fn apply(&self, datagram: &[u8], now: u64) -> Applied {
+    /// Decodes and applies one datagram received at `now_ms` (unix time in
+    /// milliseconds).
+    pub fn apply(&self, datagram: &[u8], now_ms: u64) -> Applied {
         ReplicationCounters::bump(&self.counters.received);
-        let decoded = match Format::of(datagram) {
-            Format::Plain => wire::decode_plain(datagram, self.limits()),
-            Format::Unknown(_) => Err(WireError::BadModifier),
-        };
-        let outcome = match decoded {
-            Err(e) => Applied::Rejected(e),
-            Ok(frame) => self.apply_frame(frame, now),
-        };
+        let outcome = self.open_and_apply(datagram, now_ms);
+        let counters = self.counters;
         let counter = match outcome {
-            Applied::Stored => &self.counters.applied,
-            Applied::Removed => &self.counters.removed,
+            Applied::Stored => &counters.applied,
+            Applied::Removed => &counters.removed,
             Applied::Absent => return outcome,
-            Applied::Stale => &self.counters.stale,
-            Applied::NotStored => &self.counters.not_stored,
-            Applied::Rejected(_) => &self.counters.rejected,
+            Applied::Stale => &counters.stale,
+            Applied::NotStored => &counters.not_stored,
+            Applied::Rejected(_) => &counters.rejected,
+            Applied::Refused(SealError::Malformed | SealError::UnknownKey | SealError::Forged) => &counters.forged,
+            Applied::Refused(SealError::Replayed | SealError::TooOld) => &counters.replayed,
+            Applied::Refused(SealError::Stale) => &counters.skewed,
+            Applied::PlainRefused => &counters.plain_refused,
         };
         ReplicationCounters::bump(counter);
         outcome
+    }
+
+    fn open_and_apply(&self, datagram: &[u8], now_ms: u64) -> Applied {
+        let now = now_ms / 1000;
+        let opened;
+        let plain = match (Format::of(datagram), self.opener) {
+            (Format::Sealed, Some(opener)) => match opener.open(datagram, now_ms) {
+                Ok(frame) => {
+                    opened = frame;
+                    &opened[..]
+                }
+                Err(e) => return Applied::Refused(e),
+            },
+            (Format::Plain, Some(_)) if !self.accept_plain => return Applied::PlainRefused,
+            (Format::Plain, _) => datagram,
+            (Format::Sealed | Format::Unknown(_), _) => return Applied::Rejected(WireError::BadModifier),
+        };
+        match wire::decode_plain(plain, self.limits()) {
+            Ok(frame) => self.apply_frame(frame, now),
+            Err(e) => Applied::Rejected(e),
+        }
     }
 
     fn apply_frame(&self, frame: Frame<'_>, now: u64) -> Applied {
@@ -111,6 +142,7 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     const NOW: u64 = 1_800_000_000;
+    const NOW_MS: u64 = NOW * 1000;
 
     fn setup() -> (Store, SharedCounters) {
         let store = Store::create(Limits {
@@ -135,14 +167,16 @@ mod tests {
             store: &store,
             timeout: 300,
             counters: counters.get(),
+            opener: None,
+            accept_plain: false,
         };
-        assert_eq!(a.apply(&set(b"k1", b"v1", NOW + 100), NOW), Applied::Stored);
+        assert_eq!(a.apply(&set(b"k1", b"v1", NOW + 100), NOW_MS), Applied::Stored);
         // No expiry from a stock sender: the local timeout.
-        assert_eq!(a.apply(&set(b"k2", b"v2", 0), NOW), Applied::Stored);
+        assert_eq!(a.apply(&set(b"k2", b"v2", 0), NOW_MS), Applied::Stored);
         // A remote expiry beyond the local timeout is capped.
-        assert_eq!(a.apply(&set(b"k3", b"v3", NOW + 100_000), NOW), Applied::Stored);
-        assert_eq!(a.apply(&set(b"old", b"v", NOW - 1), NOW), Applied::Stale);
-        assert_eq!(a.apply(&set(b"now", b"v", NOW), NOW), Applied::Stale);
+        assert_eq!(a.apply(&set(b"k3", b"v3", NOW + 100_000), NOW_MS), Applied::Stored);
+        assert_eq!(a.apply(&set(b"old", b"v", NOW - 1), NOW_MS), Applied::Stale);
+        assert_eq!(a.apply(&set(b"now", b"v", NOW), NOW_MS), Applied::Stale);
         let mut out = Vec::new();
         assert_eq!(store.get(b"k1", NOW, &mut out), Lookup::Hit { expires: NOW + 100 });
         assert_eq!(store.get(b"k2", NOW, &mut out), Lookup::Hit { expires: NOW + 300 });
@@ -151,8 +185,8 @@ mod tests {
 
         let mut d = Vec::new();
         encode_delete(b"k1", &mut d).unwrap();
-        assert_eq!(a.apply(&d, NOW), Applied::Removed);
-        assert_eq!(a.apply(&d, NOW), Applied::Absent);
+        assert_eq!(a.apply(&d, NOW_MS), Applied::Removed);
+        assert_eq!(a.apply(&d, NOW_MS), Applied::Absent);
         assert_eq!(store.get(b"k1", NOW, &mut out), Lookup::Miss);
 
         let c = counters.get();
@@ -169,6 +203,8 @@ mod tests {
             store: &store,
             timeout: 300,
             counters: counters.get(),
+            opener: None,
+            accept_plain: false,
         };
         let good = set(b"key", b"value", NOW + 10);
         let mut bad = vec![
@@ -182,7 +218,7 @@ mod tests {
         flipped[3] = 99;
         bad.push(flipped);
         for d in &bad {
-            assert!(matches!(a.apply(d, NOW), Applied::Rejected(_)), "{d:?}");
+            assert!(matches!(a.apply(d, NOW_MS), Applied::Rejected(_)), "{d:?}");
         }
         assert!(store.is_empty());
         assert_eq!(counters.get().rejected.load(Ordering::Relaxed), bad.len() as u64);

@@ -101,7 +101,9 @@ pub struct FrameLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
     Plain,
-    /// Anything else: not ours to decode in plain mode.
+    /// A sealed datagram (see `seal`), carrying a plain frame.
+    Sealed,
+    /// Anything else.
     Unknown(u8),
 }
 
@@ -109,6 +111,7 @@ impl Format {
     pub fn of(datagram: &[u8]) -> Format {
         match datagram.first() {
             Some(&MODIFIER1_CACHE) => Format::Plain,
+            Some(&super::seal::MAGIC) => Format::Sealed,
             Some(&b) => Format::Unknown(b),
             None => Format::Unknown(0),
         }

@@ -1,0 +1,398 @@
+//! Sealed datagrams: authenticated, encrypted and replay-proof replication.
+//!
+//! A sealed datagram carries a plain frame (the stock format of
+//! [`super::wire`]) encrypted with AES-256-GCM through the host's OpenSSL:
+//!
+//! ```text
+//! 0  u8    'S'             |
+//! 1  u8    version = 1     |
+//! 2  u32   key id          |  authenticated data (big endian)
+//! 6  u64   sender id       |
+//! 14 u64   sequence        |
+//! 22 u64   timestamp, ms   |
+//! 30       ciphertext of the plain frame
+//! end-16   GCM tag
+//! ```
+//!
+//! Nonces never repeat: each sender (a node, for the life of its process
+//! image) draws a random 64-bit id at startup and seals with a key derived
+//! for that id (HMAC-SHA256 of the configured key); the nonce is the
+//! sequence number, taken from a counter in shared memory that all router
+//! processes of the node increment. A restart draws a new id, hence a new
+//! derived key.
+//!
+//! The receiver keeps, per sender, the highest sequence seen and a window
+//! of the last [`WINDOW`] sequences: a replay or a sequence older than the
+//! window is rejected. Timestamps further than the allowed clock skew from
+//! the receiver's clock are rejected. Checks run in that order: the tag
+//! first (nothing unauthenticated touches any state), then the clock, then
+//! the window.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use openssl::pkey::PKey;
+use openssl::sign::Signer;
+use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+
+use super::keys::Key;
+
+pub const MAGIC: u8 = b'S';
+pub const VERSION: u8 = 1;
+const HEADER: usize = 30;
+const TAG: usize = 16;
+/// Sequences remembered per sender, behind its highest.
+pub const WINDOW: u64 = 4096;
+/// Senders remembered; the least recently heard is forgotten beyond this.
+const MAX_SENDERS: usize = 4096;
+
+/// Why a sealed datagram was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealError {
+    /// Too short, or not a sealed datagram of a known version.
+    Malformed,
+    /// Sealed with a key this node does not hold.
+    UnknownKey,
+    /// The tag does not verify: altered, or made without the key.
+    Forged,
+    /// Timestamp outside the allowed clock skew.
+    Stale,
+    /// A sequence number already accepted from this sender.
+    Replayed,
+    /// A sequence number older than the window.
+    TooOld,
+}
+
+/// The key a sender id seals with.
+fn sender_key(key: &Key, sender: u64) -> [u8; 32] {
+    let pkey = PKey::hmac(&key.bytes).expect("HMAC key");
+    let mut signer = Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).expect("HMAC-SHA256");
+    signer.update(b"sslcache v1 sender key\0").expect("HMAC update");
+    signer.update(&sender.to_be_bytes()).expect("HMAC update");
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&signer.sign_to_vec().expect("HMAC"));
+    out
+}
+
+fn nonce(seq: u64) -> [u8; 12] {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&seq.to_be_bytes());
+    n
+}
+
+/// Seals frames of one node (shared by its router processes).
+pub struct Sealer {
+    key_id: u32,
+    sender: u64,
+    derived: [u8; 32],
+}
+
+impl Sealer {
+    /// A sealer for this process image: a fresh random sender id.
+    pub fn new(key: &Key) -> Sealer {
+        let mut id = [0u8; 8];
+        openssl::rand::rand_bytes(&mut id).expect("OpenSSL random bytes");
+        Self::with_sender(key, u64::from_be_bytes(id))
+    }
+
+    pub fn with_sender(key: &Key, sender: u64) -> Sealer {
+        Sealer {
+            key_id: key.id,
+            sender,
+            derived: sender_key(key, sender),
+        }
+    }
+
+    pub fn sender(&self) -> u64 {
+        self.sender
+    }
+
+    /// Seals `frame` with the next sequence of `seq` (shared memory) at
+    /// `now_ms`, into `out`.
+    pub fn seal(&self, frame: &[u8], seq: &AtomicU64, now_ms: u64, out: &mut Vec<u8>) {
+        let seq = seq.fetch_add(1, Ordering::Relaxed) + 1;
+        out.clear();
+        out.push(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&self.key_id.to_be_bytes());
+        out.extend_from_slice(&self.sender.to_be_bytes());
+        out.extend_from_slice(&seq.to_be_bytes());
+        out.extend_from_slice(&now_ms.to_be_bytes());
+        let mut tag = [0u8; TAG];
+        let ciphertext = encrypt_aead(
+            Cipher::aes_256_gcm(),
+            &self.derived,
+            Some(&nonce(seq)),
+            &out[..HEADER],
+            frame,
+            &mut tag,
+        )
+        .expect("AES-256-GCM encryption");
+        out.extend_from_slice(&ciphertext);
+        out.extend_from_slice(&tag);
+    }
+}
+
+/// What is remembered of one sender.
+struct Sender {
+    derived: [u8; 32],
+    key_id: u32,
+    highest: u64,
+    /// Bit i: sequence `highest - i` was accepted.
+    seen: Vec<u64>,
+    last_heard: u64,
+}
+
+impl Sender {
+    /// Accepts `seq` once; Err if replayed or too old.
+    fn accept(&mut self, seq: u64) -> Result<(), SealError> {
+        if seq > self.highest {
+            let shift = seq - self.highest;
+            shift_window(&mut self.seen, shift);
+            self.highest = seq;
+            set_bit(&mut self.seen, 0);
+            return Ok(());
+        }
+        let age = self.highest - seq;
+        if age >= WINDOW {
+            return Err(SealError::TooOld);
+        }
+        if get_bit(&self.seen, age) {
+            return Err(SealError::Replayed);
+        }
+        set_bit(&mut self.seen, age);
+        Ok(())
+    }
+}
+
+fn get_bit(bits: &[u64], i: u64) -> bool {
+    bits[(i / 64) as usize] >> (i % 64) & 1 == 1
+}
+
+fn set_bit(bits: &mut [u64], i: u64) {
+    bits[(i / 64) as usize] |= 1 << (i % 64);
+}
+
+/// Moves every bit `shift` places towards older ages.
+fn shift_window(bits: &mut [u64], shift: u64) {
+    if shift >= WINDOW {
+        bits.iter_mut().for_each(|w| *w = 0);
+        return;
+    }
+    let (words, rem) = ((shift / 64) as usize, (shift % 64) as u32);
+    for i in (0..bits.len()).rev() {
+        let hi = if i >= words { bits[i - words] } else { 0 };
+        let lo = if i > words { bits[i - words - 1] } else { 0 };
+        bits[i] = if rem == 0 { hi } else { hi << rem | lo >> (64 - rem) };
+    }
+}
+
+/// Opens sealed datagrams for one node (its receiver threads).
+pub struct Opener {
+    keys: Vec<Key>,
+    /// Largest accepted distance between a datagram's timestamp and now.
+    max_skew_ms: u64,
+    senders: Mutex<HashMap<u64, Sender>>,
+}
+
+impl Opener {
+    pub fn new(keys: Vec<Key>, max_skew_secs: u64) -> Opener {
+        Opener {
+            keys,
+            max_skew_ms: max_skew_secs * 1000,
+            senders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Verifies, decrypts and checks freshness of `datagram` at `now_ms`;
+    /// returns the plain frame it carries.
+    pub fn open(&self, datagram: &[u8], now_ms: u64) -> Result<Vec<u8>, SealError> {
+        if datagram.len() < HEADER + TAG + 1 || datagram[0] != MAGIC || datagram[1] != VERSION {
+            return Err(SealError::Malformed);
+        }
+        let word = |at: usize| u64::from_be_bytes(datagram[at..at + 8].try_into().expect("8 bytes"));
+        let key_id = u32::from_be_bytes(datagram[2..6].try_into().expect("4 bytes"));
+        let (sender, seq, stamp) = (word(6), word(14), word(22));
+        let key = self.keys.iter().find(|k| k.id == key_id).ok_or(SealError::UnknownKey)?;
+        let (header, rest) = datagram.split_at(HEADER);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
+
+        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let known = senders.get(&sender).filter(|s| s.key_id == key_id).map(|s| s.derived);
+        let derived = known.unwrap_or_else(|| sender_key(key, sender));
+        let frame = decrypt_aead(
+            Cipher::aes_256_gcm(),
+            &derived,
+            Some(&nonce(seq)),
+            header,
+            ciphertext,
+            tag,
+        )
+        .map_err(|_| SealError::Forged)?;
+        // Authentic from here on.
+        if stamp.abs_diff(now_ms) > self.max_skew_ms {
+            return Err(SealError::Stale);
+        }
+        if seq == 0 {
+            return Err(SealError::Malformed);
+        }
+        if senders.len() >= MAX_SENDERS && !senders.contains_key(&sender) {
+            if let Some(oldest) = senders.iter().min_by_key(|(_, s)| s.last_heard).map(|(id, _)| *id) {
+                senders.remove(&oldest);
+            }
+        }
+        let state = senders.entry(sender).or_insert_with(|| Sender {
+            derived,
+            key_id,
+            highest: 0,
+            seen: vec![0; (WINDOW / 64) as usize],
+            last_heard: 0,
+        });
+        if state.key_id != key_id {
+            // The sender rotated keys: same sequence space, new derived key.
+            state.key_id = key_id;
+            state.derived = derived;
+        }
+        state.accept(seq)?;
+        state.last_heard = now_ms;
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn key(b: u8) -> Key {
+        Key::new([b; 32])
+    }
+
+    fn sealed(sealer: &Sealer, seq: &AtomicU64, frame: &[u8], at: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        sealer.seal(frame, seq, at, &mut out);
+        out
+    }
+
+    #[test]
+    fn opens_what_it_sealed_and_hides_the_frame() {
+        let sealer = Sealer::new(&key(1));
+        let opener = Opener::new(vec![key(1)], 30);
+        let seq = AtomicU64::new(0);
+        let frame = b"session-id-0123456789 and a master secret".to_vec();
+        let d = sealed(&sealer, &seq, &frame, NOW);
+        assert!(
+            !d.windows(10).any(|w| frame.windows(10).any(|f| f == w)),
+            "plaintext in the datagram"
+        );
+        assert_eq!(opener.open(&d, NOW + 5).unwrap(), frame);
+    }
+
+    #[test]
+    fn every_forgery_is_refused() {
+        let sealer = Sealer::new(&key(1));
+        let opener = Opener::new(vec![key(1)], 30);
+        let seq = AtomicU64::new(0);
+        let good = sealed(&sealer, &seq, b"frame bytes", NOW);
+        // A bit flipped anywhere: header fields, ciphertext, tag.
+        for byte in 0..good.len() {
+            for bit in [0, 3, 7] {
+                let mut d = good.clone();
+                d[byte] ^= 1 << bit;
+                let e = opener.open(&d, NOW).unwrap_err();
+                let expected = match byte {
+                    0 | 1 => SealError::Malformed,
+                    2..=5 => SealError::UnknownKey,
+                    _ => SealError::Forged,
+                };
+                assert_eq!(e, expected, "byte {byte} bit {bit}");
+            }
+        }
+        // Truncated at every length.
+        for len in 0..good.len() {
+            assert!(opener.open(&good[..len], NOW).is_err(), "truncated to {len}");
+        }
+        // Wrong key, same id space: another opener with another key.
+        let other = Opener::new(vec![key(2)], 30);
+        assert_eq!(other.open(&good, NOW), Err(SealError::UnknownKey));
+        // A forger who knows the key id but not the key.
+        let forger = Sealer::with_sender(
+            &Key {
+                id: key(1).id,
+                bytes: [9; 32],
+            },
+            42,
+        );
+        assert_eq!(
+            opener.open(&sealed(&forger, &AtomicU64::new(0), b"evil", NOW), NOW),
+            Err(SealError::Forged)
+        );
+        // Nothing refused above made state: the real datagram still opens.
+        assert!(opener.open(&good, NOW).is_ok());
+    }
+
+    #[test]
+    fn replays_old_and_stale_datagrams_are_refused() {
+        let sealer = Sealer::new(&key(1));
+        let opener = Opener::new(vec![key(1)], 30);
+        let seq = AtomicU64::new(0);
+        let first = sealed(&sealer, &seq, b"one", NOW);
+        let second = sealed(&sealer, &seq, b"two", NOW);
+        assert!(opener.open(&second, NOW).is_ok());
+        // Out of order within the window is fine, once.
+        assert!(opener.open(&first, NOW).is_ok());
+        assert_eq!(opener.open(&first, NOW), Err(SealError::Replayed));
+        assert_eq!(opener.open(&second, NOW), Err(SealError::Replayed));
+        // Beyond the window.
+        let old = sealed(&sealer, &seq, b"old", NOW);
+        seq.fetch_add(WINDOW + 10, Ordering::Relaxed);
+        assert!(opener.open(&sealed(&sealer, &seq, b"new", NOW), NOW).is_ok());
+        assert_eq!(opener.open(&old, NOW), Err(SealError::TooOld));
+        // Clock skew: 30 s tolerated, 31 s not, both ways.
+        assert!(opener.open(&sealed(&sealer, &seq, b"late", NOW - 30_000), NOW).is_ok());
+        assert!(opener.open(&sealed(&sealer, &seq, b"early", NOW + 30_000), NOW).is_ok());
+        assert_eq!(
+            opener.open(&sealed(&sealer, &seq, b"stale", NOW - 31_000), NOW),
+            Err(SealError::Stale)
+        );
+        assert_eq!(
+            opener.open(&sealed(&sealer, &seq, b"future", NOW + 31_000), NOW),
+            Err(SealError::Stale)
+        );
+    }
+
+    #[test]
+    fn keys_rotate_without_a_flag_day() {
+        let (old, new) = (key(1), key(2));
+        let a = Sealer::new(&old); // node holding [old, new]
+        let b = Sealer::new(&new); // node holding [new, old]
+        let opens_both = Opener::new(vec![old.clone(), new.clone()], 30);
+        let only_old = Opener::new(vec![old.clone()], 30);
+        let seq = AtomicU64::new(0);
+        assert!(opens_both.open(&sealed(&a, &seq, b"a", NOW), NOW).is_ok());
+        assert!(opens_both.open(&sealed(&b, &seq, b"b", NOW), NOW).is_ok());
+        assert!(only_old.open(&sealed(&a, &seq, b"a", NOW), NOW).is_ok());
+        assert_eq!(
+            only_old.open(&sealed(&b, &seq, b"b", NOW), NOW),
+            Err(SealError::UnknownKey)
+        );
+    }
+
+    #[test]
+    fn window_shifts_keep_recent_bits() {
+        let mut bits = vec![0u64; (WINDOW / 64) as usize];
+        set_bit(&mut bits, 0);
+        set_bit(&mut bits, 70);
+        shift_window(&mut bits, 65);
+        assert!(get_bit(&bits, 65) && get_bit(&bits, 135));
+        assert_eq!(bits.iter().map(|w| w.count_ones()).sum::<u32>(), 2);
+        shift_window(&mut bits, WINDOW);
+        assert!(bits.iter().all(|&w| w == 0));
+    }
+}

@@ -212,7 +212,6 @@ fn setup() -> Result<(), String> {
     ));
     let rep = &settings.replication;
     if rep.is_enabled() {
-        replication::setup(rep, &cache.name)?;
         let list = |addrs: &[std::net::SocketAddr]| {
             if addrs.is_empty() {
                 "nowhere".to_string()

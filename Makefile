@@ -87,13 +87,14 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_tls
 	$(CARGO) run --release --quiet --example bench_cluster
 
-# 12 million inputs through the replication decoder. cargo-fuzz on a stable
+# 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable
 # toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.
 FUZZ_RUNS ?= 12000000
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
-	mkdir -p fuzz/corpus/wire_decode
+	mkdir -p fuzz/corpus/wire_decode fuzz/corpus/sealed_open
 	cd fuzz && $(CARGO) fuzz run --sanitizer none wire_decode corpus/wire_decode seeds/wire_decode -- -runs=$(FUZZ_RUNS) -max_len=600
+	cd fuzz && $(CARGO) fuzz run --sanitizer none sealed_open corpus/sealed_open seeds/wire_decode -- -runs=$(FUZZ_RUNS) -max_len=600
 
 clean:
 	$(CARGO) clean

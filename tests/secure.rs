@@ -41,8 +41,13 @@ fn now_ms() -> u64 {
 /// with `key` (plus any extra lines).
 fn node(dir: &Path, name: &str, udp: u16, peers: &[u16], key: Option<&Path>, extra: &str) -> (Uwsgi, u16, u16) {
     let (https, stats_port) = (free_port(), free_port());
-    let nodes: String = peers.iter().map(|p| format!("cache-udp-node = 127.0.0.1:{p}\n")).collect();
-    let key_line = key.map(|k| format!("cache-udp-key = {}\n", k.display())).unwrap_or_default();
+    let nodes: String = peers
+        .iter()
+        .map(|p| format!("cache-udp-node = 127.0.0.1:{p}\n"))
+        .collect();
+    let key_line = key
+        .map(|k| format!("cache-udp-key = {}\n", k.display()))
+        .unwrap_or_default();
     let ini = seed_setup1(&plugin_dir(), https, stats_port, 2, DEFAULT_CACHE)
         + &format!("cache-udp-server = 127.0.0.1:{udp}\n{nodes}{key_line}{extra}");
     (Uwsgi::start(dir, name, &ini, &[https, stats_port]), https, stats_port)
@@ -59,7 +64,11 @@ fn sealed_cluster_resumes() {
     let nodes: Vec<Uwsgi> = (1..=3)
         .map(|i| {
             let replication = setup2_replication(i, 3, udp) + &format!("cache-udp-key = {}\n", keys.display());
-            let mut n = Uwsgi::spawn(&dir, &format!("node{i}"), &seed_setup2_node(&plugin_dir(), i, https, stats[i - 1], &replication));
+            let mut n = Uwsgi::spawn(
+                &dir,
+                &format!("node{i}"),
+                &seed_setup2_node(&plugin_dir(), i, https, stats[i - 1], &replication),
+            );
             n.wait_ready(&[stats[i - 1]]);
             assert!(n.log().contains("sealed with AES-256-GCM"), "{}", n.log());
             assert!(!n.log().contains("unauthenticated"), "{}", n.log());
@@ -68,7 +77,9 @@ fn sealed_cluster_resumes() {
         .collect();
     let backends: Vec<SocketAddr> = (1..=3u8).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
     for b in &backends {
-        assert!(eventually(Duration::from_secs(20), || std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()));
+        assert!(eventually(Duration::from_secs(20), || {
+            std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
+        }));
     }
     let lb = free_port();
     let _proxy = haproxy(&dir, lb, &backends);
@@ -79,10 +90,19 @@ fn sealed_cluster_resumes() {
         println!("sealed cluster behind HAProxy, {proto:?}: {}/299 resumed", out.resumed);
     }
     for (i, &port) in stats.iter().enumerate() {
-        assert!(eventually(Duration::from_secs(5), || metric(port, "sslcache.default.applied") > 50), "node {}", i + 1);
+        assert!(
+            eventually(Duration::from_secs(5), || metric(port, "sslcache.default.applied") > 50),
+            "node {}",
+            i + 1
+        );
         assert!(metric(port, "sslcache.default.sealed") > 50);
         for refused in ["forged", "replayed", "skewed", "plain_refused", "rejected"] {
-            assert_eq!(metric(port, &format!("sslcache.default.{refused}")), 0, "node {} {refused}", i + 1);
+            assert_eq!(
+                metric(port, &format!("sslcache.default.{refused}")),
+                0,
+                "node {} {refused}",
+                i + 1
+            );
         }
     }
     drop(nodes);
@@ -114,7 +134,10 @@ fn forgeries_are_refused_and_counted() {
     master.truncate(master_len);
     assert_eq!(id.len(), 32);
     for secret in [&id[..], &master[..]] {
-        assert!(!sealed.windows(8).any(|w| secret.windows(8).any(|s| s == w)), "session bytes in clear");
+        assert!(
+            !sealed.windows(8).any(|w| secret.windows(8).any(|s| s == w)),
+            "session bytes in clear"
+        );
     }
 
     let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -130,7 +153,9 @@ fn forgeries_are_refused_and_counted() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let mut d: Vec<u8> = (0..40 + (x % 200) as usize).map(|j| (x.rotate_left(j as u32 % 64)) as u8).collect();
+        let mut d: Vec<u8> = (0..40 + (x % 200) as usize)
+            .map(|j| (x.rotate_left(j as u32 % 64)) as u8)
+            .collect();
         if i % 2 == 0 {
             d[0] = b'S';
             d[1] = 1;
@@ -158,9 +183,21 @@ fn forgeries_are_refused_and_counted() {
     }
     // Sealed with a key B does not hold, and with B's key id but not its key.
     let stranger = Sealer::new(&key(OLD));
-    let impostor = Sealer::with_sender(&Key { id: key(NEW).id, bytes: [7; 32] }, 99);
+    let impostor = Sealer::with_sender(
+        &Key {
+            id: key(NEW).id,
+            bytes: [7; 32],
+        },
+        99,
+    );
     let mut frame = Vec::new();
-    sslcache::sync::encode_set(b"planted-session-id-planted-sess!", &[1; 100], 4_000_000_000, &mut frame).unwrap();
+    sslcache::sync::encode_set(
+        b"planted-session-id-planted-sess!",
+        &[1; 100],
+        4_000_000_000,
+        &mut frame,
+    )
+    .unwrap();
     let mut d = Vec::new();
     stranger.seal(&frame, &AtomicU64::new(0), now_ms(), &mut d);
     send(&d);
@@ -188,7 +225,9 @@ fn forgeries_are_refused_and_counted() {
         ("applied", 1),
     ];
     let ok = eventually(Duration::from_secs(5), || {
-        expect.iter().all(|(name, n)| metric(b_stats, &format!("sslcache.default.{name}")) == *n)
+        expect
+            .iter()
+            .all(|(name, n)| metric(b_stats, &format!("sslcache.default.{name}")) == *n)
     });
     let seen: Vec<(&str, u64, u64)> = expect
         .iter()
@@ -197,8 +236,15 @@ fn forgeries_are_refused_and_counted() {
     assert!(ok, "(counter, expected, seen): {seen:?}");
     // Only the genuine session reached B's store, and it resumes there.
     assert_eq!(cache_stats(b_stats, "default")["items"], 1);
-    let b_https = b.log().lines().find_map(|l| l.strip_prefix("uWSGI http bound on 127.0.0.1:")).map(|r| r.split_whitespace().next().unwrap().parse::<u16>().unwrap()).unwrap();
-    let resumed = Client::new(Proto::Tls12NoTickets).connect(b_https, Some(&session), &[]).unwrap();
+    let b_https = b
+        .log()
+        .lines()
+        .find_map(|l| l.strip_prefix("uWSGI http bound on 127.0.0.1:"))
+        .map(|r| r.split_whitespace().next().unwrap().parse::<u16>().unwrap())
+        .unwrap();
+    let resumed = Client::new(Proto::Tls12NoTickets)
+        .connect(b_https, Some(&session), &[])
+        .unwrap();
     assert!(resumed.resumed, "the captured session does not resume on B");
     drop(a);
 }
@@ -225,10 +271,19 @@ fn keys_rotate_without_a_flag_day() {
         assert!(hop(a_https, b_https), "old-key session from A did not resume on B");
         assert!(hop(b_https, a_https), "new-key session from B did not resume on A");
         assert!(hop(a_https, c_https), "old-key session from A did not resume on C");
-        assert!(!hop(b_https, c_https), "C holds only the old key but resumed a new-key session");
+        assert!(
+            !hop(b_https, c_https),
+            "C holds only the old key but resumed a new-key session"
+        );
     }
-    assert!(eventually(Duration::from_secs(5), || metric(c_stats, "sslcache.default.forged") >= 5));
-    assert!(eventually(Duration::from_secs(5), || metric(a_stats, "sslcache.default.forged") == 0));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        c_stats,
+        "sslcache.default.forged"
+    ) >= 5));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        a_stats,
+        "sslcache.default.forged"
+    ) == 0));
 }
 
 /// A migration: a sealed node with ssl-sessions-accept-plain takes plain
@@ -238,15 +293,30 @@ fn plain_accepted_only_when_allowed() {
     let dir = test_dir("migration");
     let keys = key_file(&dir, "keys", &[NEW]);
     let (udp_open, udp_strict) = (free_port(), free_port());
-    let (_open, _, open_stats) = node(&dir, "open", udp_open, &[], Some(&keys), "ssl-sessions-accept-plain = true\n");
+    let (_open, _, open_stats) = node(
+        &dir,
+        "open",
+        udp_open,
+        &[],
+        Some(&keys),
+        "ssl-sessions-accept-plain = true\n",
+    );
     let (_strict, _, strict_stats) = node(&dir, "strict", udp_strict, &[], Some(&keys), "");
     let (plain, plain_https, _) = node(&dir, "plain", free_port(), &[udp_open, udp_strict], None, "");
     assert!(plain.log().contains("unauthenticated"), "{}", plain.log());
     for _ in 0..3 {
-        Client::new(Proto::Tls12NoTickets).connect(plain_https, None, &[]).unwrap();
+        Client::new(Proto::Tls12NoTickets)
+            .connect(plain_https, None, &[])
+            .unwrap();
     }
-    assert!(eventually(Duration::from_secs(5), || metric(open_stats, "sslcache.default.applied") == 3));
-    assert!(eventually(Duration::from_secs(5), || metric(strict_stats, "sslcache.default.plain_refused") == 3));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        open_stats,
+        "sslcache.default.applied"
+    ) == 3));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        strict_stats,
+        "sslcache.default.plain_refused"
+    ) == 3));
     assert_eq!(cache_stats(strict_stats, "default")["items"], 0);
 }
 
@@ -268,12 +338,23 @@ fn bad_key_files_are_one_clear_error() {
     ];
     for (i, (path, expected)) in cases.into_iter().enumerate() {
         let ini = seed_setup1(&plugin_dir(), free_port(), free_port(), 1, DEFAULT_CACHE)
-            + &format!("cache-udp-server = 127.0.0.1:{}\ncache-udp-key = {}\n", free_port(), path.display());
+            + &format!(
+                "cache-udp-server = 127.0.0.1:{}\ncache-udp-key = {}\n",
+                free_port(),
+                path.display()
+            );
         let (status, log) = run_to_exit(&dir, &format!("case{i}"), &ini);
         assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
         let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
         assert_eq!(ours.len(), 2, "{log}"); // the cache line, then the error
-        assert!(ours[1].contains(&format!("cache-udp-key = {}", path.display())) && ours[1].contains(expected), "{}", ours[1]);
-        assert!(!log.contains("2222") && !log.contains("0011"), "key material in the log:\n{log}");
+        assert!(
+            ours[1].contains(&format!("cache-udp-key = {}", path.display())) && ours[1].contains(expected),
+            "{}",
+            ours[1]
+        );
+        assert!(
+            !log.contains("2222") && !log.contains("0011"),
+            "key material in the log:\n{log}"
+        );
     }
 }

@@ -60,8 +60,14 @@ impl Applier<'_> {
     /// Decodes and applies one datagram received at `now_ms` (unix time in
     /// milliseconds).
     pub fn apply(&self, datagram: &[u8], now_ms: u64) -> Applied {
+        self.apply_with(datagram, now_ms, |_| {})
+    }
+
+    /// As [`apply`](Self::apply), also showing `seen` the frame that was
+    /// decoded (after opening, before applying).
+    pub fn apply_with(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>)) -> Applied {
         ReplicationCounters::bump(&self.counters.received);
-        let outcome = self.open_and_apply(datagram, now_ms);
+        let outcome = self.open_and_apply(datagram, now_ms, seen);
         let counters = self.counters;
         let counter = match outcome {
             Applied::Stored => &counters.applied,
@@ -79,7 +85,7 @@ impl Applier<'_> {
         outcome
     }
 
-    fn open_and_apply(&self, datagram: &[u8], now_ms: u64) -> Applied {
+    fn open_and_apply(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>)) -> Applied {
         let now = now_ms / 1000;
         let opened;
         let plain = match (Format::of(datagram), self.opener) {
@@ -95,7 +101,10 @@ impl Applier<'_> {
             (Format::Sealed | Format::Unknown(_), _) => return Applied::Rejected(WireError::BadModifier),
         };
         match wire::decode_plain(plain, self.limits()) {
-            Ok(frame) => self.apply_frame(frame, now),
+            Ok(frame) => {
+                seen(&frame);
+                self.apply_frame(frame, now)
+            }
             Err(e) => Applied::Rejected(e),
         }
     }

@@ -32,9 +32,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use openssl::cipher::Cipher;
+use openssl::cipher_ctx::CipherCtx;
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
-use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
 
 use super::keys::Key;
 
@@ -81,11 +82,60 @@ fn nonce(seq: u64) -> [u8; 12] {
     n
 }
 
-/// Seals frames of one node (shared by its router processes).
+/// An AES-256-GCM context holding the expanded key, reused for every
+/// datagram (only the nonce changes): making one per datagram costs more
+/// than the encryption itself.
+struct Gcm {
+    ctx: CipherCtx,
+}
+
+impl Gcm {
+    fn new(key: &[u8; 32]) -> Gcm {
+        let mut ctx = CipherCtx::new().expect("cipher context");
+        ctx.encrypt_init(Some(Cipher::aes_256_gcm()), Some(key), None)
+            .expect("AES-256-GCM key");
+        Gcm { ctx }
+    }
+
+    /// Appends the ciphertext of `plain` and the tag to `out`, whose bytes
+    /// so far are the authenticated header.
+    fn seal(&mut self, seq: u64, out: &mut Vec<u8>, plain: &[u8]) {
+        let ctx = &mut self.ctx;
+        ctx.encrypt_init(None, None, Some(&nonce(seq))).expect("GCM nonce");
+        ctx.cipher_update(out, None).expect("GCM header");
+        ctx.cipher_update_vec(plain, out).expect("GCM encrypt");
+        ctx.cipher_final_vec(out).expect("GCM final");
+        let mut tag = [0u8; TAG];
+        ctx.tag(&mut tag).expect("GCM tag");
+        out.extend_from_slice(&tag);
+    }
+
+    /// The plaintext, if `tag` authenticates `header` and `ciphertext`.
+    fn open(&mut self, seq: u64, header: &[u8], ciphertext: &[u8], tag: &[u8]) -> Option<Vec<u8>> {
+        let ctx = &mut self.ctx;
+        ctx.decrypt_init(None, None, Some(&nonce(seq))).ok()?;
+        ctx.cipher_update(header, None).ok()?;
+        let mut plain = Vec::with_capacity(ciphertext.len() + TAG);
+        ctx.cipher_update_vec(ciphertext, &mut plain).ok()?;
+        ctx.set_tag(tag).ok()?;
+        ctx.cipher_final_vec(&mut plain).ok()?;
+        Some(plain)
+    }
+}
+
+fn gcm_for_opening(key: &[u8; 32]) -> Gcm {
+    let mut ctx = CipherCtx::new().expect("cipher context");
+    ctx.decrypt_init(Some(Cipher::aes_256_gcm()), Some(key), None)
+        .expect("AES-256-GCM key");
+    Gcm { ctx }
+}
+
+/// Seals frames of one node (shared by its router processes; each process
+/// has its own copy of the context after fork, the lock is uncontended).
 pub struct Sealer {
     key_id: u32,
     sender: u64,
-    derived: [u8; 32],
+    gcm: Mutex<Gcm>,
 }
 
 impl Sealer {
@@ -100,7 +150,7 @@ impl Sealer {
         Sealer {
             key_id: key.id,
             sender,
-            derived: sender_key(key, sender),
+            gcm: Mutex::new(Gcm::new(&sender_key(key, sender))),
         }
     }
 
@@ -119,24 +169,13 @@ impl Sealer {
         out.extend_from_slice(&self.sender.to_be_bytes());
         out.extend_from_slice(&seq.to_be_bytes());
         out.extend_from_slice(&now_ms.to_be_bytes());
-        let mut tag = [0u8; TAG];
-        let ciphertext = encrypt_aead(
-            Cipher::aes_256_gcm(),
-            &self.derived,
-            Some(&nonce(seq)),
-            &out[..HEADER],
-            frame,
-            &mut tag,
-        )
-        .expect("AES-256-GCM encryption");
-        out.extend_from_slice(&ciphertext);
-        out.extend_from_slice(&tag);
+        self.gcm.lock().unwrap_or_else(|e| e.into_inner()).seal(seq, out, frame);
     }
 }
 
 /// What is remembered of one sender.
 struct Sender {
-    derived: [u8; 32],
+    gcm: Gcm,
     key_id: u32,
     highest: u64,
     /// Bit i: sequence `highest - i` was accepted.
@@ -223,17 +262,12 @@ impl Opener {
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
 
         let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
-        let known = senders.get(&sender).filter(|s| s.key_id == key_id).map(|s| s.derived);
-        let derived = known.unwrap_or_else(|| sender_key(key, sender));
-        let frame = decrypt_aead(
-            Cipher::aes_256_gcm(),
-            &derived,
-            Some(&nonce(seq)),
-            header,
-            ciphertext,
-            tag,
-        )
-        .map_err(|_| SealError::Forged)?;
+        let mut fresh = None;
+        let gcm = match senders.get_mut(&sender).filter(|s| s.key_id == key_id) {
+            Some(known) => &mut known.gcm,
+            None => fresh.insert(gcm_for_opening(&sender_key(key, sender))),
+        };
+        let frame = gcm.open(seq, header, ciphertext, tag).ok_or(SealError::Forged)?;
         // Authentic from here on.
         if stamp.abs_diff(now_ms) > self.max_skew_ms {
             return Err(SealError::Stale);
@@ -246,17 +280,20 @@ impl Opener {
                 senders.remove(&oldest);
             }
         }
-        let state = senders.entry(sender).or_insert_with(|| Sender {
-            derived,
-            key_id,
-            highest: 0,
-            seen: vec![0; (WINDOW / 64) as usize],
-            last_heard: 0,
-        });
-        if state.key_id != key_id {
+        let state = match senders.entry(sender) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(Sender {
+                gcm: fresh.take().expect("a new sender got a fresh context"),
+                key_id,
+                highest: 0,
+                seen: vec![0; (WINDOW / 64) as usize],
+                last_heard: 0,
+            }),
+        };
+        if let Some(gcm) = fresh {
             // The sender rotated keys: same sequence space, new derived key.
             state.key_id = key_id;
-            state.derived = derived;
+            state.gcm = gcm;
         }
         state.accept(seq)?;
         state.last_heard = now_ms;

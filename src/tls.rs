@@ -45,8 +45,7 @@ extern "C" {
     fn SSL_SESSION_set1_id_context(s: *mut SSL_SESSION, sid: *const c_uchar, len: c_uint) -> c_int;
 }
 
-/// Longest session id context OpenSSL accepts (SSL_MAX_SID_CTX_LENGTH).
-pub const MAX_SID_CTX: usize = 32;
+pub use crate::config::MAX_SESSION_CONTEXT as MAX_SID_CTX;
 /// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (OpenSSL 3), and `ERR_LIB_SSL`.
 const UNEXPECTED_EOF: c_int = 294;
 const ERR_LIB_SSL: c_int = 20;

@@ -163,6 +163,16 @@ mod tests {
         (store, SharedCounters::create().unwrap())
     }
 
+    fn plain_applier<'a>(store: &'a Store, counters: &'a SharedCounters) -> Applier<'a> {
+        Applier {
+            store,
+            timeout: 300,
+            counters: counters.get(),
+            opener: None,
+            accept_plain: false,
+        }
+    }
+
     fn set(key: &[u8], value: &[u8], expires: u64) -> Vec<u8> {
         let mut d = Vec::new();
         encode_set(key, value, expires, &mut d).unwrap();
@@ -172,13 +182,7 @@ mod tests {
     #[test]
     fn applies_sets_and_deletes_with_expiry_policy() {
         let (store, counters) = setup();
-        let a = Applier {
-            store: &store,
-            timeout: 300,
-            counters: counters.get(),
-            opener: None,
-            accept_plain: false,
-        };
+        let a = plain_applier(&store, &counters);
         assert_eq!(a.apply(&set(b"k1", b"v1", NOW + 100), NOW_MS), Applied::Stored);
         // No expiry from a stock sender: the local timeout.
         assert_eq!(a.apply(&set(b"k2", b"v2", 0), NOW_MS), Applied::Stored);
@@ -208,13 +212,7 @@ mod tests {
     #[test]
     fn rejects_and_counts_bad_datagrams_without_touching_the_store() {
         let (store, counters) = setup();
-        let a = Applier {
-            store: &store,
-            timeout: 300,
-            counters: counters.get(),
-            opener: None,
-            accept_plain: false,
-        };
+        let a = plain_applier(&store, &counters);
         let good = set(b"key", b"value", NOW + 10);
         let mut bad = vec![
             vec![],

@@ -376,3 +376,51 @@ fn malformed_datagrams_are_dropped_and_counted() {
     let out = Client::new(Proto::Tls12NoTickets).reconnects(https, 20, &[]);
     assert!(out.resumption_rate() >= 0.99, "{out:?}\n{}", node.log());
 }
+
+/// A binary reload (SIGHUP re-execs the master in place) keeps replication
+/// working: uWSGI closes sockets it does not know on a reload, so the
+/// plugin must make its own after that.
+#[test]
+fn reload_keeps_replication_working() {
+    let dir = test_dir("reload");
+    let (udp_a, udp_b) = (free_port(), free_port());
+    let start = |name: &str, udp: u16, peer: u16| {
+        let (https, stats_port) = (free_port(), free_port());
+        let ini = seed_setup1(&plugin_dir(), https, stats_port, 2, DEFAULT_CACHE)
+            + &format!("cache-udp-server = 127.0.0.1:{udp}\ncache-udp-node = 127.0.0.1:{peer}\n");
+        (Uwsgi::start(&dir, name, &ini, &[https, stats_port]), https)
+    };
+    let (mut a, a_https) = start("a", udp_a, udp_b);
+    let (_b, b_https) = start("b", udp_b, udp_a);
+    let alternate = |proto: Proto| {
+        let client = Client::new(proto);
+        let mut session = None;
+        let mut resumed = 0;
+        for i in 0..40 {
+            let c = client
+                .connect(if i % 2 == 0 { a_https } else { b_https }, session.as_ref(), &[])
+                .unwrap();
+            resumed += usize::from(c.resumed);
+            session = c.session.or(session);
+        }
+        resumed
+    };
+    assert!(alternate(Proto::Tls12NoTickets) >= 38);
+    // SAFETY: signals the master this test started.
+    unsafe { libc::kill(a.pid, libc::SIGHUP) };
+    assert!(
+        eventually(Duration::from_secs(20), || a
+            .log()
+            .matches("[sslcache] replication of cache")
+            .count()
+            == 2),
+        "no reload:\n{}",
+        a.log()
+    );
+    a.wait_ready(&[a_https]);
+    std::thread::sleep(Duration::from_millis(500));
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        let resumed = alternate(proto);
+        assert!(resumed >= 38, "{proto:?} after reload: {resumed}/39\n{}", a.log());
+    }
+}

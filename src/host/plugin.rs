@@ -3,8 +3,9 @@
 //! Hook order in uWSGI (generic plugin): `on_load` when the .so is loaded →
 //! options parsed and applied → `jail` (master, single-threaded, before the
 //! core creates caches and before any fork) → `init` (master, after the core
-//! created its caches and locks) → router processes fork → `master_cycle`
-//! in the master about once a second.
+//! created its caches and locks) → `post_init` (master, after the core bound
+//! its sockets and, on a reload, closed the ones it did not know) → router
+//! processes fork → `master_cycle` in the master about once a second.
 
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -72,6 +73,7 @@ pub static mut sslcache_plugin: uwsgi_plugin = {
     p.options = &raw mut OPTIONS as *mut uwsgi_option;
     p.jail = Some(jail);
     p.init = Some(init);
+    p.post_init = Some(post_init);
     p.master_cycle = Some(master_cycle);
     p
 };
@@ -210,44 +212,8 @@ fn setup() -> Result<(), String> {
         counts[2],
         sni.len()
     ));
-    let rep = &settings.replication;
-    if rep.is_enabled() {
-        let list = |addrs: &[std::net::SocketAddr]| {
-            if addrs.is_empty() {
-                "nowhere".to_string()
-            } else {
-                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-            }
-        };
-        let replicator = replication::setup(rep, &cache.name)?;
-        let mode = match replicator.sealed_with() {
-            Some((sender, keys)) => format!(
-                "sealed with AES-256-GCM (sender {sender:016x}, {keys} key{} to open, clock skew up to {}s){}",
-                if keys == 1 { "" } else { "s" },
-                rep.max_skew,
-                if rep.accept_plain {
-                    "; plain datagrams accepted too (ssl-sessions-accept-plain)"
-                } else {
-                    ""
-                }
-            ),
-            None => "plain stock uWSGI cache datagrams".to_string(),
-        };
-        log::line(&format!(
-            "replication of cache \"{}\": receiving on {}; sending to {}; {mode}; \
-             counters in the stats server's metrics sslcache.{}.*",
-            cache.name,
-            list(&rep.servers),
-            list(&rep.nodes),
-            cache.name
-        ));
-        if replicator.sealed_with().is_none() {
-            log::line(
-                "warning: session replication is unauthenticated and readable on the network: anyone who can \
-                 reach the receiving port can plant sessions, anyone on the path reads their master secrets \
-                 (set cache-udp-key, or udp_key= in cache2, to seal it)",
-            );
-        }
+    if settings.replication.is_enabled() {
+        // Its counters are uWSGI metrics; the sockets come in post_init.
         server.enable_metrics();
     }
     if contexts.is_empty() {
@@ -281,12 +247,60 @@ unsafe extern "C" fn init() -> c_int {
         // SAFETY: init runs in the master before fork, after the core made
         // its caches and locks.
         let mut server = unsafe { Server::new(host.server) };
-        if let Some(r) = replication::get() {
-            r.register_metrics(&active.settings.cache.name);
-        }
         facade::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
     });
     0
+}
+
+/// Replication sockets are made here, in the master before fork but after
+/// uWSGI closed the file descriptors it does not know of (on a reload, it
+/// closes every socket inherited through exec but its own).
+unsafe extern "C" fn post_init() {
+    hook("post_init", || {
+        let Some(active) = ACTIVE.get() else { return Ok(()) };
+        let (rep, cache) = (&active.settings.replication, &active.settings.cache);
+        if !rep.is_enabled() {
+            return Ok(());
+        }
+        let replicator = replication::setup(rep, &cache.name)?;
+        let list = |addrs: &[std::net::SocketAddr]| {
+            if addrs.is_empty() {
+                "nowhere".to_string()
+            } else {
+                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+            }
+        };
+        let mode = match replicator.sealed_with() {
+            Some((sender, keys)) => format!(
+                "sealed with AES-256-GCM (sender {sender:016x}, {keys} key{} to open, clock skew up to {}s){}",
+                if keys == 1 { "" } else { "s" },
+                rep.max_skew,
+                if rep.accept_plain {
+                    "; plain datagrams accepted too (ssl-sessions-accept-plain)"
+                } else {
+                    ""
+                }
+            ),
+            None => "plain stock uWSGI cache datagrams".to_string(),
+        };
+        log::line(&format!(
+            "replication of cache \"{}\": receiving on {}; sending to {}; {mode}; \
+             counters in the stats server's metrics sslcache.{}.*",
+            cache.name,
+            list(&rep.servers),
+            list(&rep.nodes),
+            cache.name
+        ));
+        if replicator.sealed_with().is_none() {
+            log::line(
+                "warning: session replication is unauthenticated and readable on the network: anyone who can \
+                 reach the receiving port can plant sessions, anyone on the path reads their master secrets \
+                 (set cache-udp-key, or udp_key= in cache2, to seal it)",
+            );
+        }
+        replicator.register_metrics(&cache.name);
+        Ok(())
+    });
 }
 
 unsafe extern "C" fn master_cycle() {

@@ -113,3 +113,51 @@ pub fn bind_receiver(addr: SocketAddr, mc: &Multicast) -> io::Result<UdpSocket> 
     let _ = s.set_recv_buffer_size(4 << 20);
     Ok(s.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::SharedCounters;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    fn roundtrip(bind: &str) {
+        let receiver = bind_receiver(bind.parse().unwrap(), &Multicast::default()).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let target = receiver.local_addr().unwrap();
+        let counters = SharedCounters::create().unwrap();
+        let sender = Sender::new(vec![target], &Multicast::default()).unwrap();
+        sender.send(b"datagram", counters.get());
+        let mut buf = [0u8; 64];
+        let (n, _) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"datagram");
+        assert_eq!(counters.get().sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sends_and_receives_over_ipv4_and_ipv6() {
+        roundtrip("127.0.0.1:0");
+        roundtrip("[::1]:0");
+    }
+
+    #[test]
+    fn multicast_stays_on_the_chosen_interface() {
+        let mc = Multicast {
+            interface: Some(Ipv4Addr::LOCALHOST),
+            ttl: 1,
+            loopback: true,
+        };
+        let group: SocketAddr = "239.255.77.77:0".parse().unwrap();
+        let receiver = bind_receiver(group, &mc).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let counters = SharedCounters::create().unwrap();
+        let sender = Sender::new(vec![SocketAddr::new(group.ip(), port)], &mc).unwrap();
+        sender.send(b"to the group", counters.get());
+        let mut buf = [0u8; 64];
+        let (n, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to the group");
+        // Sent from the loopback interface's address.
+        assert_eq!(from.ip(), std::net::IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+}

@@ -34,7 +34,7 @@ const SECONDS: u64 = 2;
 fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
     let key = Key::new([42; 32]);
     let sealer = sealed.then(|| Sealer::new(&key));
-    let opener = Arc::new(sealed.then(|| Opener::new(vec![key.clone()], 30)));
+    let opener = Arc::new(sealed.then(|| Opener::new(vec![key.clone()], 30, 0)));
     let store = Arc::new(
         Store::create(Limits {
             capacity: 200_000,
@@ -143,7 +143,7 @@ fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
 fn seal_open_cost() -> (f64, f64) {
     let key = Key::new([42; 32]);
     let sealer = Sealer::new(&key);
-    let opener = Opener::new(vec![key], 30);
+    let opener = Opener::new(vec![key], 30, 0);
     let seq = AtomicU64::new(0);
     let mut frame = Vec::new();
     encode_set(&[5; 32], &[7; VALUE], 1_000_300, &mut frame).unwrap();

@@ -365,7 +365,11 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         })?);
     }
     if let Some(v) = &raw.multicast_ttl {
-        multicast.ttl = positive("multicast-ttl", v, 255)? as u32;
+        // 0 is a valid TTL (this host only), as uWSGI accepts it.
+        multicast.ttl = match v.trim() {
+            "0" => 0,
+            _ => positive("multicast-ttl", v, 255)? as u32,
+        };
     }
     if let Some(v) = &raw.multicast_loop {
         multicast.loopback = match v.trim() {

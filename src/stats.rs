@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::{Region, SharedPod};
+use crate::store::{Concurrent, Region, SharedPod};
 
 /// Every replication counter.
 #[repr(C)]
@@ -36,8 +36,11 @@ pub struct ReplicationCounters {
     pub sealed: AtomicU64,
     /// Sealed datagrams refused: unknown key, tag that does not verify.
     pub forged: AtomicU64,
-    /// Sealed datagrams refused: sequence already seen or out of the window.
+    /// Sealed datagrams refused: sequence already seen.
     pub replayed: AtomicU64,
+    /// Sealed datagrams refused: older than the sender's window, or sent
+    /// before this receiver started (so that it cannot tell a replay).
+    pub out_of_window: AtomicU64,
     /// Sealed datagrams refused: timestamp beyond the allowed clock skew.
     pub skewed: AtomicU64,
     /// Plain datagrams refused by a node that requires sealing.
@@ -46,10 +49,12 @@ pub struct ReplicationCounters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for ReplicationCounters {}
+// SAFETY: atomics only.
+unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 15] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 16] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -64,6 +69,7 @@ impl ReplicationCounters {
             ("sealed", &self.sealed),
             ("forged", &self.forged),
             ("replayed", &self.replayed),
+            ("out_of_window", &self.out_of_window),
             ("skewed", &self.skewed),
             ("plain_refused", &self.plain_refused),
         ]

@@ -30,7 +30,7 @@ fn state() -> &'static State {
     S.get_or_init(|| {
         let key = Key::new([7; 32]);
         State {
-            opener: Opener::new(vec![key.clone(), Key::new([9; 32])], 30),
+            opener: Opener::new(vec![key.clone(), Key::new([9; 32])], 30, 0),
             sealer: Sealer::with_sender(&key, 1),
             seq: AtomicU64::new(0),
         }

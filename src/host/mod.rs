@@ -30,3 +30,7 @@ mod sys {
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
     include!(concat!(env!("OUT_DIR"), "/stamp.rs"));
 }
+
+// The bindings must describe the binary they were generated from: the size
+// of `struct uwsgi_server` there (its `uwsgi` symbol) and here agree.
+const _: () = assert!(std::mem::size_of::<sys::uwsgi_server>() == sys::BUILT_FOR_UWSGI_SIZE);

@@ -15,6 +15,62 @@ use crate::sync::seal::{Opener, Sealer};
 use crate::sync::{self, keys, net::Sender, Applier};
 use crate::tls;
 
+static RECEIVER_PANICKED: AtomicBool = AtomicBool::new(false);
+
+/// Keeps `fork()` in the master and the receiver threads' work apart.
+///
+/// A receiver thread calls into OpenSSL (opening sealed datagrams), and
+/// OpenSSL takes global locks. If the master forked a router process while
+/// that thread held one, the child would inherit it held, by a thread that
+/// does not exist in the child, and its first handshake would wait forever.
+/// A `pthread_atfork` prepare handler takes this lock, so a fork waits for
+/// the datagram being applied (microseconds) and never happens inside one.
+mod fork_guard {
+    use std::cell::UnsafeCell;
+    use std::sync::Once;
+
+    struct Lock(UnsafeCell<libc::pthread_mutex_t>);
+    // SAFETY: the mutex is only used through pthread calls, which are
+    // thread-safe.
+    unsafe impl Sync for Lock {}
+
+    static LOCK: Lock = Lock(UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER));
+    static INSTALL: Once = Once::new();
+
+    extern "C" fn lock() {
+        // SAFETY: a statically initialised mutex.
+        unsafe { libc::pthread_mutex_lock(LOCK.0.get()) };
+    }
+
+    extern "C" fn unlock() {
+        // SAFETY: called by the thread that locked it in `lock` (in the
+        // child, the forking thread is that thread's copy).
+        unsafe { libc::pthread_mutex_unlock(LOCK.0.get()) };
+    }
+
+    /// Registers the fork handlers (once per process image).
+    pub fn install() {
+        INSTALL.call_once(|| {
+            // SAFETY: registers handlers that only lock and unlock LOCK.
+            unsafe { libc::pthread_atfork(Some(lock), Some(unlock), Some(unlock)) };
+        });
+    }
+
+    /// Held while a receiver thread works on a datagram.
+    pub struct Held;
+
+    pub fn hold() -> Held {
+        lock();
+        Held
+    }
+
+    impl Drop for Held {
+        fn drop(&mut self) {
+            unlock();
+        }
+    }
+}
+
 /// Replication state of this process image.
 pub struct Replicator {
     sender: Option<Sender>,
@@ -23,7 +79,8 @@ pub struct Replicator {
     opener: Option<Opener>,
     accept_plain: bool,
     counters: SharedCounters,
-    /// Bound in `jail`, handed to their threads on the first master cycle.
+    /// Bound in `post_init`, handed to their threads on the first master
+    /// cycle.
     receivers: Mutex<Vec<(SocketAddr, UdpSocket)>>,
     started: AtomicBool,
 }
@@ -34,8 +91,8 @@ pub fn get() -> Option<&'static Replicator> {
     REPLICATOR.get()
 }
 
-/// Binds the receivers and makes the sender (master, before fork).
-/// `what` names the options in errors.
+/// Binds the receivers, makes the sender, loads the keys (master, before
+/// fork).
 pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Replicator, String> {
     let mc = &replication.multicast;
     let mut receivers = Vec::new();
@@ -58,7 +115,7 @@ pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Rep
             let keys = keys::load(option, std::path::Path::new(path))?;
             (
                 Some(Sealer::new(&keys[0])),
-                Some(Opener::new(keys, replication.max_skew)),
+                Some(Opener::new(keys, replication.max_skew, unix_ms())),
             )
         }
         None => (None, None),
@@ -111,14 +168,19 @@ impl Replicator {
     /// Sends a plain frame, sealed first when a key is configured.
     fn send(&self, frame: &[u8]) {
         let Some(sender) = &self.sender else { return };
-        match &self.sealer {
+        let mut sealed = Vec::new();
+        let datagram = match &self.sealer {
             Some(sealer) => {
-                let mut sealed = Vec::with_capacity(frame.len() + 64);
                 sealer.seal(frame, &self.counters().sealed, unix_ms(), &mut sealed);
-                sender.send(&sealed, self.counters());
+                &sealed[..]
             }
-            None => sender.send(frame, self.counters()),
+            None => frame,
+        };
+        if datagram.len() > MAX_UDP_PAYLOAD {
+            ReplicationCounters::bump(&self.counters().send_too_big);
+            return;
         }
+        sender.send(datagram, self.counters());
     }
 
     /// Starts one receiver thread per bound address, once, in the master
@@ -128,6 +190,9 @@ impl Replicator {
             return;
         }
         let sockets = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !sockets.is_empty() {
+            fork_guard::install();
+        }
         for (addr, socket) in sockets {
             let spawned = std::thread::Builder::new()
                 .name("sslcache-recv".into())
@@ -138,7 +203,8 @@ impl Replicator {
         }
     }
 
-    /// The receiver thread: never returns, never touches uWSGI's structs.
+    /// The receiver thread: never returns. Of uWSGI it only touches the
+    /// stats entry's counters (atomically, see `facade`).
     fn receive(&self, socket: UdpSocket) {
         block_signals();
         let Some(cache) = tls::installed() else { return };
@@ -153,11 +219,21 @@ impl Replicator {
         loop {
             match socket.recv_from(&mut buf) {
                 Ok((n, _)) => {
-                    let outcome = applier.apply(&buf[..n], unix_ms());
-                    if cache.verbose {
-                        log::line(&format!("replication datagram of {n} bytes: {outcome:?}"));
+                    // Not while the master forks: a child must not inherit a
+                    // lock (OpenSSL's, malloc's) this thread holds mid-work.
+                    let _held = fork_guard::hold();
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        let outcome = applier.apply(&buf[..n], unix_ms());
+                        facade::publish(&cache.store);
+                        outcome
+                    }));
+                    match applied {
+                        Ok(outcome) if cache.verbose => {
+                            log::line(&format!("replication datagram of {n} bytes: {outcome:?}"))
+                        }
+                        Ok(_) => {}
+                        Err(_) => log::once(&RECEIVER_PANICKED, "internal error applying a replication datagram"),
                     }
-                    facade::publish(&cache.store);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
@@ -203,6 +279,9 @@ impl Replicator {
         registered
     }
 }
+
+/// Largest UDP payload over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
 
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -119,8 +119,8 @@ impl Server {
                 "multicast-ttl" => raw.multicast_ttl = Some(v),
                 "multicast-loop" => raw.multicast_loop = Some(v),
                 "cache-udp-key" => raw.cache_udp_key = Some(v),
-                "ssl-sessions-accept-plain" | "ssl-session-accept-plain" => raw.accept_plain = Some(v),
-                "ssl-sessions-max-skew" | "ssl-session-max-skew" => raw.max_skew = Some(v),
+                "ssl-sessions-accept-plain" => raw.accept_plain = Some(v),
+                "ssl-sessions-max-skew" => raw.max_skew = Some(v),
                 _ => {}
             }
         }

@@ -40,6 +40,32 @@ unsafe impl SharedPod for RobustMutex {}
 // (PTHREAD_PROCESS_SHARED); all access goes through pthread calls.
 unsafe impl Sync for RobustMutex {}
 
+extern "C" {
+    // glibc >= 2.30; not in the libc crate. Like pthread_mutex_timedlock,
+    // robust mutexes included, but against the given clock.
+    fn pthread_mutex_clocklock(
+        mutex: *mut libc::pthread_mutex_t,
+        clock: libc::clockid_t,
+        abstime: *const libc::timespec,
+    ) -> libc::c_int;
+}
+
+fn now(clock: libc::clockid_t) -> libc::timespec {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    unsafe {
+        libc::clock_gettime(clock, &mut t);
+    }
+    t
+}
+
+/// Milliseconds on the system-wide monotonic clock (the same in every
+/// process, unaffected by changes of the wall clock).
+pub fn monotonic_ms() -> u64 {
+    let t = now(libc::CLOCK_MONOTONIC);
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+}
+
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
         Ok(())
@@ -82,9 +108,11 @@ impl RobustMutex {
         // shared; pthread calls are the only access to it.
         let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
         let rc = if rc == libc::EBUSY && !timeout.is_zero() {
+            // A monotonic deadline: a wall clock stepped back must not
+            // stretch the wait.
             let deadline = deadline_after(timeout);
             // SAFETY: as above; `deadline` is a valid timespec.
-            unsafe { libc::pthread_mutex_timedlock(self.inner.get(), &deadline) }
+            unsafe { pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline) }
         } else {
             rc
         };
@@ -114,12 +142,9 @@ impl RobustMutex {
     }
 }
 
+/// `timeout` from now on the monotonic clock.
 fn deadline_after(timeout: Duration) -> libc::timespec {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into `now`.
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut now);
-    }
+    let now = now(libc::CLOCK_MONOTONIC);
     let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
     libc::timespec {
         tv_sec: now.tv_sec + timeout.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,

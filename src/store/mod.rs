@@ -15,9 +15,9 @@
 //!
 //! A holder killed at any instant leaves its shard repairable (see
 //! [`shard`]); the next locker repairs it. A holder that is alive but stuck
-//! costs other processes at most [`LOCK_TIMEOUT`] once, after which waits on
-//! that shard are cut to a few milliseconds (lookups miss, inserts are
-//! dropped) until it answers again.
+//! costs one of the other processes [`LOCK_TIMEOUT`] once a second; the
+//! other attempts on that shard wait a few milliseconds (lookups miss,
+//! inserts are dropped) until it answers again.
 
 mod lock;
 mod region;
@@ -31,14 +31,14 @@ use std::time::Duration;
 
 use lock::{Locked, RobustMutex};
 pub use region::Region;
-pub use region::SharedPod;
+pub use region::{Concurrent, SharedPod};
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
 /// Longest wait for a shard lock on the handshake path. Far above any
 /// critical section (microseconds) plus a scheduler delay on a busy machine.
 pub const LOCK_TIMEOUT: Duration = Duration::from_millis(50);
 /// After a timeout, for how long waits on that shard are cut short.
-const STALL_BACKOFF_SECS: u64 = 1;
+const STALL_BACKOFF_MS: u64 = 1000;
 /// The cut-short wait.
 const STALLED_WAIT: Duration = Duration::from_millis(2);
 /// Upper bound on shards.
@@ -80,6 +80,8 @@ pub struct Counters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for Counters {}
+// SAFETY: atomics only.
+unsafe impl Concurrent for Counters {}
 
 /// The part of a shard that is shared without its lock.
 #[repr(C)]
@@ -88,12 +90,15 @@ struct ShardHead {
     /// Bytes of keys and values stored, mirrored from the shard's metadata
     /// for lock-free sums.
     bytes: AtomicU64,
-    /// Until this unix time, only try the lock (its holder seemed stuck).
+    /// Until this time (monotonic ms), waits are cut short: the holder
+    /// seemed stuck.
     stalled_until: AtomicU64,
 }
 
 // SAFETY: repr(C); the mutex is initialised before use, atomics are zero-valid.
 unsafe impl SharedPod for ShardHead {}
+// SAFETY: a robust mutex (used only through pthread calls) and atomics.
+unsafe impl Concurrent for ShardHead {}
 
 /// Where each array of each shard sits in the region.
 #[derive(Debug, Clone, Copy)]
@@ -313,13 +318,14 @@ impl Store {
     }
 
     /// Runs `f` on the locked shard; `None` when the lock was not obtained.
-    fn with_shard<R>(&self, shard: usize, now: u64, f: impl FnOnce(&mut ShardView<'_>) -> R) -> Option<R> {
+    fn with_shard<R>(&self, shard: usize, f: impl FnOnce(&mut ShardView<'_>) -> R) -> Option<R> {
         let head = self.head(shard);
-        let stalled = head.stalled_until.load(Ordering::Relaxed) > now;
+        let now_ms = lock::monotonic_ms();
+        let stalled = head.stalled_until.load(Ordering::Relaxed) > now_ms;
         let locked = head.lock.lock(if stalled { STALLED_WAIT } else { LOCK_TIMEOUT });
         if locked == Locked::TimedOut {
             if !stalled {
-                head.stalled_until.store(now + STALL_BACKOFF_SECS, Ordering::Relaxed);
+                head.stalled_until.store(now_ms + STALL_BACKOFF_MS, Ordering::Relaxed);
             }
             self.counters().busy.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -380,7 +386,7 @@ impl Store {
     pub fn get(&self, key: &[u8], now: u64, out: &mut Vec<u8>) -> Lookup {
         let hash = self.hash(key);
         let counters = self.counters();
-        let result = self.with_shard(self.shard_of(hash), now, |view| {
+        let result = self.with_shard(self.shard_of(hash), |view| {
             let found = view.lookup(hash, key)?;
             if found.expires <= now {
                 view.remove_found(hash, key, found);
@@ -423,9 +429,7 @@ impl Store {
         // inserts may overshoot by at most one entry each, corrected by the
         // next insert.
         let full = self.len() >= self.limits.capacity;
-        let result = self.with_shard(self.shard_of(hash), now, |view| {
-            view.insert(hash, key, value, expires, full)
-        });
+        let result = self.with_shard(self.shard_of(hash), |view| view.insert(hash, key, value, expires, full));
         match result {
             None => Insert::Busy,
             Some(Err(NoRoom::TooBig)) => {
@@ -452,7 +456,7 @@ impl Store {
     /// Removes `key`; `Some(true)` if it was there, `None` if busy.
     pub fn remove(&self, key: &[u8], now: u64) -> Option<bool> {
         let hash = self.hash(key);
-        let removed = self.with_shard(self.shard_of(hash), now, |view| view.remove(hash, key))?;
+        let removed = self.with_shard(self.shard_of(hash), |view| view.remove(hash, key))?;
         if removed {
             let counters = self.counters();
             counters.removed.fetch_add(1, Ordering::Relaxed);
@@ -466,7 +470,7 @@ impl Store {
     pub fn sweep(&self, now: u64) -> u64 {
         let mut removed = 0;
         for shard in 0..self.layout.shards {
-            removed += self.with_shard(shard, now, |view| view.sweep(now)).unwrap_or(0) as u64;
+            removed += self.with_shard(shard, |view| view.sweep(now)).unwrap_or(0) as u64;
         }
         if removed > 0 {
             self.counters().expired.fetch_add(removed, Ordering::Relaxed);

@@ -18,12 +18,23 @@ use std::ptr::NonNull;
 /// to such types over memory that another process may have written.
 pub unsafe trait SharedPod: Sized {}
 
+/// Shared-memory data that other processes may change at any time: every
+/// field is an atomic or a lock, so a shared reference to it is sound even
+/// while another process writes it.
+///
+/// # Safety
+/// Implementors must have only interior-mutable fields used through atomic
+/// or locking operations.
+pub unsafe trait Concurrent: SharedPod {}
+
 // SAFETY: integers are plain data and zero is a valid value.
 unsafe impl SharedPod for u32 {}
 // SAFETY: as above.
 unsafe impl SharedPod for u8 {}
 // SAFETY: atomics are plain integers in memory; zero is a valid value.
 unsafe impl SharedPod for std::sync::atomic::AtomicU32 {}
+// SAFETY: an atomic is only changed through atomic operations.
+unsafe impl Concurrent for std::sync::atomic::AtomicU32 {}
 // SAFETY: arrays of plain data are plain data.
 unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
 
@@ -91,11 +102,9 @@ impl Region {
         unsafe { self.base.as_ptr().add(offset).cast::<T>() }
     }
 
-    /// A shared reference to the `T` at `offset`.
-    ///
-    /// Only for types whose every field is an atomic or a robust mutex, so
-    /// that other processes writing it concurrently is expected.
-    pub fn shared_ref<T: SharedPod>(&self, offset: usize) -> &T {
+    /// A shared reference to the `T` at `offset`: only for [`Concurrent`]
+    /// types, which other processes may write concurrently.
+    pub fn shared_ref<T: Concurrent>(&self, offset: usize) -> &T {
         // SAFETY: in bounds and aligned (ptr_at), zero-valid and pointer-free
         // (SharedPod); the mapping lives as long as `self`.
         unsafe { &*self.ptr_at::<T>(offset, 1) }

@@ -97,7 +97,6 @@ pub type Chunk = [u8; CHUNK];
 pub struct Found {
     pub slot: Link,
     pub expires: u64,
-    pub val_len: usize,
 }
 
 /// Why an insert did not happen.
@@ -197,7 +196,6 @@ impl ShardView<'_> {
         Some(Found {
             slot,
             expires: e.expires,
-            val_len: e.val_len as usize,
         })
     }
 
@@ -609,16 +607,22 @@ impl ShardView<'_> {
         if e.key_len == 0 {
             return false;
         }
-        let mut mine = Vec::with_capacity(need);
-        for _ in 0..need {
-            if c == 0 || c as usize > claimed.len() || claimed[c as usize - 1] || mine.contains(&c) {
+        // Claim as we walk (a chain that comes back on itself finds its own
+        // mark), and give the marks back if the chain turns out broken.
+        let first = c;
+        let mut taken = 0;
+        while taken < need {
+            if c == 0 || c as usize > claimed.len() || claimed[c as usize - 1] {
+                let mut back = first;
+                for _ in 0..taken {
+                    claimed[back as usize - 1] = false;
+                    back = self.chunk_next[back as usize - 1];
+                }
                 return false;
             }
-            mine.push(c);
-            c = self.chunk_next[c as usize - 1];
-        }
-        for c in mine {
             claimed[c as usize - 1] = true;
+            taken += 1;
+            c = self.chunk_next[c as usize - 1];
         }
         true
     }
@@ -732,6 +736,27 @@ mod tests {
         assert!(get(&mut v, b"a").is_none());
         assert!(get(&mut v, b"b").is_some());
         assert_eq!(v.insert(h(b"d"), b"d", &[1; 300], 10, false), Err(NoRoom::TooBig));
+    }
+
+    #[test]
+    fn repair_drops_a_chain_that_loops() {
+        let mut s = Owned::new(8, 64);
+        {
+            let mut v = s.view();
+            v.insert(h(b"a"), b"a", &[1; 200], 10, false).unwrap();
+            v.insert(h(b"b"), b"b", &[2; 100], 10, false).unwrap();
+        }
+        // a's chain: first chunk points back at itself.
+        let first = s.entries[0].first_chunk as usize;
+        s.chunk_next[first - 1] = first as u32;
+        let mut v = s.view();
+        assert_eq!(v.repair(), RepairReport { kept: 1, dropped: 1 });
+        assert!(get(&mut v, b"a").is_none());
+        assert_eq!(get(&mut v, b"b").unwrap(), vec![2; 100]);
+        // Every chunk of the dropped chain is free again: 64 - 2 in use.
+        for i in 0..20u8 {
+            v.insert(h(&[i, 1]), &[i, 1], &[i; 100], 10, false).unwrap();
+        }
     }
 
     #[test]

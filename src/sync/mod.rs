@@ -77,7 +77,8 @@ impl Applier<'_> {
             Applied::NotStored => &counters.not_stored,
             Applied::Rejected(_) => &counters.rejected,
             Applied::Refused(SealError::Malformed | SealError::UnknownKey | SealError::Forged) => &counters.forged,
-            Applied::Refused(SealError::Replayed | SealError::TooOld) => &counters.replayed,
+            Applied::Refused(SealError::Replayed) => &counters.replayed,
+            Applied::Refused(SealError::TooOld) => &counters.out_of_window,
             Applied::Refused(SealError::Stale) => &counters.skewed,
             Applied::PlainRefused => &counters.plain_refused,
         };

@@ -24,9 +24,12 @@
 //! The receiver keeps, per sender, the highest sequence seen and a window
 //! of the last [`WINDOW`] sequences: a replay or a sequence older than the
 //! window is rejected. Timestamps further than the allowed clock skew from
-//! the receiver's clock are rejected. Checks run in that order: the tag
-//! first (nothing unauthenticated touches any state), then the clock, then
-//! the window.
+//! the receiver's clock are rejected. A receiver that restarts has forgotten
+//! the windows: the first datagram it accepts from a sender must be stamped
+//! after it started, and every sequence older than that first one counts
+//! as seen, so that nothing captured before its restart replays.
+//! Checks run in that order: the tag first (nothing unauthenticated touches
+//! any state), then the clock, then the window.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,9 +62,11 @@ pub enum SealError {
     Forged,
     /// Timestamp outside the allowed clock skew.
     Stale,
-    /// A sequence number already accepted from this sender.
+    /// A sequence number already accepted from this sender (or older than
+    /// the first one heard from it).
     Replayed,
-    /// A sequence number older than the window.
+    /// A sequence number older than the window, or a first datagram from a
+    /// sender stamped before this receiver started (its window is unknown).
     TooOld,
 }
 
@@ -232,14 +237,18 @@ pub struct Opener {
     keys: Vec<Key>,
     /// Largest accepted distance between a datagram's timestamp and now.
     max_skew_ms: u64,
+    /// When this receiver started (unix ms): no sender window before it.
+    started_ms: u64,
     senders: Mutex<HashMap<u64, Sender>>,
 }
 
 impl Opener {
-    pub fn new(keys: Vec<Key>, max_skew_secs: u64) -> Opener {
+    /// An opener that started at `started_ms` (unix ms).
+    pub fn new(keys: Vec<Key>, max_skew_secs: u64, started_ms: u64) -> Opener {
         Opener {
             keys,
             max_skew_ms: max_skew_secs * 1000,
+            started_ms,
             senders: Mutex::new(HashMap::new()),
         }
     }
@@ -275,18 +284,28 @@ impl Opener {
         if seq == 0 {
             return Err(SealError::Malformed);
         }
+        if stamp < self.started_ms && !senders.contains_key(&sender) {
+            return Err(SealError::TooOld);
+        }
         if senders.len() >= MAX_SENDERS && !senders.contains_key(&sender) {
             if let Some(oldest) = senders.iter().min_by_key(|(_, s)| s.last_heard).map(|(id, _)| *id) {
                 senders.remove(&oldest);
             }
         }
         let state = match senders.entry(sender) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let state = e.into_mut();
+                state.accept(seq)?;
+                state
+            }
+            // A sender heard of for the first time: nothing older than this
+            // datagram can be told apart from a replay, so all of it counts
+            // as seen.
             std::collections::hash_map::Entry::Vacant(e) => e.insert(Sender {
                 gcm: fresh.take().expect("a new sender got a fresh context"),
                 key_id,
-                highest: 0,
-                seen: vec![0; (WINDOW / 64) as usize],
+                highest: seq,
+                seen: vec![u64::MAX; (WINDOW / 64) as usize],
                 last_heard: 0,
             }),
         };
@@ -295,7 +314,6 @@ impl Opener {
             state.key_id = key_id;
             state.gcm = gcm;
         }
-        state.accept(seq)?;
         state.last_heard = now_ms;
         Ok(frame)
     }
@@ -320,7 +338,7 @@ mod tests {
     #[test]
     fn opens_what_it_sealed_and_hides_the_frame() {
         let sealer = Sealer::new(&key(1));
-        let opener = Opener::new(vec![key(1)], 30);
+        let opener = Opener::new(vec![key(1)], 30, 0);
         let seq = AtomicU64::new(0);
         let frame = b"session-id-0123456789 and a master secret".to_vec();
         let d = sealed(&sealer, &seq, &frame, NOW);
@@ -334,7 +352,7 @@ mod tests {
     #[test]
     fn every_forgery_is_refused() {
         let sealer = Sealer::new(&key(1));
-        let opener = Opener::new(vec![key(1)], 30);
+        let opener = Opener::new(vec![key(1)], 30, 0);
         let seq = AtomicU64::new(0);
         let good = sealed(&sealer, &seq, b"frame bytes", NOW);
         // A bit flipped anywhere: header fields, ciphertext, tag.
@@ -356,7 +374,7 @@ mod tests {
             assert!(opener.open(&good[..len], NOW).is_err(), "truncated to {len}");
         }
         // Wrong key, same id space: another opener with another key.
-        let other = Opener::new(vec![key(2)], 30);
+        let other = Opener::new(vec![key(2)], 30, 0);
         assert_eq!(other.open(&good, NOW), Err(SealError::UnknownKey));
         // A forger who knows the key id but not the key.
         let forger = Sealer::with_sender(
@@ -377,15 +395,17 @@ mod tests {
     #[test]
     fn replays_old_and_stale_datagrams_are_refused() {
         let sealer = Sealer::new(&key(1));
-        let opener = Opener::new(vec![key(1)], 30);
+        let opener = Opener::new(vec![key(1)], 30, 0);
         let seq = AtomicU64::new(0);
         let first = sealed(&sealer, &seq, b"one", NOW);
         let second = sealed(&sealer, &seq, b"two", NOW);
-        assert!(opener.open(&second, NOW).is_ok());
-        // Out of order within the window is fine, once.
+        let third = sealed(&sealer, &seq, b"three", NOW);
         assert!(opener.open(&first, NOW).is_ok());
-        assert_eq!(opener.open(&first, NOW), Err(SealError::Replayed));
+        assert!(opener.open(&third, NOW).is_ok());
+        // Out of order within the window is fine, once.
+        assert!(opener.open(&second, NOW).is_ok());
         assert_eq!(opener.open(&second, NOW), Err(SealError::Replayed));
+        assert_eq!(opener.open(&first, NOW), Err(SealError::Replayed));
         // Beyond the window.
         let old = sealed(&sealer, &seq, b"old", NOW);
         seq.fetch_add(WINDOW + 10, Ordering::Relaxed);
@@ -405,12 +425,25 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_receiver_refuses_what_was_sealed_before_it_started() {
+        let sealer = Sealer::new(&key(1));
+        let seq = AtomicU64::new(0);
+        let captured = sealed(&sealer, &seq, b"before", NOW - 5_000);
+        let restarted = Opener::new(vec![key(1)], 30, NOW);
+        assert_eq!(restarted.open(&captured, NOW), Err(SealError::TooOld));
+        // What the sender seals from then on is accepted, and its window
+        // then covers the older sequence.
+        assert!(restarted.open(&sealed(&sealer, &seq, b"after", NOW), NOW).is_ok());
+        assert_eq!(restarted.open(&captured, NOW), Err(SealError::Replayed));
+    }
+
+    #[test]
     fn keys_rotate_without_a_flag_day() {
         let (old, new) = (key(1), key(2));
         let a = Sealer::new(&old); // node holding [old, new]
         let b = Sealer::new(&new); // node holding [new, old]
-        let opens_both = Opener::new(vec![old.clone(), new.clone()], 30);
-        let only_old = Opener::new(vec![old.clone()], 30);
+        let opens_both = Opener::new(vec![old.clone(), new.clone()], 30, 0);
+        let only_old = Opener::new(vec![old.clone()], 30, 0);
         let seq = AtomicU64::new(0);
         assert!(opens_both.open(&sealed(&a, &seq, b"a", NOW), NOW).is_ok());
         assert!(opens_both.open(&sealed(&b, &seq, b"b", NOW), NOW).is_ok());

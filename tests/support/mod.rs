@@ -478,8 +478,17 @@ pub fn socket_owner(server_port: u16, client_port: u16, pids: &[i32]) -> Option<
     })
 }
 
-/// Seed "Setup 1" on loopback, plus the lines a test needs.
-pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processes: usize, cache_lines: &str) -> String {
+/// A seed node's ini on loopback: the plugin, `cache_lines`, the seed's
+/// session settings, an HTTPS router on `ip`:`https` with `processes`
+/// router processes (its backend a dead port), stats on 127.0.0.1.
+fn seed_node_ini(
+    plugin_dir: &Path,
+    ip: &str,
+    https: u16,
+    stats_port: u16,
+    processes: usize,
+    cache_lines: &str,
+) -> String {
     let (crt, key) = cert("localhost");
     format!(
         "[uwsgi]\n\
@@ -489,7 +498,7 @@ pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processe
          {cache_lines}\n\
          ssl-sessions-timeout = 300\n\
          https-session-context = foobar\n\
-         https = 127.0.0.1:{https_port},{crt},{key}\n\
+         https = {ip}:{https},{crt},{key}\n\
          http-processes = {processes}\n\
          http-to = 127.0.0.1:{dead}\n\
          stats = 127.0.0.1:{stats_port}\n",
@@ -498,6 +507,11 @@ pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processe
         key = key.display(),
         dead = free_port(),
     )
+}
+
+/// Seed "Setup 1" on loopback, plus the lines a test needs.
+pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processes: usize, cache_lines: &str) -> String {
+    seed_node_ini(plugin_dir, "127.0.0.1", https_port, stats_port, processes, cache_lines)
 }
 
 pub const DEFAULT_CACHE: &str = "cache = 20000\ncache-blocksize = 4096\nssl-sessions-use-cache = true";
@@ -625,27 +639,7 @@ pub fn rawrouter(dir: &Path, port: u16, backends: &[SocketAddr]) -> Uwsgi {
 /// Seed "Setup 2" node `i` (1-based) on 127.0.0.`i`: HTTPS on `https`,
 /// stats on 127.0.0.1:`stats_port`, then the `replication` lines.
 pub fn seed_setup2_node(plugin_dir: &Path, i: usize, https: u16, stats_port: u16, replication: &str) -> String {
-    let (crt, key) = cert("localhost");
-    format!(
-        "[uwsgi]\n\
-         plugin-dir = {plugins}\n\
-         plugins = sslcache\n\
-         master = true\n\
-         cache = 20000\n\
-         cache-blocksize = 4096\n\
-         ssl-sessions-use-cache = true\n\
-         ssl-sessions-timeout = 300\n\
-         https-session-context = foobar\n\
-         https = 127.0.0.{i}:{https},{crt},{key}\n\
-         http-processes = 2\n\
-         http-to = 127.0.0.1:{dead}\n\
-         stats = 127.0.0.1:{stats_port}\n\
-         {replication}",
-        plugins = plugin_dir.display(),
-        crt = crt.display(),
-        key = key.display(),
-        dead = free_port(),
-    )
+    seed_node_ini(plugin_dir, &format!("127.0.0.{i}"), https, stats_port, 2, DEFAULT_CACHE) + replication
 }
 
 /// Setup 2's replication lines for node `i` of `n`: receive on

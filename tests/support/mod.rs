@@ -110,6 +110,19 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Starts `cmd` in `dir`, in its own process group (so that it can be
+/// stopped with its children), stdout and stderr to `log_path`.
+fn spawn_logged(mut cmd: Command, dir: &Path, log_path: &Path) -> Child {
+    let log = fs::File::create(log_path).unwrap();
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+}
+
 fn signal(pid: i32, sig: i32) {
     // SAFETY: sends a signal to a process (group) this harness started.
     unsafe {
@@ -132,17 +145,9 @@ impl Uwsgi {
         let ini_path = dir.join(format!("{name}.ini"));
         let log_path = dir.join(format!("{name}.log"));
         fs::write(&ini_path, ini).unwrap();
-        let log = fs::File::create(&log_path).unwrap();
-        let child = Command::new(binary)
-            .arg("--ini")
-            .arg(&ini_path)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        let mut cmd = Command::new(binary);
+        cmd.arg("--ini").arg(&ini_path);
+        let child = spawn_logged(cmd, dir, &log_path);
         let pid = child.id() as i32;
         Uwsgi {
             name: name.into(),
@@ -567,16 +572,9 @@ pub struct Process {
 impl Process {
     pub fn spawn(dir: &Path, name: &str, program: &str, args: &[&str]) -> Process {
         let log_path = dir.join(format!("{name}.log"));
-        let log = fs::File::create(&log_path).unwrap();
-        let child = Command::new(program)
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut cmd = Command::new(program);
+        cmd.args(args);
+        let child = spawn_logged(cmd, dir, &log_path);
         Process { child, log_path }
     }
 

@@ -232,6 +232,18 @@ fn main() {
     bindings
         .write_to_file(out_dir.join("bindings.rs"))
         .unwrap_or_else(|e| fail(&format!("cannot write bindings.rs: {e}")));
+    // uwsgi_regexp_match takes (pcre *, pcre_extra *, subject, len) up to
+    // 2.0.2x and (uwsgi_pcre *, subject, len) since; absent without PCRE.
+    println!("cargo::rustc-check-cfg=cfg(uwsgi_regexp, values(\"split\", \"wrapped\"))");
+    if cflags.iter().any(|f| f == "-DUWSGI_PCRE" || f == "-DUWSGI_PCRE2") {
+        let text = bindings.to_string();
+        let api = if text.contains("pub pattern_extra:") {
+            "split"
+        } else {
+            "wrapped"
+        };
+        println!("cargo:rustc-cfg=uwsgi_regexp=\"{api}\"");
+    }
 
     let symbol_size = uwsgi_symbol_size(&binary);
     let stamp = format!(

@@ -52,6 +52,8 @@ pub struct RawOptions {
     pub accept_plain: Option<String>,
     /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
     pub max_skew: Option<String>,
+    /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
+    pub tls13_tickets: Option<String>,
 }
 
 /// Where the session cache was defined.
@@ -81,6 +83,10 @@ pub struct CacheDef {
     /// Stock keys given that mean nothing for a session store.
     pub ignored_keys: Vec<String>,
 }
+
+/// Default and largest `ssl-sessions-tls13-tickets`.
+pub const DEFAULT_TLS13_TICKETS: u8 = 2;
+pub const MAX_TLS13_TICKETS: u8 = 8;
 
 /// Default `ssl-sessions-max-skew`, seconds.
 pub const DEFAULT_MAX_SKEW: u64 = 30;
@@ -118,6 +124,8 @@ pub struct Settings {
     /// Session id context for the SSL router contexts.
     pub sslrouter_session_context: Option<String>,
     pub replication: Replication,
+    /// TLS 1.3 tickets (hence stored sessions) per full handshake.
+    pub tls13_tickets: u8,
     /// Non-fatal remarks to log once at startup.
     pub warnings: Vec<String>,
 }
@@ -487,9 +495,21 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
                 .to_string(),
         );
     }
+    let tls13_tickets = match raw.tls13_tickets.as_deref().map(str::trim) {
+        None => DEFAULT_TLS13_TICKETS,
+        Some(v) => match v.parse::<u8>() {
+            Ok(n) if n <= MAX_TLS13_TICKETS => n,
+            _ => {
+                return err(format!(
+                    "ssl-sessions-tls13-tickets = {v}: expected a number from 0 to {MAX_TLS13_TICKETS}"
+                ))
+            }
+        },
+    };
     Ok(Some(Settings {
         cache,
         timeout,
+        tls13_tickets,
         https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
         replication,
@@ -726,6 +746,21 @@ mod tests {
         let mut r = raw();
         r.accept_plain = Some("maybe".into());
         assert!(resolve(&r).unwrap_err().0.contains("ssl-sessions-accept-plain = maybe"));
+    }
+
+    #[test]
+    fn tls13_tickets_from_zero_to_eight() {
+        let mut r = raw();
+        assert_eq!(resolve(&r).unwrap().unwrap().tls13_tickets, DEFAULT_TLS13_TICKETS);
+        for (v, n) in [("0", 0), ("1", 1), (" 8 ", 8)] {
+            r.tls13_tickets = Some(v.into());
+            assert_eq!(resolve(&r).unwrap().unwrap().tls13_tickets, n);
+        }
+        for v in ["9", "-1", "two", "", "256"] {
+            r.tls13_tickets = Some(v.into());
+            let e = resolve(&r).unwrap_err().0;
+            assert!(e.contains("expected a number from 0 to 8"), "{v}: {e}");
+        }
     }
 
     #[test]

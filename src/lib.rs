@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod host;
+pub mod record;
 pub mod stats;
 pub mod store;
 pub mod sync;

@@ -80,19 +80,58 @@ impl ReplicationCounters {
     }
 }
 
-/// Counters in their own shared mapping, made before fork.
-pub struct SharedCounters {
-    region: Region,
+/// What the TLS callbacks refused or did besides storing and finding.
+#[repr(C)]
+#[derive(Default)]
+pub struct SessionCounters {
+    /// Sessions offered on a context other than (and not equivalent to)
+    /// the one that made them: not resumed.
+    pub refused_context: AtomicU64,
+    /// Sessions from plain datagrams offered on a context that verifies
+    /// clients, or carrying a client certificate: not resumed.
+    pub refused_plain_identity: AtomicU64,
+    /// Removals OpenSSL asked for after a failed resumption whose client
+    /// never proved it knew the session: ignored.
+    pub kept_unproven: AtomicU64,
+    /// TLS 1.2 sessions stored as soon as the client's Finished verified,
+    /// before the server's Finished went out.
+    pub stored_early: AtomicU64,
 }
 
-impl SharedCounters {
-    pub fn create() -> io::Result<SharedCounters> {
-        Ok(SharedCounters {
-            region: Region::shared(std::mem::size_of::<ReplicationCounters>())?,
+// SAFETY: repr(C), atomics only, zero is a valid value of each.
+unsafe impl SharedPod for SessionCounters {}
+// SAFETY: atomics only.
+unsafe impl Concurrent for SessionCounters {}
+
+impl SessionCounters {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 4] {
+        [
+            ("refused_context", &self.refused_context),
+            ("refused_plain_identity", &self.refused_plain_identity),
+            ("kept_unproven", &self.kept_unproven),
+            ("stored_early", &self.stored_early),
+        ]
+    }
+}
+
+/// Counters of type `T` in their own shared mapping, made before fork.
+pub struct Shared<T> {
+    region: Region,
+    _kind: std::marker::PhantomData<T>,
+}
+
+impl<T: Concurrent> Shared<T> {
+    pub fn create() -> io::Result<Shared<T>> {
+        Ok(Shared {
+            region: Region::shared(std::mem::size_of::<T>())?,
+            _kind: std::marker::PhantomData,
         })
     }
 
-    pub fn get(&self) -> &ReplicationCounters {
+    pub fn get(&self) -> &T {
         self.region.shared_ref(0)
     }
 }
+
+/// The replication counters' mapping.
+pub type SharedCounters = Shared<ReplicationCounters>;

@@ -56,14 +56,38 @@ fn node(dir: &Path, name: &str, udp: u16, peers: &[u16], key: Option<&Path>, ext
 /// Three sealed nodes behind HAProxy resume as plain ones do.
 #[test]
 fn sealed_cluster_resumes() {
+    sealed_cluster("sealed-cluster", "");
+}
+
+/// A root-owned 0600 key file with `uid = nobody`: the master reads it
+/// before dropping privileges; the router processes run as nobody.
+#[test]
+fn root_owned_key_with_uid_nobody() {
+    let nodes = sealed_cluster("sealed-nobody", "uid = nobody\ngid = nogroup\n");
+    for n in &nodes {
+        for child in n.children() {
+            let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .unwrap_or_default()
+                .to_string();
+            assert!(uid.contains("\t65534\t"), "router {child} of {} runs as {uid}", n.name);
+        }
+    }
+}
+
+/// Runs 3 sealed nodes behind HAProxy (each with `extra` lines), checks
+/// that sessions resume across them, and returns the still running nodes.
+fn sealed_cluster(name: &str, extra: &str) -> Vec<Uwsgi> {
     let _heavy = heavy();
-    let dir = test_dir("sealed-cluster");
+    let dir = test_dir(name);
     let keys = key_file(&dir, "keys", &[NEW]);
     let (https, udp) = (free_port(), free_port());
     let stats: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let nodes: Vec<Uwsgi> = (1..=3)
         .map(|i| {
-            let replication = setup2_replication(i, 3, udp) + &format!("cache-udp-key = {}\n", keys.display());
+            let replication = setup2_replication(i, 3, udp) + &format!("cache-udp-key = {}\n{extra}", keys.display());
             let mut n = Uwsgi::spawn(
                 &dir,
                 &format!("node{i}"),
@@ -105,7 +129,7 @@ fn sealed_cluster_resumes() {
             );
         }
     }
-    drop(nodes);
+    nodes
 }
 
 /// Every forgery class against a sealed node: all refused, all counted,
@@ -183,13 +207,7 @@ fn forgeries_are_refused_and_counted() {
     }
     // Sealed with a key B does not hold, and with B's key id but not its key.
     let stranger = Sealer::new(&key(OLD));
-    let impostor = Sealer::with_sender(
-        &Key {
-            id: key(NEW).id,
-            bytes: [7; 32],
-        },
-        99,
-    );
+    let impostor = Sealer::with_sender(&Key::claiming(key(NEW).id, [7; 32]), 99);
     let mut frame = Vec::new();
     sslcache::sync::encode_set(
         b"planted-session-id-planted-sess!",

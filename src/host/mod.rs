@@ -13,6 +13,7 @@ pub mod log;
 mod plugin;
 mod replication;
 mod server;
+mod sni;
 mod symbols;
 
 /// Generated bindings of the target uwsgi.h, and the identity of the binary

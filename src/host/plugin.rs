@@ -7,15 +7,18 @@
 //! its sockets and, on a reload, closed the ones it did not know) → router
 //! processes fork → `master_cycle` in the master about once a second.
 
+use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use super::server::{ContextKind, Server};
+use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
 use super::{abi, facade, log, replication, symbols};
 use crate::config::{self, Settings};
+use crate::stats::Shared;
 use crate::store::{Limits, Store};
 use crate::tls::{self, SessionCache, SessionEvents};
 
@@ -46,8 +49,11 @@ const MAX_SKEW_HELP: &std::ffi::CStr =
 const MULTICAST_IF_HELP: &std::ffi::CStr = c"send and receive multicast session updates on the interface with this \
     IPv4 address (TTL and loop: --multicast-ttl, --multicast-loop) [sslcache]";
 
+const TICKETS_HELP: &std::ffi::CStr =
+    c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored session [sslcache]";
+
 /// The option table; uWSGI reads it through `sslcache_plugin.options`.
-static mut OPTIONS: [uwsgi_option; 10] = [
+static mut OPTIONS: [uwsgi_option; 11] = [
     option(c"ssl-sessions-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-session-use-cache", sys::optional_argument, USE_CACHE_HELP),
     option(c"ssl-sessions-timeout", sys::required_argument, TIMEOUT_HELP),
@@ -57,6 +63,7 @@ static mut OPTIONS: [uwsgi_option; 10] = [
     option(c"cache-udp-key", sys::required_argument, KEY_HELP),
     option(c"ssl-sessions-accept-plain", sys::optional_argument, ACCEPT_PLAIN_HELP),
     option(c"ssl-sessions-max-skew", sys::required_argument, MAX_SKEW_HELP),
+    option(c"ssl-sessions-tls13-tickets", sys::required_argument, TICKETS_HELP),
     // SAFETY: an all-zero uwsgi_option (null name) ends the table.
     unsafe { std::mem::zeroed() },
 ];
@@ -160,39 +167,42 @@ fn setup() -> Result<(), String> {
     let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
     let mut listeners = Vec::new();
+    let mut digests = Vec::new();
+    let mut prepared = HashSet::new();
     for c in &contexts {
         let (configured, prefix, slot) = match c.kind {
             ContextKind::Https => (&settings.https_session_context, "http-", 0),
             ContextKind::SslRouter => (&settings.sslrouter_session_context, "sslrouter-", 1),
             ContextKind::Socket => (&settings.https_session_context, "", 2),
         };
-        let sid = match configured {
+        // uWSGI's default ("http-" + address) whole: the fingerprint
+        // derives from it, so long addresses never collide.
+        let context = match configured {
             Some(sid) => sid.as_bytes().to_vec(),
-            None => default_sid(prefix, &c.name),
+            None => format!("{prefix}{}", c.name).into_bytes(),
         };
         // SAFETY: the contexts were made by the option handlers and are not
         // in use yet: the router processes have not forked.
-        unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout) }
+        let (digest, sid) = unsafe { tls::listener_fingerprint(c.ctx, &context) };
+        // SAFETY: as above.
+        unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout, settings.tls13_tickets) }
             .map_err(|e| format!("cannot set up the TLS context of {} for session caching: {e}", c.name))?;
+        digests.push((c.ctx as usize, digest));
+        prepared.insert(c.ctx as usize);
         listeners.push(tls::Listener {
             ctx: c.ctx as usize,
-            sid_ctx: sid,
+            context,
         });
         counts[slot] += 1;
     }
     let sni = server.sni_contexts();
-    // SNI contexts are shared by all listeners but carry one session id
-    // context: the listeners' one, which is common when configured.
-    let sni_sid = listeners.first().map(|l| l.sid_ctx.clone());
-    if !sni.is_empty() && listeners.iter().any(|l| Some(&l.sid_ctx) != sni_sid.as_ref()) {
-        log::line(
-            "warning: the TLS listeners have different session id contexts: set https-session-context \
-             so that TLS 1.3 sessions of SNI hosts resume on every listener",
-        );
-    }
     for ctx in &sni {
         // SAFETY: as above.
-        unsafe { tls::prepare_sni_context(*ctx, sni_sid.as_deref()) };
+        unsafe {
+            tls::prepare_sni_context(*ctx);
+            digests.push((*ctx as usize, tls::context_digest(*ctx)));
+        }
+        prepared.insert(*ctx as usize);
     }
     let hashsize = store.bucket_count().min(u32::MAX as usize) as u32;
     log::line(&format!(
@@ -215,27 +225,27 @@ fn setup() -> Result<(), String> {
     if settings.replication.is_enabled() {
         // Its counters are uWSGI metrics; the sockets come in post_init.
         server.enable_metrics();
+        // Key files are readable only now: uWSGI drops privileges later.
+        replication::preload_keys(&settings.replication)?;
     }
     if contexts.is_empty() {
         log::line("warning: no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
+    let counters = Shared::create().map_err(|e| format!("cannot map the session counters: {e}"))?;
     tls::install(SessionCache {
         store,
         timeout: settings.timeout,
         events: Box::new(Events),
         verbose: server.ssl_verbose(),
         listeners,
+        // SAFETY: the checked `uwsgi` symbol of this process.
+        sni: Box::new(unsafe { UwsgiSni::new(host.server) }),
+        counters,
+        digests,
+        prepared: Mutex::new(prepared),
     });
     let _ = ACTIVE.set(Active { settings, hashsize });
     Ok(())
-}
-
-/// The session id context uWSGI gives a listener when none is configured
-/// ("http-" + address...), cut to the 32 bytes OpenSSL takes (uWSGI would
-/// silently leave a longer one unset).
-fn default_sid(prefix: &str, name: &str) -> Vec<u8> {
-    let full = format!("{prefix}{name}").into_bytes();
-    full[full.len().saturating_sub(tls::MAX_SID_CTX)..].to_vec()
 }
 
 unsafe extern "C" fn init() -> c_int {

@@ -11,8 +11,11 @@ use std::sync::{Mutex, OnceLock};
 use super::{facade, log, symbols};
 use crate::config::Replication;
 use crate::stats::{ReplicationCounters, SharedCounters};
+use crate::store::monotonic_ms;
+use crate::sync::keys::{self, Key};
+use crate::sync::ratelimit::{LogBudget, Verdict};
 use crate::sync::seal::{Opener, Sealer};
-use crate::sync::{self, keys, net::Sender, Applier};
+use crate::sync::{self, net::Sender, Applier};
 use crate::tls;
 
 static RECEIVER_PANICKED: AtomicBool = AtomicBool::new(false);
@@ -91,7 +94,22 @@ pub fn get() -> Option<&'static Replicator> {
     REPLICATOR.get()
 }
 
-/// Binds the receivers, makes the sender, loads the keys (master, before
+/// Keys read in `jail`, while the master still has its privileges (uWSGI
+/// drops them before `post_init`); taken by `setup`.
+static PRELOADED_KEYS: Mutex<Option<Vec<Key>>> = Mutex::new(None);
+
+/// Reads the replication keys, if any (master, before privileges drop).
+pub fn preload_keys(replication: &Replication) -> Result<Option<usize>, String> {
+    let Some((option, path)) = &replication.key_file else {
+        return Ok(None);
+    };
+    let keys = keys::load(option, std::path::Path::new(path))?;
+    let count = keys.len();
+    *PRELOADED_KEYS.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    Ok(Some(count))
+}
+
+/// Binds the receivers, makes the sender, takes the keys (master, before
 /// fork).
 pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Replicator, String> {
     let mc = &replication.multicast;
@@ -110,15 +128,18 @@ pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Rep
         )
     };
     let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
-    let (sealer, opener) = match &replication.key_file {
-        Some((option, path)) => {
-            let keys = keys::load(option, std::path::Path::new(path))?;
-            (
-                Some(Sealer::new(&keys[0])),
-                Some(Opener::new(keys, replication.max_skew, unix_ms())),
-            )
+    let preloaded = PRELOADED_KEYS.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let (sealer, opener) = match (&replication.key_file, preloaded) {
+        (Some(_), Some(keys)) => (
+            Some(Sealer::new(&keys[0])),
+            Some(Opener::new(keys, replication.max_skew, unix_ms())),
+        ),
+        (Some((option, path)), None) => {
+            return Err(format!(
+                "{option} = {path}: the keys were not read before privileges dropped"
+            ))
         }
-        None => (None, None),
+        (None, _) => (None, None),
     };
     let _ = REPLICATOR.set(Replicator {
         sender,
@@ -216,6 +237,9 @@ impl Replicator {
             accept_plain: self.accept_plain,
         };
         let mut buf = vec![0u8; 65536];
+        // ssl-verbose logs datagrams, but never more than 20 lines a second:
+        // the senders choose how many arrive.
+        let mut budget = LogBudget::new(20, 1000);
         loop {
             match socket.recv_from(&mut buf) {
                 Ok((n, _)) => {
@@ -228,9 +252,16 @@ impl Replicator {
                         outcome
                     }));
                     match applied {
-                        Ok(outcome) if cache.verbose => {
-                            log::line(&format!("replication datagram of {n} bytes: {outcome:?}"))
-                        }
+                        Ok(outcome) if cache.verbose => match budget.check(monotonic_ms()) {
+                            Verdict::Log { suppressed: 0 } => {
+                                log::line(&format!("replication datagram of {n} bytes: {outcome:?}"))
+                            }
+                            Verdict::Log { suppressed } => log::line(&format!(
+                                "replication datagram of {n} bytes: {outcome:?} \
+                                 ({suppressed} datagram lines held back before this one)"
+                            )),
+                            Verdict::Suppress => {}
+                        },
                         Ok(_) => {}
                         Err(_) => log::once(&RECEIVER_PANICKED, "internal error applying a replication datagram"),
                     }

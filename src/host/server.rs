@@ -121,6 +121,7 @@ impl Server {
                 "cache-udp-key" => raw.cache_udp_key = Some(v),
                 "ssl-sessions-accept-plain" => raw.accept_plain = Some(v),
                 "ssl-sessions-max-skew" => raw.max_skew = Some(v),
+                "ssl-sessions-tls13-tickets" => raw.tls13_tickets = Some(v),
                 _ => {}
             }
         }

@@ -34,6 +34,12 @@ fn lookup(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) }
 }
 
+/// Another function of the host, by name; `None` when absent.
+pub fn lookup_fn(name: &CStr) -> Option<*mut c_void> {
+    let f = lookup(name);
+    (!f.is_null()).then_some(f)
+}
+
 /// The host's symbols, or `None` outside uWSGI.
 pub fn get() -> Option<Symbols> {
     *SYMBOLS.get_or_init(|| {

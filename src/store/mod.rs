@@ -29,9 +29,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use lock::monotonic_ms;
 use lock::{Locked, RobustMutex};
-pub use region::Region;
 pub use region::{Concurrent, SharedPod};
+pub use region::{Region, SecretPage};
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
 /// Longest wait for a shard lock on the handshake path. Far above any

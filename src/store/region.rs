@@ -126,6 +126,50 @@ impl Region {
     }
 }
 
+/// A private page (or more) for secrets: left out of core dumps
+/// (`MADV_DONTDUMP`), kept out of swap when the limits allow (`mlock`),
+/// and zeroed before it is unmapped.
+pub struct SecretPage {
+    region: Region,
+}
+
+impl SecretPage {
+    pub fn new(len: usize) -> io::Result<SecretPage> {
+        let region = Region::map(len, libc::MAP_PRIVATE)?;
+        let base = region.base.as_ptr().cast::<libc::c_void>();
+        // SAFETY: base/len describe our own fresh mapping.
+        if unsafe { libc::madvise(base, region.len, libc::MADV_DONTDUMP) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above; failing (RLIMIT_MEMLOCK) only means the page
+        // may be swapped.
+        unsafe { libc::mlock(base, region.len) };
+        Ok(SecretPage { region })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: a private mapping only this process writes, and only
+        // through `bytes_mut`, which borrows `self` mutably.
+        unsafe { std::slice::from_raw_parts(self.region.base.as_ptr(), self.region.len) }
+    }
+
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.region.base.as_ptr(), self.region.len) }
+    }
+}
+
+impl Drop for SecretPage {
+    fn drop(&mut self) {
+        let base = self.region.base.as_ptr();
+        for i in 0..self.region.len {
+            // SAFETY: in bounds of our own mapping; volatile so that the
+            // zeroing of memory about to be unmapped is not elided.
+            unsafe { std::ptr::write_volatile(base.add(i), 0) };
+        }
+    }
+}
+
 impl Drop for Region {
     fn drop(&mut self) {
         // SAFETY: base/len are exactly what mmap returned; nothing borrowed

@@ -8,17 +8,22 @@
 //! Keys never appear in logs: only their ids (derived from the key).
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+
+use crate::store::SecretPage;
 
 /// Bytes of a key (AES-256).
 pub const KEY_LEN: usize = 32;
+/// Largest key file read: far more than any sane rotation list.
+const MAX_FILE: u64 = 64 * 1024;
 
-/// A replication key and its public id.
-#[derive(Clone, PartialEq, Eq)]
+/// A replication key and its public id. The bytes live in a page left out
+/// of core dumps and zeroed when the key is dropped.
 pub struct Key {
     pub id: u32,
-    pub bytes: [u8; KEY_LEN],
+    secret: SecretPage,
 }
 
 impl std::fmt::Debug for Key {
@@ -28,50 +33,134 @@ impl std::fmt::Debug for Key {
     }
 }
 
-impl Key {
-    pub fn new(bytes: [u8; KEY_LEN]) -> Key {
-        let digest = openssl::sha::sha256(&[b"sslcache key id\0".as_slice(), &bytes].concat());
-        Key {
-            id: u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
-            bytes,
-        }
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.id == other.id && self.bytes() == other.bytes()
     }
 }
 
-fn parse_hex(line: &str) -> Option<[u8; KEY_LEN]> {
+impl Clone for Key {
+    fn clone(&self) -> Key {
+        Key::from_bytes(self.bytes()).expect("a page for a copy of a key")
+    }
+}
+
+/// Overwrites a buffer that held key material.
+pub fn wipe(buf: &mut [u8]) {
+    buf.fill(0);
+    std::hint::black_box(&buf);
+    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+}
+
+impl Key {
+    /// A key from its bytes (tests, benches); panics if no page can be
+    /// mapped.
+    pub fn new(bytes: [u8; KEY_LEN]) -> Key {
+        Key::from_bytes(&bytes).expect("a page for a key")
+    }
+
+    fn from_bytes(bytes: &[u8; KEY_LEN]) -> std::io::Result<Key> {
+        let mut secret = SecretPage::new(KEY_LEN)?;
+        secret.bytes_mut()[..KEY_LEN].copy_from_slice(bytes);
+        let digest = openssl::sha::sha256(&[b"sslcache key id\0".as_slice(), bytes].concat());
+        Ok(Key {
+            id: u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]),
+            secret,
+        })
+    }
+
+    /// A key that claims another key's id: what a forger who knows only
+    /// the id would seal with (tests).
+    pub fn claiming(id: u32, bytes: [u8; KEY_LEN]) -> Key {
+        Key { id, ..Key::new(bytes) }
+    }
+
+    pub fn bytes(&self) -> &[u8; KEY_LEN] {
+        self.secret.bytes()[..KEY_LEN]
+            .try_into()
+            .expect("a key page holds a key")
+    }
+}
+
+fn parse_hex(line: &[u8], out: &mut [u8; KEY_LEN]) -> bool {
     if line.len() != KEY_LEN * 2 {
-        return None;
+        return false;
     }
-    let mut out = [0u8; KEY_LEN];
-    for (i, pair) in line.as_bytes().chunks(2).enumerate() {
-        let text = std::str::from_utf8(pair).ok()?;
-        out[i] = u8::from_str_radix(text, 16).ok()?;
+    for (i, pair) in line.chunks(2).enumerate() {
+        let digit = |c: u8| (c as char).to_digit(16);
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(hi), Some(lo)) => out[i] = (hi * 16 + lo) as u8,
+            _ => return false,
+        }
     }
-    Some(out)
+    true
+}
+
+/// The uid this process runs as.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Reads a key file; `option` names the option in errors.
+///
+/// The file is opened without following a symbolic link, and its type,
+/// mode and owner are checked on the opened descriptor, so nothing can be
+/// swapped in between. It must be a regular file, not readable or writable
+/// by group or others, owned by root or by the user reading it (uWSGI's
+/// master reads it before dropping privileges). The text read is wiped.
 pub fn load(option: &str, path: &Path) -> Result<Vec<Key>, String> {
     let shown = format!("{option} = {}", path.display());
-    let meta = fs::metadata(path).map_err(|e| format!("{shown}: cannot read the key file: {e}"))?;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!("{shown}: the key file is a symbolic link; name the file itself"),
+            _ => format!("{shown}: cannot read the key file: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{shown}: cannot read the key file: {e}"))?;
     if !meta.is_file() {
         return Err(format!("{shown}: not a regular file"));
     }
-    let mode = meta.permissions().mode() & 0o777;
+    let mode = meta.mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(format!(
             "{shown}: the key file is readable or writable by group or others (mode {mode:04o}): chmod 600 it"
         ));
     }
-    let text = fs::read_to_string(path).map_err(|e| format!("{shown}: cannot read the key file: {e}"))?;
-    let mut keys = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+    let me = effective_uid();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!(
+            "{shown}: the key file belongs to uid {}, neither root nor this process (uid {me}): chown it",
+            meta.uid()
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!("{shown}: the key file is larger than {MAX_FILE} bytes"));
+    }
+    let mut text = Vec::with_capacity(meta.len() as usize + 1);
+    let read = file.by_ref().take(MAX_FILE + 1).read_to_end(&mut text);
+    let parsed = read
+        .map_err(|e| format!("{shown}: cannot read the key file: {e}"))
+        .and_then(|_| parse(&shown, &text));
+    wipe(&mut text);
+    parsed
+}
+
+fn parse(shown: &str, text: &[u8]) -> Result<Vec<Key>, String> {
+    let mut keys: Vec<Key> = Vec::new();
+    let mut bytes = [0u8; KEY_LEN];
+    for (n, line) in text.split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii();
+        if line.is_empty() || line.starts_with(b"#") {
             continue;
         }
-        let bytes = parse_hex(line).ok_or_else(|| {
-            if line.len() < KEY_LEN * 2 && line.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !parse_hex(line, &mut bytes) {
+            wipe(&mut bytes);
+            return Err(if line.len() < KEY_LEN * 2 && line.iter().all(u8::is_ascii_hexdigit) {
                 format!(
                     "{shown}: line {} holds a key of {} bytes; a key is {KEY_LEN} bytes (64 hex digits)",
                     n + 1,
@@ -79,10 +168,12 @@ pub fn load(option: &str, path: &Path) -> Result<Vec<Key>, String> {
                 )
             } else {
                 format!("{shown}: line {} is not a key of 64 hex digits", n + 1)
-            }
-        })?;
-        let key = Key::new(bytes);
-        if keys.iter().any(|k: &Key| k.id == key.id) {
+            });
+        }
+        let key = Key::from_bytes(&bytes);
+        wipe(&mut bytes);
+        let key = key.map_err(|e| format!("{shown}: cannot lock memory for a key: {e}"))?;
+        if keys.iter().any(|k| k.id == key.id) {
             return Err(format!("{shown}: line {} repeats a key", n + 1));
         }
         keys.push(key);
@@ -96,7 +187,7 @@ pub fn load(option: &str, path: &Path) -> Result<Vec<Key>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
         let p = dir.join(name);
@@ -127,8 +218,8 @@ mod tests {
         let p = write(&d, "ok", &format!("# rotation\n{K2}\n\n{K1}\n"), 0o600);
         let keys = load("cache-udp-key", &p).unwrap();
         assert_eq!(keys.len(), 2);
-        assert_eq!(keys[0].bytes[0], 0xff);
-        assert_eq!(keys[1].bytes[31], 0x1f);
+        assert_eq!(keys[0].bytes()[0], 0xff);
+        assert_eq!(keys[1].bytes()[31], 0x1f);
         assert_ne!(keys[0].id, keys[1].id);
         assert!(!format!("{keys:?}").contains("ffee"));
     }
@@ -153,6 +244,17 @@ mod tests {
                 "line 2 repeats a key",
             ),
             (d.join("missing"), "cannot read the key file"),
+            (
+                {
+                    let link = d.join("link");
+                    let _ = fs::remove_file(&link);
+                    std::os::unix::fs::symlink(d.join("ok-target"), &link).unwrap();
+                    write(&d, "ok-target", &format!("{K1}\n"), 0o600);
+                    link
+                },
+                "is a symbolic link",
+            ),
+            (d.clone(), "not a regular file"),
         ];
         for (path, expected) in cases {
             let e = load("cache-udp-key", &path).unwrap_err();
@@ -160,5 +262,43 @@ mod tests {
             assert!(e.contains(expected), "{e} does not say {expected}");
             assert!(!e.contains("000102"), "key bytes in an error: {e}");
         }
+    }
+
+    #[test]
+    fn a_file_of_another_user_is_refused() {
+        if effective_uid() != 0 {
+            return;
+        }
+        let d = dir();
+        let p = write(&d, "nobody", &format!("{K1}\n"), 0o600);
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        let e = load("cache-udp-key", &p).unwrap_err();
+        assert!(e.contains("belongs to uid 65534, neither root nor this process"), "{e}");
+    }
+
+    #[test]
+    fn key_pages_are_left_out_of_core_dumps() {
+        let key = Key::new([0x5a; 32]);
+        let addr = key.bytes().as_ptr() as usize;
+        let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_mapping = false;
+        let mut flags = None;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((lo, hi)) = range.split_once('-') {
+                    if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                        in_mapping = (lo..hi).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if in_mapping {
+                if let Some(f) = line.strip_prefix("VmFlags:") {
+                    flags = Some(f.to_string());
+                }
+            }
+        }
+        let flags = flags.expect("the key's mapping is in smaps");
+        assert!(flags.split_whitespace().any(|f| f == "dd"), "VmFlags:{flags}");
     }
 }

@@ -10,9 +10,11 @@
 pub mod addr;
 pub mod keys;
 pub mod net;
+pub mod ratelimit;
 pub mod seal;
 pub mod wire;
 
+use crate::record::{self, Origin};
 use crate::stats::ReplicationCounters;
 use crate::store::{Insert, Store};
 use seal::{Opener, SealError};
@@ -53,7 +55,7 @@ impl Applier<'_> {
         let l = self.store.limits();
         FrameLimits {
             max_key: l.keysize as usize,
-            max_value: l.blocksize as usize,
+            max_value: (l.blocksize as usize).saturating_sub(record::OVERHEAD),
         }
     }
 
@@ -89,28 +91,28 @@ impl Applier<'_> {
     fn open_and_apply(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>)) -> Applied {
         let now = now_ms / 1000;
         let opened;
-        let plain = match (Format::of(datagram), self.opener) {
+        let (plain, origin) = match (Format::of(datagram), self.opener) {
             (Format::Sealed, Some(opener)) => match opener.open(datagram, now_ms) {
                 Ok(frame) => {
                     opened = frame;
-                    &opened[..]
+                    (&opened[..], Origin::Sealed)
                 }
                 Err(e) => return Applied::Refused(e),
             },
             (Format::Plain, Some(_)) if !self.accept_plain => return Applied::PlainRefused,
-            (Format::Plain, _) => datagram,
+            (Format::Plain, _) => (datagram, Origin::Plain),
             (Format::Sealed | Format::Unknown(_), _) => return Applied::Rejected(WireError::BadModifier),
         };
         match wire::decode_plain(plain, self.limits()) {
             Ok(frame) => {
                 seen(&frame);
-                self.apply_frame(frame, now)
+                self.apply_frame(frame, origin, now)
             }
             Err(e) => Applied::Rejected(e),
         }
     }
 
-    fn apply_frame(&self, frame: Frame<'_>, now: u64) -> Applied {
+    fn apply_frame(&self, frame: Frame<'_>, origin: Origin, now: u64) -> Applied {
         match frame {
             Frame::Set { key, value, expires } => {
                 let local_limit = now + self.timeout as u64;
@@ -119,7 +121,7 @@ impl Applier<'_> {
                     e if e <= now => return Applied::Stale,
                     e => e.min(local_limit),
                 };
-                match self.store.insert(key, value, expires, now) {
+                match self.store.insert(key, &record::encode(origin, value), expires, now) {
                     Insert::Stored { .. } => Applied::Stored,
                     Insert::Expired => Applied::Stale,
                     Insert::TooBig | Insert::Busy => Applied::NotStored,
@@ -193,6 +195,7 @@ mod tests {
         assert_eq!(a.apply(&set(b"now", b"v", NOW), NOW_MS), Applied::Stale);
         let mut out = Vec::new();
         assert_eq!(store.get(b"k1", NOW, &mut out), Lookup::Hit { expires: NOW + 100 });
+        assert_eq!(record::decode(&out), Some((Origin::Plain, &b"v1"[..])));
         assert_eq!(store.get(b"k2", NOW, &mut out), Lookup::Hit { expires: NOW + 300 });
         assert_eq!(store.get(b"k3", NOW, &mut out), Lookup::Hit { expires: NOW + 300 });
         assert_eq!(store.get(b"old", NOW, &mut out), Lookup::Miss);
@@ -220,7 +223,7 @@ mod tests {
             vec![0x53, 1, 2, 3],
             good[..good.len() - 2].to_vec(),
             set(&[7; 65], b"v", NOW + 10),
-            set(b"k", &[7; 1025], NOW + 10),
+            set(b"k", &[7; 1024], NOW + 10),
         ];
         let mut flipped = good.clone();
         flipped[3] = 99;

@@ -72,7 +72,7 @@ pub enum SealError {
 
 /// The key a sender id seals with.
 fn sender_key(key: &Key, sender: u64) -> [u8; 32] {
-    let pkey = PKey::hmac(&key.bytes).expect("HMAC key");
+    let pkey = PKey::hmac(key.bytes()).expect("HMAC key");
     let mut signer = Signer::new(openssl::hash::MessageDigest::sha256(), &pkey).expect("HMAC-SHA256");
     signer.update(b"sslcache v1 sender key\0").expect("HMAC update");
     signer.update(&sender.to_be_bytes()).expect("HMAC update");
@@ -152,10 +152,13 @@ impl Sealer {
     }
 
     pub fn with_sender(key: &Key, sender: u64) -> Sealer {
+        let mut derived = sender_key(key, sender);
+        let gcm = Gcm::new(&derived);
+        super::keys::wipe(&mut derived);
         Sealer {
             key_id: key.id,
             sender,
-            gcm: Mutex::new(Gcm::new(&sender_key(key, sender))),
+            gcm: Mutex::new(gcm),
         }
     }
 
@@ -274,7 +277,12 @@ impl Opener {
         let mut fresh = None;
         let gcm = match senders.get_mut(&sender).filter(|s| s.key_id == key_id) {
             Some(known) => &mut known.gcm,
-            None => fresh.insert(gcm_for_opening(&sender_key(key, sender))),
+            None => {
+                let mut derived = sender_key(key, sender);
+                let gcm = gcm_for_opening(&derived);
+                super::keys::wipe(&mut derived);
+                fresh.insert(gcm)
+            }
         };
         let frame = gcm.open(seq, header, ciphertext, tag).ok_or(SealError::Forged)?;
         // Authentic from here on.
@@ -377,13 +385,7 @@ mod tests {
         let other = Opener::new(vec![key(2)], 30, 0);
         assert_eq!(other.open(&good, NOW), Err(SealError::UnknownKey));
         // A forger who knows the key id but not the key.
-        let forger = Sealer::with_sender(
-            &Key {
-                id: key(1).id,
-                bytes: [9; 32],
-            },
-            42,
-        );
+        let forger = Sealer::with_sender(&Key::claiming(key(1).id, [9; 32]), 42);
         assert_eq!(
             opener.open(&sealed(&forger, &AtomicU64::new(0), b"evil", NOW), NOW),
             Err(SealError::Forged)

@@ -696,3 +696,62 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
 }
+
+/// A backend speaking the uwsgi protocol, which the HTTP router (`http-to`)
+/// uses: every request (one uwsgi packet) gets a tiny HTTP response with
+/// the body `hello`, one thread per connection. Runs until `lifetime`
+/// elapses.
+pub fn uwsgi_backend(lifetime: Duration) -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + lifetime;
+        while Instant::now() < deadline {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        // Header: modifier1, vars size (u16 little endian), modifier2.
+                        let mut header = [0u8; 4];
+                        if s.read_exact(&mut header).is_err() {
+                            return;
+                        }
+                        let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
+                        if s.read_exact(&mut vars).is_err() {
+                            return;
+                        }
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    port
+}
+
+impl Uwsgi {
+    /// Like `wait_ready`, for listeners on any address (IPv6 ones).
+    pub fn wait_ready_on(&mut self, addrs: &[SocketAddr]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for addr in addrs {
+            loop {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    panic!("{} exited early ({status}):\n{}", self.name, self.log());
+                }
+                if TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_ok() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not listening on {addr}:\n{}",
+                    self.name,
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}

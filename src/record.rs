@@ -1,0 +1,68 @@
+//! What the store keeps for a session: one byte saying where it came from,
+//! then its DER encoding. The origin decides what a session may open: one
+//! learnt from an unauthenticated (plain) datagram never resumes a context
+//! that verifies client certificates and never carries a client identity.
+
+/// Where a stored session came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Made by a handshake on this node.
+    Local,
+    /// Received in a sealed (authenticated) datagram.
+    Sealed,
+    /// Received in a plain datagram: anyone who reaches the port may have
+    /// sent it.
+    Plain,
+}
+
+impl Origin {
+    fn byte(self) -> u8 {
+        match self {
+            Origin::Local => b'L',
+            Origin::Sealed => b'S',
+            Origin::Plain => b'P',
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Origin> {
+        match b {
+            b'L' => Some(Origin::Local),
+            b'S' => Some(Origin::Sealed),
+            b'P' => Some(Origin::Plain),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes the record adds to a session.
+pub const OVERHEAD: usize = 1;
+
+/// The stored form of a session.
+pub fn encode(origin: Origin, der: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(der.len() + OVERHEAD);
+    out.push(origin.byte());
+    out.extend_from_slice(der);
+    out
+}
+
+/// Origin and DER of a stored session; `None` for bytes no version of
+/// sslcache wrote.
+pub fn decode(value: &[u8]) -> Option<(Origin, &[u8])> {
+    let (&first, der) = value.split_first()?;
+    Some((Origin::from_byte(first)?, der))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_refuses_unknown_origins() {
+        for origin in [Origin::Local, Origin::Sealed, Origin::Plain] {
+            let v = encode(origin, b"\x30\x03der");
+            assert_eq!(decode(&v), Some((origin, &b"\x30\x03der"[..])));
+        }
+        assert_eq!(decode(b""), None);
+        assert_eq!(decode(b"\x30\x03der"), None);
+    }
+}

@@ -1,0 +1,45 @@
+//! OpenSSL functions and constants that openssl-sys does not declare, in one
+//! place. Every one exists in OpenSSL 1.1.1 and 3.x (the host's libssl);
+//! values are from the named header.
+
+use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_void};
+
+use openssl_sys::{SSL, SSL_CTX, SSL_SESSION, X509};
+
+extern "C" {
+    pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+    pub fn SSL_CTX_get_verify_depth(ctx: *const SSL_CTX) -> c_int;
+    /// Returns a `STACK_OF(X509_NAME)`.
+    pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut c_void;
+    pub fn SSL_get_verify_depth(ssl: *const SSL) -> c_int;
+    /// `uint64_t` in OpenSSL 3, `unsigned long` in 1.1.1: the same on LP64.
+    pub fn SSL_set_options(ssl: *mut SSL, options: u64) -> u64;
+    pub fn SSL_set_session_id_context(ssl: *mut SSL, sid: *const c_uchar, len: c_uint) -> c_int;
+    pub fn SSL_set_info_callback(ssl: *mut SSL, cb: Option<unsafe extern "C" fn(*const SSL, c_int, c_int)>);
+    /// Returns an `OSSL_HANDSHAKE_STATE`.
+    pub fn SSL_get_state(ssl: *const SSL) -> c_int;
+    pub fn SSL_SESSION_get0_id_context(s: *const SSL_SESSION, len: *mut c_uint) -> *const c_uchar;
+    pub fn SSL_SESSION_set1_id_context(s: *mut SSL_SESSION, sid: *const c_uchar, len: c_uint) -> c_int;
+    pub fn SSL_SESSION_set1_hostname(s: *mut SSL_SESSION, hostname: *const c_char) -> c_int;
+    pub fn SSL_SESSION_get0_peer(s: *mut SSL_SESSION) -> *mut X509;
+    pub fn SSL_SESSION_set_ex_data(s: *mut SSL_SESSION, idx: c_int, data: *mut c_void) -> c_int;
+    pub fn SSL_SESSION_get_ex_data(s: *const SSL_SESSION, idx: c_int) -> *mut c_void;
+}
+
+/// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (ssl/sslerr.h, OpenSSL 3).
+pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: c_int = 294;
+/// `ERR_LIB_SSL` (openssl/err.h).
+pub const ERR_LIB_SSL: c_int = 20;
+/// `SSL_CTRL_GET_SESS_CACHE_MODE` (openssl/ssl.h): the control behind the
+/// `SSL_CTX_get_session_cache_mode` macro.
+pub const SSL_CTRL_GET_SESS_CACHE_MODE: c_int = 45;
+/// `CRYPTO_EX_INDEX_SSL_SESSION` (openssl/crypto.h): the class of
+/// `SSL_SESSION_get_ex_new_index`, a macro over CRYPTO_get_ex_new_index.
+pub const CRYPTO_EX_INDEX_SSL_SESSION: c_int = 2;
+/// `SSL_CB_ACCEPT_LOOP` and `SSL_CB_HANDSHAKE_DONE` (openssl/ssl.h).
+pub const SSL_CB_ACCEPT_LOOP: c_int = 0x2001;
+pub const SSL_CB_HANDSHAKE_DONE: c_int = 0x20;
+/// `OSSL_HANDSHAKE_STATE` values (openssl/ssl.h): the server has read the
+/// ClientHello; it has read the client's Finished.
+pub const TLS_ST_SR_CLNT_HELLO: c_int = 20;
+pub const TLS_ST_SR_FINISHED: c_int = 32;

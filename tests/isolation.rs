@@ -1,0 +1,627 @@
+//! Session isolation between TLS contexts with different client
+//! certificate policies, tried as a hostile client would: the real
+//! `openssl s_client`, a session made where no client certificate is asked
+//! for (`-sess_out`), offered (`-sess_in`) where one is required, without a
+//! certificate. A resumption there skips the certificate check: the request
+//! reaches the application with no client certificate at all.
+//!
+//! One node on loopback, the same listeners for stock uWSGI and sslcache:
+//!
+//! ```ini
+//! https-session-context = foobar
+//! https = 127.0.0.1:PA,a.crt,a.key                  ; no client certificate
+//! https = 127.0.0.1:PB,b.crt,b.key,HIGH,!ca.crt     ; client certificate required
+//! https = 127.0.0.1:PA2,a.crt,a.key                 ; same certificate and policy as PA
+//! sni = c.example b.crt,b.key,HIGH,!ca.crt          ; SNI host requiring a client certificate
+//! ```
+//!
+//! Stock uWSGI 2.0.21 refuses three of the four crossings and resumes a TLS
+//! 1.2 ticket on the SNI host (an OpenSSL/uWSGI weakness); sslcache must
+//! refuse all four, and keep resuming where the policy is the same.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
+/// What the backend answers, as the client sees it after the router.
+const RESPONSE_BODY: &str = "\r\n\r\nhello";
+const S_CLIENT_DEADLINE: Duration = Duration::from_secs(10);
+const SNI_HOST: &str = "c.example";
+
+// ---------------------------------------------------------------------------
+// Certificates
+
+/// Listener certificates (self-signed), a CA that the client-certificate
+/// listeners trust, and a client certificate it signed.
+struct Pki {
+    a: (PathBuf, PathBuf),
+    b: (PathBuf, PathBuf),
+    ca_crt: PathBuf,
+    client_crt: PathBuf,
+    client_key: PathBuf,
+}
+
+/// `openssl` with `args` (split on whitespace) in `dir`.
+fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Made once per test process.
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = test_dir("isolation-pki");
+        openssl(
+            &dir,
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=isolation-ca -keyout ca.key -out ca.crt",
+        );
+        openssl(
+            &dir,
+            "req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
+        );
+        openssl(
+            &dir,
+            "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt",
+        );
+        Pki {
+            a: cert("isolation-a"),
+            b: cert("isolation-b"),
+            ca_crt: dir.join("ca.crt"),
+            client_crt: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// openssl s_client
+
+/// What one `openssl s_client` connection showed.
+struct SClientResult {
+    /// `Reused, TLSv1.x`: the offered session was resumed.
+    reused: bool,
+    /// The backend's answer reached the client: the request got through.
+    response: bool,
+    /// `SSL alert number N` (received from the server), if any.
+    alert: Option<String>,
+    /// Killed at the deadline.
+    timed_out: bool,
+    output: String,
+}
+
+impl SClientResult {
+    /// The session was not resumed and the request did not get through
+    /// (and the connection ended: a hang is no answer).
+    fn refused(&self) -> bool {
+        !self.reused && !self.response && !self.timed_out
+    }
+
+    /// `New, TLSv1.3, Cipher is ...` or `Reused, ...`.
+    fn handshake(&self) -> &str {
+        self.output
+            .lines()
+            .find(|l| l.starts_with("New, ") || l.starts_with("Reused, "))
+            .map(|l| l.split(", Cipher").next().unwrap_or(l))
+            .unwrap_or("no handshake line")
+    }
+
+    /// One line for assertion messages and the printed table.
+    fn summary(&self) -> String {
+        format!(
+            "{}; app response {}; alert {}{}",
+            self.handshake(),
+            if self.response { "RECEIVED" } else { "none" },
+            self.alert.as_deref().unwrap_or("none"),
+            if self.timed_out { "; timed out" } else { "" }
+        )
+    }
+
+    fn verdict(&self) -> &'static str {
+        match (self.reused, self.response) {
+            (true, true) => "RESUMED",
+            (false, false) if self.timed_out => "hung",
+            (false, false) => "refused",
+            (true, false) => "resumed, no response",
+            (false, true) => "full handshake, response",
+        }
+    }
+}
+
+/// The s_client flags of a protocol.
+fn proto_flags(proto: Proto) -> &'static [&'static str] {
+    match proto {
+        Proto::Tls12NoTickets => &["-tls1_2", "-no_ticket"],
+        Proto::Tls12Tickets => &["-tls1_2"],
+        Proto::Tls13 => &["-tls1_3"],
+    }
+}
+
+fn proto_label(proto: Proto) -> &'static str {
+    match proto {
+        Proto::Tls12NoTickets => "TLS 1.2 (session id)",
+        Proto::Tls12Tickets => "TLS 1.2 (ticket)",
+        Proto::Tls13 => "TLS 1.3",
+    }
+}
+
+fn drain(mut from: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = from.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// Stops `child` by its pid at the deadline; returns whether it had to.
+fn wait_or_kill(child: &mut Child, deadline: Instant) -> bool {
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    true
+}
+
+/// One `openssl s_client` connection to `target` (`host:port`): the
+/// handshake, one request (sent on stdin; `-ign_eof` keeps reading after
+/// it), then everything until the router closes, within a deadline.
+/// `extra` holds `-sess_in`/`-sess_out`, `-servername`, `-cert`/`-key`.
+fn s_client(target: &str, proto: Proto, extra: &[&str]) -> SClientResult {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", target, "-ign_eof"])
+        .args(proto_flags(proto))
+        .args(extra)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("openssl s_client");
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let _ = stdin.write_all(REQUEST);
+    drop(stdin);
+    let timed_out = wait_or_kill(&mut child, Instant::now() + S_CLIENT_DEADLINE);
+    let mut output = String::from_utf8_lossy(&stdout.join().unwrap()).into_owned();
+    output.push_str(&String::from_utf8_lossy(&stderr.join().unwrap()));
+    let alert = output
+        .split("SSL alert number ")
+        .nth(1)
+        .map(|rest| rest.chars().take_while(|c| c.is_ascii_digit()).collect::<String>());
+    SClientResult {
+        reused: output.contains("Reused, TLSv1."),
+        response: output.contains(RESPONSE_BODY),
+        alert,
+        timed_out,
+        output,
+    }
+}
+
+/// A session file name unique in this test process.
+fn session_path(dir: &Path, tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    dir.join(format!("{tag}-{}.pem", N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A full handshake on `target` that saves its session (for TLS 1.3 the
+/// ticket that arrives after the handshake: the request is answered first).
+fn new_session(dir: &Path, target: &str, proto: Proto, extra: &[&str]) -> PathBuf {
+    let path = session_path(dir, "session");
+    let out_arg = path.to_str().unwrap();
+    let r = s_client(target, proto, &[&["-sess_out", out_arg], extra].concat());
+    assert!(
+        !r.reused && r.response && path.metadata().map(|m| m.len() > 0).unwrap_or(false),
+        "{} session on {target} {extra:?} not made: {}\n{}",
+        proto_label(proto),
+        r.summary(),
+        r.output
+    );
+    path
+}
+
+/// Offers the session saved in `session` on `target`.
+fn offer(session: &Path, target: &str, proto: Proto, extra: &[&str]) -> SClientResult {
+    s_client(
+        target,
+        proto,
+        &[&["-sess_in", session.to_str().unwrap()], extra].concat(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The node
+
+#[derive(Clone, Copy)]
+enum Flavour {
+    Stock,
+    Sslcache,
+}
+
+struct Node {
+    _uwsgi: Uwsgi,
+    dir: PathBuf,
+    /// No client certificate.
+    pa: String,
+    /// Client certificate required.
+    pb: String,
+    /// Same certificate and policy as `pa`.
+    pa2: String,
+}
+
+/// The node of the module comment; the backend answers `hello` through
+/// `http-to`, so that a request that gets through is seen by the client.
+fn start_node(flavour: Flavour, name: &str) -> Node {
+    let dir = test_dir(name);
+    let pki = pki();
+    let (pa, pb, pa2) = (free_port(), free_port(), free_port());
+    let backend = uwsgi_backend(Duration::from_secs(60));
+    let head = match flavour {
+        Flavour::Stock => "plugins = http\n".to_string(),
+        Flavour::Sslcache => format!(
+            "plugin-dir = {}\nplugins = sslcache\n{DEFAULT_CACHE}\n",
+            plugin_dir().display()
+        ),
+    };
+    let ini = format!(
+        "[uwsgi]\n\
+         {head}\
+         master = true\n\
+         https-session-context = foobar\n\
+         https = 127.0.0.1:{pa},{a_crt},{a_key}\n\
+         https = 127.0.0.1:{pb},{b_crt},{b_key},HIGH,!{ca}\n\
+         https = 127.0.0.1:{pa2},{a_crt},{a_key}\n\
+         sni = {SNI_HOST} {b_crt},{b_key},HIGH,!{ca}\n\
+         http-processes = 2\n\
+         http-to = 127.0.0.1:{backend}\n",
+        a_crt = pki.a.0.display(),
+        a_key = pki.a.1.display(),
+        b_crt = pki.b.0.display(),
+        b_key = pki.b.1.display(),
+        ca = pki.ca_crt.display(),
+    );
+    let uwsgi = Uwsgi::start(&dir, name, &ini, &[pa, pb, pa2]);
+    Node {
+        _uwsgi: uwsgi,
+        dir,
+        pa: format!("127.0.0.1:{pa}"),
+        pb: format!("127.0.0.1:{pb}"),
+        pa2: format!("127.0.0.1:{pa2}"),
+    }
+}
+
+/// One attempt to carry a session made on PA (no client certificate) to a
+/// place that requires a client certificate, without one.
+struct Bypass {
+    what: String,
+    result: SClientResult,
+}
+
+/// The two crossings for `proto`, each with a fresh session from PA (a
+/// refused attempt may remove the session it offered).
+fn bypass_attempts(node: &Node, proto: Proto) -> Vec<Bypass> {
+    let crossings: [(&str, &str, &[&str]); 2] = [
+        ("on PB (client certificate required)", &node.pb, &[]),
+        (
+            "on PA with SNI c.example (client certificate required)",
+            &node.pa,
+            &["-servername", SNI_HOST],
+        ),
+    ];
+    crossings
+        .into_iter()
+        .map(|(place, target, extra)| {
+            let session = new_session(&node.dir, &node.pa, proto, &[]);
+            Bypass {
+                what: format!("{} session from PA {place}", proto_label(proto)),
+                result: offer(&session, target, proto, extra),
+            }
+        })
+        .collect()
+}
+
+fn table(rows: &[Bypass]) -> String {
+    rows.iter()
+        .map(|r| format!("  {:<24} {}: {}\n", r.result.verdict(), r.what, r.result.summary()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+
+/// Stock uWSGI, the reference: it refuses the crossings except a TLS 1.2
+/// ticket on the SNI host, which it resumes (the request reaches the
+/// application without a client certificate).
+#[test]
+fn stock_uwsgi_client_cert_crossings() {
+    let node = start_node(Flavour::Stock, "isolation-stock");
+    // Stock resumes TLS 1.2 only with tickets: without them nothing resumes
+    // and the weakness cannot show.
+    let mut rows = bypass_attempts(&node, Proto::Tls12Tickets);
+    rows.extend(bypass_attempts(&node, Proto::Tls13));
+    println!("stock uWSGI:\n{}", table(&rows));
+
+    let [pb12, sni12, pb13, sni13] = &rows[..] else {
+        unreachable!()
+    };
+    for refused in [pb12, pb13, sni13] {
+        assert!(
+            refused.result.refused() && refused.result.alert.is_some(),
+            "stock uWSGI was expected to refuse {}: {}\n{}\n{}",
+            refused.what,
+            refused.result.summary(),
+            table(&rows),
+            refused.result.output
+        );
+    }
+    assert!(
+        sni12.result.reused && sni12.result.response,
+        "stock uWSGI was expected to resume (its known weakness) {}: {}\n{}\n{}",
+        sni12.what,
+        sni12.result.summary(),
+        table(&rows),
+        sni12.result.output
+    );
+
+    // The sessions are good ones: they resume where they were made.
+    for proto in [Proto::Tls12Tickets, Proto::Tls13] {
+        let session = new_session(&node.dir, &node.pa, proto, &[]);
+        let r = offer(&session, &node.pa, proto, &[]);
+        assert!(
+            r.reused && r.response,
+            "stock uWSGI: {} session not resumed on PA: {}",
+            proto_label(proto),
+            r.summary()
+        );
+    }
+}
+
+/// sslcache must refuse all four crossings: a session made where no client
+/// certificate is asked for never resumes where one is required.
+#[test]
+fn sslcache_sessions_do_not_bypass_client_certificates() {
+    let node = start_node(Flavour::Sslcache, "isolation-sslcache");
+    // sslcache turns tickets off: TLS 1.2 resumes by session id.
+    let mut rows = bypass_attempts(&node, Proto::Tls12NoTickets);
+    rows.extend(bypass_attempts(&node, Proto::Tls13));
+    println!("sslcache:\n{}", table(&rows));
+    let bypassed: Vec<&Bypass> = rows.iter().filter(|r| !r.result.refused()).collect();
+    assert!(
+        bypassed.is_empty(),
+        "sslcache let {} of {} sessions made without a client certificate through where one is \
+         required:\n{}",
+        bypassed.len(),
+        rows.len(),
+        table(&rows)
+    );
+}
+
+/// What must keep resuming on sslcache: the same listener, a
+/// client-certificate listener with the certificate, and a second listener
+/// with the same certificate and policy (equivalent contexts).
+#[test]
+fn sslcache_equivalent_contexts_keep_resuming() {
+    let node = start_node(Flavour::Sslcache, "isolation-controls");
+    let pki = pki();
+    let with_cert = [
+        "-cert",
+        pki.client_crt.to_str().unwrap(),
+        "-key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    let with_sni_cert = [&with_cert[..], &["-servername", SNI_HOST]].concat();
+    let mut rows = Vec::new();
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        let cases: [(&str, &str, &str, &[&str]); 4] = [
+            ("PA to PA", &node.pa, &node.pa, &[]),
+            ("PA to PA2 (same certificate and policy)", &node.pa, &node.pa2, &[]),
+            ("PB to PB with the client certificate", &node.pb, &node.pb, &with_cert),
+            (
+                "PA with SNI c.example to the same, with the client certificate",
+                &node.pa,
+                &node.pa,
+                &with_sni_cert,
+            ),
+        ];
+        for (what, made_on, offered_on, extra) in cases {
+            let session = new_session(&node.dir, made_on, proto, extra);
+            rows.push(Bypass {
+                what: format!("{} session {what}", proto_label(proto)),
+                result: offer(&session, offered_on, proto, extra),
+            });
+        }
+    }
+    println!("sslcache controls:\n{}", table(&rows));
+    let failed: Vec<&Bypass> = rows
+        .iter()
+        .filter(|r| !(r.result.reused && r.result.response))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "sslcache no longer resumes {} of {} equivalent-context sessions:\n{}",
+        failed.len(),
+        rows.len(),
+        table(&rows)
+    );
+}
+
+/// The session id context uWSGI gives an HTTPS listener without
+/// `https-session-context`: "http-" + the address as written in the ini,
+/// of which OpenSSL takes at most 32 bytes (sslcache keeps the last 32).
+fn default_context_tail(address: &str) -> String {
+    let full = format!("http-{address}");
+    full[full.len().saturating_sub(32)..].to_string()
+}
+
+/// IPv6 addresses on `lo` for the duration of a test (removed on drop).
+/// Test processes running at the same time take turns (a lock file), so
+/// that one does not remove the addresses another is using.
+struct LoopbackAddrs {
+    addrs: Vec<String>,
+    _turn: std::fs::File,
+}
+
+impl LoopbackAddrs {
+    fn add(addrs: &[&str]) -> Result<LoopbackAddrs, String> {
+        let lock_path = repo_root().join("target/itest/isolation-ipv6.lock");
+        let _ = std::fs::create_dir_all(lock_path.parent().unwrap());
+        let turn = std::fs::File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor this struct owns; released when the
+        // file is closed, after the addresses are removed.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&turn), libc::LOCK_EX) } != 0 {
+            return Err(format!(
+                "flock {}: {}",
+                lock_path.display(),
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut added = LoopbackAddrs {
+            addrs: Vec::new(),
+            _turn: turn,
+        };
+        for a in addrs {
+            let out = Command::new("ip")
+                .args(["-6", "addr", "replace", &format!("{a}/128"), "dev", "lo", "nodad"])
+                .output()
+                .map_err(|e| format!("ip: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "ip -6 addr replace {a}/128 dev lo: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            added.addrs.push(a.to_string());
+        }
+        Ok(added)
+    }
+}
+
+impl Drop for LoopbackAddrs {
+    fn drop(&mut self) {
+        for a in &self.addrs {
+            let _ = Command::new("ip")
+                .args(["-6", "addr", "del", &format!("{a}/128"), "dev", "lo"])
+                .output();
+        }
+    }
+}
+
+/// Without `https-session-context` every listener has its own default
+/// context, cut to 32 bytes: two IPv6 listeners on the same port whose
+/// addresses differ only before their last 32 bytes get the same one. A
+/// session of the first (no client certificate) must still not resume on
+/// the second (client certificate required). A third listener whose
+/// default context differs shows the crossing is refused when the contexts
+/// do not collide.
+#[test]
+fn sslcache_ipv6_default_contexts_do_not_collide() {
+    let port = free_port();
+    // Written in full so that the groups that differ fall before the last
+    // 32 bytes of "http-[address]:port".
+    let open = "fd00:0001:0000:0000:1234:5678:9abc:def0";
+    let colliding = "fd00:0002:0000:0000:1234:5678:9abc:def0";
+    let distinct = "fd00:0000:0000:0003:1234:5678:9abc:def0";
+    let name = |a: &str| format!("[{a}]:{port}");
+    assert_eq!(
+        default_context_tail(&name(open)),
+        default_context_tail(&name(colliding)),
+        "the addresses must collide in the last 32 bytes of their default contexts"
+    );
+    assert_ne!(default_context_tail(&name(open)), default_context_tail(&name(distinct)));
+    let _addrs = match LoopbackAddrs::add(&[open, colliding, distinct]) {
+        Ok(a) => a,
+        Err(e) if !require_all() => {
+            println!("skipped: cannot add IPv6 addresses to lo ({e})");
+            return;
+        }
+        Err(e) => panic!("cannot add IPv6 addresses to lo: {e}"),
+    };
+
+    let dir = test_dir("isolation-ipv6");
+    let pki = pki();
+    let backend = uwsgi_backend(Duration::from_secs(60));
+    let (a_crt, a_key) = (pki.a.0.display(), pki.a.1.display());
+    let (b_crt, b_key, ca) = (pki.b.0.display(), pki.b.1.display(), pki.ca_crt.display());
+    let ini = format!(
+        "[uwsgi]\n\
+         plugin-dir = {plugins}\n\
+         plugins = sslcache\n\
+         master = true\n\
+         {DEFAULT_CACHE}\n\
+         https = {open},{a_crt},{a_key}\n\
+         https = {colliding},{b_crt},{b_key},HIGH,!{ca}\n\
+         https = {distinct},{b_crt},{b_key},HIGH,!{ca}\n\
+         http-processes = 2\n\
+         http-to = 127.0.0.1:{backend}\n",
+        plugins = plugin_dir().display(),
+        open = name(open),
+        colliding = name(colliding),
+        distinct = name(distinct),
+    );
+    let mut node = Uwsgi::spawn(&dir, "ipv6", &ini);
+    let addrs: Vec<SocketAddr> = [open, colliding, distinct]
+        .iter()
+        .map(|a| name(a).parse().unwrap())
+        .collect();
+    node.wait_ready_on(&addrs);
+
+    let mut rows = Vec::new();
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        for (what, target) in [
+            ("on the colliding listener", name(colliding)),
+            ("on the distinct listener", name(distinct)),
+        ] {
+            let session = new_session(&dir, &name(open), proto, &[]);
+            rows.push(Bypass {
+                what: format!(
+                    "{} session from {} {what} {target} (client certificate required)",
+                    proto_label(proto),
+                    name(open)
+                ),
+                result: offer(&session, &target, proto, &[]),
+            });
+        }
+        // Control: the session is a good one.
+        let session = new_session(&dir, &name(open), proto, &[]);
+        let r = offer(&session, &name(open), proto, &[]);
+        assert!(
+            r.reused && r.response,
+            "{} session not resumed on its own listener: {}\n{}",
+            proto_label(proto),
+            r.summary(),
+            node.log()
+        );
+    }
+    println!("sslcache, IPv6 default contexts:\n{}", table(&rows));
+    let bypassed: Vec<&Bypass> = rows.iter().filter(|r| !r.result.refused()).collect();
+    assert!(
+        bypassed.is_empty(),
+        "sslcache let {} of {} sessions made without a client certificate through where one is \
+         required (default session id contexts \"{}\"):\n{}",
+        bypassed.len(),
+        rows.len(),
+        default_context_tail(&name(open)),
+        table(&rows)
+    );
+}

@@ -424,3 +424,43 @@ fn reload_keeps_replication_working() {
         assert!(resumed >= 38, "{proto:?} after reload: {resumed}/39\n{}", a.log());
     }
 }
+
+/// Ten seconds of hostile datagrams at a node with `ssl-verbose`: every one
+/// is counted, but the log gets a bounded number of lines.
+#[test]
+fn a_flood_of_hostile_datagrams_writes_few_log_lines() {
+    let _heavy = heavy();
+    let dir = test_dir("flood");
+    let (https, stats_port, udp) = (free_port(), free_port(), free_port());
+    let lines = format!("{DEFAULT_CACHE}\ncache-udp-server = 127.0.0.1:{udp}\nssl-verbose = true");
+    let node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 1, &lines),
+        &[https, stats_port],
+    );
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = SocketAddr::from(([127, 0, 0, 1], udp));
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    // Bounded in count and in time.
+    while sent < 5_000_000 && started.elapsed() < Duration::from_secs(10) {
+        let d = [0x6fu8, (sent & 0xff) as u8, (sent >> 8) as u8, 10, 1, 2, 3];
+        if socket.send_to(&d, target).is_ok() {
+            sent += 1;
+        }
+    }
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(stats_port, "sslcache.default.received") > 0
+    }));
+    let received = metric(stats_port, "sslcache.default.received");
+    let lines = node
+        .log()
+        .lines()
+        .filter(|l| l.contains("replication datagram"))
+        .count();
+    println!("flood: {sent} datagrams sent, {received} received, {lines} log lines");
+    assert!(received >= 10_000, "the flood did not reach the node: {received}");
+    assert!(lines <= 300, "{lines} log lines for {received} datagrams");
+    assert!(lines >= 10, "ssl-verbose logged nothing: {lines}");
+}

@@ -625,3 +625,167 @@ fn sslcache_ipv6_default_contexts_do_not_collide() {
         table(&rows)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Replication: planted identities, evictions
+
+/// An sslcache node like [`start_node`], with a stats server and `extra`
+/// lines (replication).
+struct ReplicaNode {
+    uwsgi: Uwsgi,
+    pa: String,
+    pb: String,
+    stats: u16,
+}
+
+fn replica_node(dir: &Path, name: &str, extra: &str) -> ReplicaNode {
+    let pki = pki();
+    let (pa, pb, stats) = (free_port(), free_port(), free_port());
+    let backend = uwsgi_backend(Duration::from_secs(120));
+    let ini = format!(
+        "[uwsgi]\n\
+         plugin-dir = {plugins}\nplugins = sslcache\n{DEFAULT_CACHE}\n\
+         master = true\n\
+         https-session-context = foobar\n\
+         https = 127.0.0.1:{pa},{a_crt},{a_key}\n\
+         https = 127.0.0.1:{pb},{b_crt},{b_key},HIGH,!{ca}\n\
+         http-processes = 2\n\
+         http-to = 127.0.0.1:{backend}\n\
+         stats = 127.0.0.1:{stats}\n\
+         {extra}",
+        plugins = plugin_dir().display(),
+        a_crt = pki.a.0.display(),
+        a_key = pki.a.1.display(),
+        b_crt = pki.b.0.display(),
+        b_key = pki.b.1.display(),
+        ca = pki.ca_crt.display(),
+    );
+    let uwsgi = Uwsgi::start(dir, name, &ini, &[pa, pb, stats]);
+    ReplicaNode {
+        uwsgi,
+        pa: format!("127.0.0.1:{pa}"),
+        pb: format!("127.0.0.1:{pb}"),
+        stats,
+    }
+}
+
+/// Two nodes replicating plain datagrams both ways.
+fn plain_pair(name: &str) -> (PathBuf, ReplicaNode, ReplicaNode) {
+    let dir = test_dir(name);
+    let (ux, uy) = (free_port(), free_port());
+    let x = replica_node(
+        &dir,
+        "x",
+        &format!("cache-udp-server = 127.0.0.1:{ux}\ncache-udp-node = 127.0.0.1:{uy}\n"),
+    );
+    let y = replica_node(
+        &dir,
+        "y",
+        &format!("cache-udp-server = 127.0.0.1:{uy}\ncache-udp-node = 127.0.0.1:{ux}\n"),
+    );
+    (dir, x, y)
+}
+
+/// A session made with a client certificate on one node reaches its peer
+/// in a plain datagram: there it never opens the client-certificate
+/// listener, with or without the certificate (a plain peer could have
+/// forged it), and the refusal is counted.
+#[test]
+fn plain_replication_never_plants_a_client_identity() {
+    let (dir, x, y) = plain_pair("isolation-plain-identity");
+    let pki = pki();
+    let cert = [
+        "-cert",
+        pki.client_crt.to_str().unwrap(),
+        "-key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        let before = metric(y.stats, "sslcache.default.applied");
+        let session = new_session(&dir, &x.pb, proto, &cert);
+        assert!(
+            eventually(Duration::from_secs(5), || metric(y.stats, "sslcache.default.applied")
+                > before),
+            "{}: nothing replicated to y",
+            proto_label(proto)
+        );
+        // The control: on its own node the session resumes (with the cert).
+        let home = offer(&session, &x.pb, proto, &cert);
+        assert!(
+            home.reused && home.response,
+            "{} on x: {}",
+            proto_label(proto),
+            home.summary()
+        );
+        let refused = metric(y.stats, "sslcache.default.refused_plain_identity");
+        let without = offer(&session, &y.pb, proto, &[]);
+        assert!(
+            !without.reused && !without.response,
+            "{} on y without a cert: {}",
+            proto_label(proto),
+            without.summary()
+        );
+        let with = offer(&session, &y.pb, proto, &cert);
+        assert!(
+            !with.reused,
+            "{} on y with the cert: {}",
+            proto_label(proto),
+            with.summary()
+        );
+        assert!(
+            eventually(Duration::from_secs(3), || {
+                metric(y.stats, "sslcache.default.refused_plain_identity") >= refused + 2
+            }),
+            "{}: refusals not counted",
+            proto_label(proto)
+        );
+    }
+    drop((x.uwsgi, y.uwsgi));
+}
+
+/// Someone who saw a TLS 1.2 session id offers it with a cipher list that
+/// excludes the session's cipher: OpenSSL answers illegal_parameter and
+/// asks to remove the session. It stays, on both nodes, and resumes.
+#[test]
+fn eviction_probes_do_not_evict() {
+    let (dir, x, y) = plain_pair("isolation-eviction");
+    let proto = Proto::Tls12NoTickets;
+    let victim_cipher = ["-cipher", "ECDHE-RSA-AES128-GCM-SHA256"];
+    let other_cipher = ["-cipher", "ECDHE-RSA-AES256-GCM-SHA384"];
+    let session = new_session(&dir, &x.pa, proto, &victim_cipher);
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(y.stats, "sslcache.default.applied") >= 1
+    }));
+    for node in [&x, &y] {
+        for _ in 0..3 {
+            let probe = offer(&session, &node.pa, proto, &other_cipher);
+            assert!(!probe.reused, "probe resumed: {}", probe.summary());
+            // illegal_parameter: the server found the session and refused
+            // the ClientHello.
+            assert_eq!(probe.alert.as_deref(), Some("47"), "probe: {}", probe.summary());
+        }
+    }
+    for node in [&x, &y] {
+        let r = offer(&session, &node.pa, proto, &victim_cipher);
+        assert!(
+            r.reused && r.response,
+            "victim after the probes on {}: {}",
+            node.pa,
+            r.summary()
+        );
+    }
+    // Each probe made OpenSSL ask for a removal, which was ignored
+    // (uWSGI collects metrics once a second).
+    let kept = |n: &ReplicaNode| metric(n.stats, "sslcache.default.kept_unproven");
+    assert!(
+        eventually(Duration::from_secs(3), || kept(&x) >= 3 && kept(&y) >= 3),
+        "probes did not reach a removal: x {} y {}",
+        kept(&x),
+        kept(&y)
+    );
+    let kept = kept(&x) + kept(&y);
+    let removed = metric(x.stats, "sslcache.default.removed") + metric(y.stats, "sslcache.default.removed");
+    println!("eviction probes: kept_unproven {kept}, deletes applied {removed}");
+    assert_eq!(removed, 0, "a delete was replicated");
+    drop((x.uwsgi, y.uwsgi));
+}

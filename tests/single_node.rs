@@ -331,3 +331,48 @@ fn sni_dir_contexts_resume_after_their_first_session() {
         assert!(out.resumption_rate() >= 0.99, "{proto:?}: {out:?}");
     }
 }
+
+/// `gnutls-cli --resume` reconnects the instant its first TLS 1.2
+/// handshake ends; with 4 router processes the second connection often
+/// lands on another one. The session must already be stored.
+#[test]
+fn immediate_reconnects_resume() {
+    if std::process::Command::new("gnutls-cli")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(!require_all(), "gnutls-cli is missing (apt-get install gnutls-bin)");
+        println!("skipped: gnutls-cli is missing");
+        return;
+    }
+    let _heavy = heavy();
+    let dir = test_dir("gnutls");
+    let (https, stats_port) = (free_port(), free_port());
+    let _node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE),
+        &[https, stats_port],
+    );
+    let runs = 300;
+    let mut resumed = 0;
+    let started = std::time::Instant::now();
+    for _ in 0..runs {
+        let out = std::process::Command::new("timeout")
+            .args(["10", "gnutls-cli", "--resume", "--insecure", "--priority"])
+            .arg("NORMAL:-VERS-ALL:+VERS-TLS1.2:%NO_TICKETS_TLS12")
+            .args(["-p", &https.to_string(), "127.0.0.1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("gnutls-cli");
+        let text = String::from_utf8_lossy(&out.stdout);
+        resumed += usize::from(text.contains("This is a resumed session"));
+        if started.elapsed() > Duration::from_secs(120) {
+            break;
+        }
+    }
+    let early = metric(stats_port, "sslcache.default.stored_early");
+    println!("gnutls-cli --resume, TLS 1.2 without tickets, 4 router processes: {resumed}/{runs} resumed ({early} stored early)");
+    assert!(resumed >= runs - 1, "{resumed}/{runs} resumed");
+}

@@ -222,10 +222,11 @@ fn setup() -> Result<(), String> {
         counts[2],
         sni.len()
     ));
+    // Counters are uWSGI metrics.
+    server.enable_metrics();
     if settings.replication.is_enabled() {
-        // Its counters are uWSGI metrics; the sockets come in post_init.
-        server.enable_metrics();
-        // Key files are readable only now: uWSGI drops privileges later.
+        // The sockets come in post_init; key files are readable only now
+        // (uWSGI drops privileges later).
         replication::preload_keys(&settings.replication)?;
     }
     if contexts.is_empty() {
@@ -268,6 +269,9 @@ unsafe extern "C" fn init() -> c_int {
 unsafe extern "C" fn post_init() {
     hook("post_init", || {
         let Some(active) = ACTIVE.get() else { return Ok(()) };
+        if let Some(cache) = tls::installed() {
+            replication::register_metrics(&active.settings.cache.name, &cache.counters.get().fields());
+        }
         let (rep, cache) = (&active.settings.replication, &active.settings.cache);
         if !rep.is_enabled() {
             return Ok(());

@@ -5,7 +5,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::{facade, log, symbols};
@@ -272,43 +272,48 @@ impl Replicator {
         }
     }
 
-    /// Registers every counter as a uWSGI metric `sslcache.<cache>.<name>`
-    /// (read by uWSGI's metrics thread, shown by the stats server).
+    /// Registers every counter as a uWSGI metric `sslcache.<cache>.<name>`.
     pub fn register_metrics(&self, cache_name: &str) -> usize {
-        let Some(register) = symbols::get().and_then(|s| s.register_metric) else {
-            return 0;
-        };
-        let prefix: String = cache_name
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let mut registered = 0;
-        for (field, counter) in self.counters().fields() {
-            let name = CString::new(format!("sslcache.{prefix}.{field}")).expect("no NUL");
-            // SAFETY: uwsgi_register_metric copies the name; the "ptr"
-            // collector reads the counter (a u64 in a mapping that lives as
-            // long as the process) from uWSGI's metrics thread.
-            let metric = unsafe {
-                register(
-                    name.as_ptr() as *mut c_char,
-                    std::ptr::null_mut(),
-                    METRIC_COUNTER,
-                    c"ptr".as_ptr() as *mut c_char,
-                    counter.as_ptr().cast::<c_void>(),
-                    0,
-                    std::ptr::null_mut(),
-                )
-            };
-            registered += usize::from(!metric.is_null());
-        }
-        registered
+        register_metrics(cache_name, &self.counters().fields())
     }
+}
+
+/// Registers counters as uWSGI metrics `sslcache.<cache>.<name>` (read by
+/// uWSGI's metrics thread, shown by the stats server).
+pub fn register_metrics(cache_name: &str, fields: &[(&'static str, &AtomicU64)]) -> usize {
+    let Some(register) = symbols::get().and_then(|s| s.register_metric) else {
+        return 0;
+    };
+    let prefix: String = cache_name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let mut registered = 0;
+    for (field, counter) in fields {
+        let name = CString::new(format!("sslcache.{prefix}.{field}")).expect("no NUL");
+        // SAFETY: uwsgi_register_metric copies the name; the "ptr"
+        // collector reads the counter (a u64 in a mapping that lives as
+        // long as the process) from uWSGI's metrics thread.
+        let metric = unsafe {
+            register(
+                name.as_ptr() as *mut c_char,
+                std::ptr::null_mut(),
+                METRIC_COUNTER,
+                c"ptr".as_ptr() as *mut c_char,
+                counter.as_ptr().cast::<c_void>(),
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        registered += usize::from(!metric.is_null());
+    }
+    registered
 }
 
 /// Largest UDP payload over IPv4.

@@ -67,6 +67,7 @@ fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
                 counters: counters.get(),
                 opener: opener.as_ref().as_ref(),
                 accept_plain: false,
+                tombstone_secs: 31,
             };
             let mut buf = vec![0u8; 65536];
             let mut latencies = Vec::with_capacity(total);

@@ -37,6 +37,26 @@ impl Origin {
 /// Bytes the record adds to a session.
 pub const OVERHEAD: usize = 1;
 
+/// What a peer's delete leaves for a while: a `set` of the same session
+/// held back on the network, arriving later, must not bring it back.
+pub const TOMBSTONE: &[u8] = b"T";
+
+/// A stored value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Record<'a> {
+    Session(Origin, &'a [u8]),
+    /// Deleted by a peer: a miss, and no `set` revives it until it expires.
+    Tombstone,
+}
+
+/// What a stored value is; `None` for bytes no version of sslcache wrote.
+pub fn read(value: &[u8]) -> Option<Record<'_>> {
+    if value == TOMBSTONE {
+        return Some(Record::Tombstone);
+    }
+    decode(value).map(|(origin, der)| Record::Session(origin, der))
+}
+
 /// The stored form of a session.
 pub fn encode(origin: Origin, der: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(der.len() + OVERHEAD);
@@ -62,6 +82,11 @@ mod tests {
             let v = encode(origin, b"\x30\x03der");
             assert_eq!(decode(&v), Some((origin, &b"\x30\x03der"[..])));
         }
+        assert_eq!(read(TOMBSTONE), Some(Record::Tombstone));
+        assert_eq!(
+            read(&encode(Origin::Sealed, b"x")),
+            Some(Record::Session(Origin::Sealed, b"x"))
+        );
         assert_eq!(decode(b""), None);
         assert_eq!(decode(b"\x30\x03der"), None);
     }

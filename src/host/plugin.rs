@@ -309,7 +309,8 @@ unsafe extern "C" fn post_init() {
             log::line(
                 "warning: session replication is unauthenticated and readable on the network: anyone who can \
                  reach the receiving port can plant sessions, anyone on the path reads their master secrets \
-                 (set cache-udp-key, or udp_key= in cache2, to seal it)",
+                 (set cache-udp-key, or udp_key= in cache2, to seal it); sessions from plain datagrams never \
+                 resume where client certificates are verified and never carry one",
             );
         }
         replicator.register_metrics(&cache.name);

@@ -81,6 +81,8 @@ pub struct Replicator {
     sealer: Option<Sealer>,
     opener: Option<Opener>,
     accept_plain: bool,
+    /// Clock skew tolerated on sealed datagrams, seconds.
+    max_skew: u64,
     counters: SharedCounters,
     /// Bound in `post_init`, handed to their threads on the first master
     /// cycle.
@@ -146,6 +148,7 @@ pub fn setup(replication: &Replication, cache_name: &str) -> Result<&'static Rep
         sealer,
         opener,
         accept_plain: replication.accept_plain,
+        max_skew: replication.max_skew,
         counters,
         receivers: Mutex::new(receivers),
         started: AtomicBool::new(false),
@@ -235,6 +238,7 @@ impl Replicator {
             counters: self.counters(),
             opener: self.opener.as_ref(),
             accept_plain: self.accept_plain,
+            tombstone_secs: self.max_skew + 1,
         };
         let mut buf = vec![0u8; 65536];
         // ssl-verbose logs datagrams, but never more than 20 lines a second:

@@ -16,7 +16,7 @@ pub mod wire;
 
 use crate::record::{self, Origin};
 use crate::stats::ReplicationCounters;
-use crate::store::{Insert, Store};
+use crate::store::{Insert, Lookup, Store};
 use seal::{Opener, SealError};
 use wire::{Format, Frame, FrameLimits, WireError};
 
@@ -48,6 +48,9 @@ pub struct Applier<'a> {
     /// unless `accept_plain` (a migration).
     pub opener: Option<&'a Opener>,
     pub accept_plain: bool,
+    /// How long a peer's delete keeps a session from coming back, seconds
+    /// (the clock skew a sealed datagram may have: older ones are refused).
+    pub tombstone_secs: u64,
 }
 
 impl Applier<'_> {
@@ -115,6 +118,12 @@ impl Applier<'_> {
     fn apply_frame(&self, frame: Frame<'_>, origin: Origin, now: u64) -> Applied {
         match frame {
             Frame::Set { key, value, expires } => {
+                let mut current = Vec::new();
+                if let Lookup::Hit { .. } = self.store.get(key, now, &mut current) {
+                    if record::read(&current) == Some(record::Record::Tombstone) {
+                        return Applied::Stale;
+                    }
+                }
                 let local_limit = now + self.timeout as u64;
                 let expires = match expires {
                     0 => local_limit,
@@ -127,11 +136,23 @@ impl Applier<'_> {
                     Insert::TooBig | Insert::Busy => Applied::NotStored,
                 }
             }
-            Frame::Delete { key } => match self.store.remove(key, now) {
-                Some(true) => Applied::Removed,
-                Some(false) => Applied::Absent,
-                None => Applied::NotStored,
-            },
+            Frame::Delete { key } => {
+                let mut current = Vec::new();
+                let tombstoned = matches!(self.store.get(key, now, &mut current), Lookup::Hit { .. })
+                    && record::read(&current) == Some(record::Record::Tombstone);
+                let existed = if tombstoned {
+                    Some(false)
+                } else {
+                    self.store.remove(key, now)
+                };
+                self.store
+                    .insert(key, record::TOMBSTONE, now + self.tombstone_secs.max(1), now);
+                match existed {
+                    Some(true) => Applied::Removed,
+                    Some(false) => Applied::Absent,
+                    None => Applied::NotStored,
+                }
+            }
         }
     }
 }
@@ -173,6 +194,7 @@ mod tests {
             counters: counters.get(),
             opener: None,
             accept_plain: false,
+            tombstone_secs: 31,
         }
     }
 
@@ -204,12 +226,19 @@ mod tests {
         encode_delete(b"k1", &mut d).unwrap();
         assert_eq!(a.apply(&d, NOW_MS), Applied::Removed);
         assert_eq!(a.apply(&d, NOW_MS), Applied::Absent);
-        assert_eq!(store.get(b"k1", NOW, &mut out), Lookup::Miss);
+        // A set held back on the network does not bring it back while the
+        // tombstone lasts; afterwards the id is free again.
+        assert_eq!(a.apply(&set(b"k1", b"v1", NOW + 100), NOW_MS), Applied::Stale);
+        out.clear();
+        assert!(matches!(store.get(b"k1", NOW, &mut out), Lookup::Hit { .. }));
+        assert_eq!(record::read(&out), Some(record::Record::Tombstone));
+        let later = NOW + 32;
+        assert_eq!(a.apply(&set(b"k1", b"v1", later + 100), later * 1000), Applied::Stored);
 
         let c = counters.get();
-        assert_eq!(c.received.load(Ordering::Relaxed), 7);
-        assert_eq!(c.applied.load(Ordering::Relaxed), 3);
-        assert_eq!(c.stale.load(Ordering::Relaxed), 2);
+        assert_eq!(c.received.load(Ordering::Relaxed), 9);
+        assert_eq!(c.applied.load(Ordering::Relaxed), 4);
+        assert_eq!(c.stale.load(Ordering::Relaxed), 3);
         assert_eq!(c.removed.load(Ordering::Relaxed), 1);
     }
 

@@ -702,9 +702,13 @@ unsafe extern "C" fn on_get_session(
                 return std::ptr::null_mut();
             }
         }
-        let Some((origin, der)) = record::decode(&value) else {
-            cache.store.remove(id, now);
-            return std::ptr::null_mut();
+        let (origin, der) = match record::read(&value) {
+            Some(record::Record::Session(origin, der)) => (origin, der),
+            Some(record::Record::Tombstone) => return std::ptr::null_mut(),
+            None => {
+                cache.store.remove(id, now);
+                return std::ptr::null_mut();
+            }
         };
         let Some(sess) = decode(der, id) else {
             // Undecodable or not this id: never offer it again.

@@ -9,7 +9,9 @@
 
 mod abi;
 mod facade;
+mod lists;
 pub mod log;
+mod metrics;
 mod plugin;
 mod replication;
 mod server;

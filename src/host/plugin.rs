@@ -16,10 +16,11 @@ use std::sync::{Mutex, OnceLock};
 use super::server::{ContextKind, Server};
 use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
-use super::{abi, facade, log, replication, symbols};
+use super::{abi, facade, log, metrics, replication, symbols};
 use crate::config::{self, Settings};
 use crate::stats::Shared;
 use crate::store::{Limits, Store};
+use crate::tls::fingerprint::{self, Verify};
 use crate::tls::{self, SessionCache, SessionEvents};
 
 /// How often the master drops expired sessions (as uWSGI's cache sweeper).
@@ -168,7 +169,6 @@ fn setup() -> Result<(), String> {
     let mut counts = [0usize; 3];
     let mut listeners = Vec::new();
     let mut digests = Vec::new();
-    let mut prepared = HashSet::new();
     for c in &contexts {
         let (configured, prefix, slot) = match c.kind {
             ContextKind::Https => (&settings.https_session_context, "http-", 0),
@@ -183,12 +183,12 @@ fn setup() -> Result<(), String> {
         };
         // SAFETY: the contexts were made by the option handlers and are not
         // in use yet: the router processes have not forked.
-        let (digest, sid) = unsafe { tls::listener_fingerprint(c.ctx, &context) };
+        let (digest, verify) = unsafe { (fingerprint::context_digest(c.ctx), Verify::of_ctx(c.ctx)) };
+        let sid = fingerprint::fingerprint(&context, &digest, verify);
         // SAFETY: as above.
         unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout, settings.tls13_tickets) }
             .map_err(|e| format!("cannot set up the TLS context of {} for session caching: {e}", c.name))?;
         digests.push((c.ctx as usize, digest));
-        prepared.insert(c.ctx as usize);
         listeners.push(tls::Listener {
             ctx: c.ctx as usize,
             context,
@@ -200,9 +200,8 @@ fn setup() -> Result<(), String> {
         // SAFETY: as above.
         unsafe {
             tls::prepare_sni_context(*ctx);
-            digests.push((*ctx as usize, tls::context_digest(*ctx)));
+            digests.push((*ctx as usize, fingerprint::context_digest(*ctx)));
         }
-        prepared.insert(*ctx as usize);
     }
     let hashsize = store.bucket_count().min(u32::MAX as usize) as u32;
     log::line(&format!(
@@ -243,7 +242,7 @@ fn setup() -> Result<(), String> {
         sni: Box::new(unsafe { UwsgiSni::new(host.server) }),
         counters,
         digests,
-        prepared: Mutex::new(prepared),
+        runtime_prepared: Mutex::new(HashSet::new()),
     });
     let _ = ACTIVE.set(Active { settings, hashsize });
     Ok(())
@@ -270,7 +269,7 @@ unsafe extern "C" fn post_init() {
     hook("post_init", || {
         let Some(active) = ACTIVE.get() else { return Ok(()) };
         if let Some(cache) = tls::installed() {
-            replication::register_metrics(&active.settings.cache.name, &cache.counters.get().fields());
+            metrics::register(&active.settings.cache.name, &cache.counters.get().fields());
         }
         let (rep, cache) = (&active.settings.replication, &active.settings.cache);
         if !rep.is_enabled() {

@@ -3,12 +3,11 @@
 //! from the router process that created a session, counters shown as uWSGI
 //! metrics.
 
-use std::ffi::{c_char, c_void, CString};
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use super::{facade, log, symbols};
+use super::{facade, log, metrics};
 use crate::config::Replication;
 use crate::stats::{ReplicationCounters, SharedCounters};
 use crate::store::monotonic_ms;
@@ -105,7 +104,9 @@ pub fn preload_keys(replication: &Replication) -> Result<Option<usize>, String> 
     let Some((option, path)) = &replication.key_file else {
         return Ok(None);
     };
-    let keys = keys::load(option, std::path::Path::new(path))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let reader = unsafe { libc::geteuid() };
+    let keys = keys::load(option, std::path::Path::new(path), reader)?;
     let count = keys.len();
     *PRELOADED_KEYS.lock().unwrap_or_else(|e| e.into_inner()) = Some(keys);
     Ok(Some(count))
@@ -278,46 +279,8 @@ impl Replicator {
 
     /// Registers every counter as a uWSGI metric `sslcache.<cache>.<name>`.
     pub fn register_metrics(&self, cache_name: &str) -> usize {
-        register_metrics(cache_name, &self.counters().fields())
+        metrics::register(cache_name, &self.counters().fields())
     }
-}
-
-/// Registers counters as uWSGI metrics `sslcache.<cache>.<name>` (read by
-/// uWSGI's metrics thread, shown by the stats server).
-pub fn register_metrics(cache_name: &str, fields: &[(&'static str, &AtomicU64)]) -> usize {
-    let Some(register) = symbols::get().and_then(|s| s.register_metric) else {
-        return 0;
-    };
-    let prefix: String = cache_name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut registered = 0;
-    for (field, counter) in fields {
-        let name = CString::new(format!("sslcache.{prefix}.{field}")).expect("no NUL");
-        // SAFETY: uwsgi_register_metric copies the name; the "ptr"
-        // collector reads the counter (a u64 in a mapping that lives as
-        // long as the process) from uWSGI's metrics thread.
-        let metric = unsafe {
-            register(
-                name.as_ptr() as *mut c_char,
-                std::ptr::null_mut(),
-                METRIC_COUNTER,
-                c"ptr".as_ptr() as *mut c_char,
-                counter.as_ptr().cast::<c_void>(),
-                0,
-                std::ptr::null_mut(),
-            )
-        };
-        registered += usize::from(!metric.is_null());
-    }
-    registered
 }
 
 /// Largest UDP payload over IPv4.
@@ -329,9 +292,6 @@ fn unix_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
-
-/// `UWSGI_METRIC_COUNTER`, the first value of its enum in uwsgi.h.
-const METRIC_COUNTER: u8 = 0;
 
 /// Keeps process-directed signals for the master's main thread, as uWSGI
 /// does in its own threads.

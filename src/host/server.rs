@@ -4,6 +4,7 @@
 
 use std::ffi::{c_char, CStr};
 
+use super::lists::nodes;
 use super::sys;
 use crate::config::{CacheDef, CacheOrigin, RawOptions};
 
@@ -189,11 +190,10 @@ impl Server {
     pub fn listener_contexts(&self) -> Vec<Context> {
         let s = self.get();
         let mut out = Vec::new();
-        let mut ugs = s.gateway_sockets;
-        while !ugs.is_null() {
-            // SAFETY: gateway_sockets is the core's linked list of fully
-            // initialised gateway sockets.
-            let g = unsafe { &*ugs };
+        // SAFETY: the core's lists of fully initialised gateway sockets and
+        // sockets, not changed before fork.
+        let (gateways, sockets) = unsafe { (nodes(s.gateway_sockets), nodes(s.sockets)) };
+        for g in gateways {
             let owner = bytes(g.owner);
             let kind = if owner == HTTP_OWNER && g.mode == HTTP_MODE_SSL {
                 Some(ContextKind::Https)
@@ -209,20 +209,13 @@ impl Server {
                     name: text(g.name).unwrap_or_default(),
                 });
             }
-            ugs = g.next;
         }
-        let mut sock = s.sockets;
-        while !sock.is_null() {
-            // SAFETY: sockets is the core's linked list of sockets.
-            let u = unsafe { &*sock };
-            if !u.ssl_ctx.is_null() {
-                out.push(Context {
-                    ctx: u.ssl_ctx.cast(),
-                    kind: ContextKind::Socket,
-                    name: text(u.name).unwrap_or_default(),
-                });
-            }
-            sock = u.next;
+        for u in sockets.filter(|u| !u.ssl_ctx.is_null()) {
+            out.push(Context {
+                ctx: u.ssl_ctx.cast(),
+                kind: ContextKind::Socket,
+                name: text(u.name).unwrap_or_default(),
+            });
         }
         out
     }
@@ -232,26 +225,14 @@ impl Server {
     /// turn session tickets back on.
     pub fn sni_contexts(&self) -> Vec<*mut openssl_sys::SSL_CTX> {
         let s = self.get();
-        let mut out = Vec::new();
-        let mut usl = s.sni;
-        while !usl.is_null() {
-            // SAFETY: the core's linked list of SNI entries.
-            let u = unsafe { &*usl };
-            if !u.custom_ptr.is_null() {
-                out.push(u.custom_ptr.cast());
-            }
-            usl = u.next;
-        }
-        let mut url = s.sni_regexp;
-        while !url.is_null() {
-            // SAFETY: the core's linked list of SNI regexp entries.
-            let u = unsafe { &*url };
-            if !u.custom_ptr.is_null() {
-                out.push(u.custom_ptr.cast());
-            }
-            url = u.next;
-        }
-        out
+        // SAFETY: the core's lists of SNI entries, not changed before fork.
+        let (names, patterns) = unsafe { (nodes(s.sni), nodes(s.sni_regexp)) };
+        names
+            .map(|u| u.custom_ptr)
+            .chain(patterns.map(|u| u.custom_ptr))
+            .filter(|ctx| !ctx.is_null())
+            .map(|ctx| ctx.cast())
+            .collect()
     }
 
     /// Pointer to the head of `uwsgi.caches`, for the stats entry.

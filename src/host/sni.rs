@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_int, c_void};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
+use super::lists::nodes;
 use super::sys;
 use crate::tls::{SniResolver, SniTarget};
 
@@ -56,10 +57,9 @@ impl UwsgiSni {
     #[cfg(any(uwsgi_regexp = "split", uwsgi_regexp = "wrapped"))]
     fn regexp(&self, name: &[u8]) -> Option<SniTarget> {
         let matches = self.regexp_match?;
-        let mut url = self.server().sni_regexp;
-        while !url.is_null() {
-            // SAFETY: the core's linked list of compiled SNI patterns.
-            let u = unsafe { &*url };
+        // SAFETY: the core's list of compiled SNI patterns (see `server`).
+        let patterns = unsafe { nodes(self.server().sni_regexp) };
+        for u in patterns {
             // SAFETY: the pattern compiled by uWSGI; the subject is passed
             // with its length and only read.
             #[cfg(uwsgi_regexp = "split")]
@@ -77,7 +77,6 @@ impl UwsgiSni {
             if hit >= 0 {
                 return Some(target(u.custom_ptr, false));
             }
-            url = u.next;
         }
         None
     }
@@ -114,14 +113,10 @@ impl SniResolver for UwsgiSni {
         // uWSGI tries at most 5 names: the name, then (dotsplit) each
         // parent domain, dot included.
         for _ in 0..5 {
-            let mut usl = s.sni;
-            while !usl.is_null() {
-                // SAFETY: the core's linked list of SNI names.
-                let u = unsafe { &*usl };
-                if c_bytes(u.value, u.len) == servername {
-                    return target(u.custom_ptr, true);
-                }
-                usl = u.next;
+            // SAFETY: the core's list of SNI names (see `server`).
+            let mut names = unsafe { nodes(s.sni) };
+            if let Some(u) = names.find(|u| c_bytes(u.value, u.len) == servername) {
+                return target(u.custom_ptr, true);
             }
             if s.subscription_dotsplit == 0 || servername.len() < 2 {
                 break;

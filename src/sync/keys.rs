@@ -96,20 +96,15 @@ fn parse_hex(line: &[u8], out: &mut [u8; KEY_LEN]) -> bool {
     true
 }
 
-/// The uid this process runs as.
-fn effective_uid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
-}
-
-/// Reads a key file; `option` names the option in errors.
+/// Reads a key file; `option` names the option in errors, `reader` is the
+/// uid reading it (the file must belong to root or to it).
 ///
 /// The file is opened without following a symbolic link, and its type,
 /// mode and owner are checked on the opened descriptor, so nothing can be
 /// swapped in between. It must be a regular file, not readable or writable
 /// by group or others, owned by root or by the user reading it (uWSGI's
 /// master reads it before dropping privileges). The text read is wiped.
-pub fn load(option: &str, path: &Path) -> Result<Vec<Key>, String> {
+pub fn load(option: &str, path: &Path, reader: u32) -> Result<Vec<Key>, String> {
     let shown = format!("{option} = {}", path.display());
     let mut file = fs::OpenOptions::new()
         .read(true)
@@ -131,10 +126,9 @@ pub fn load(option: &str, path: &Path) -> Result<Vec<Key>, String> {
             "{shown}: the key file is readable or writable by group or others (mode {mode:04o}): chmod 600 it"
         ));
     }
-    let me = effective_uid();
-    if meta.uid() != 0 && meta.uid() != me {
+    if meta.uid() != 0 && meta.uid() != reader {
         return Err(format!(
-            "{shown}: the key file belongs to uid {}, neither root nor this process (uid {me}): chown it",
+            "{shown}: the key file belongs to uid {}, neither root nor this process (uid {reader}): chown it",
             meta.uid()
         ));
     }
@@ -187,7 +181,7 @@ fn parse(shown: &str, text: &[u8]) -> Result<Vec<Key>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
         let p = dir.join(name);
@@ -203,6 +197,13 @@ mod tests {
         p
     }
 
+    /// This process's uid: the owner of a file it just made.
+    fn me() -> u32 {
+        let p = dir().join("me");
+        fs::write(&p, b"").unwrap();
+        fs::metadata(&p).unwrap().uid()
+    }
+
     fn dir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("sslcache-keys-{}", std::process::id()));
         fs::create_dir_all(&d).unwrap();
@@ -216,7 +217,7 @@ mod tests {
     fn loads_keys_in_order() {
         let d = dir();
         let p = write(&d, "ok", &format!("# rotation\n{K2}\n\n{K1}\n"), 0o600);
-        let keys = load("cache-udp-key", &p).unwrap();
+        let keys = load("cache-udp-key", &p, me()).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].bytes()[0], 0xff);
         assert_eq!(keys[1].bytes()[31], 0x1f);
@@ -257,7 +258,7 @@ mod tests {
             (d.clone(), "not a regular file"),
         ];
         for (path, expected) in cases {
-            let e = load("cache-udp-key", &path).unwrap_err();
+            let e = load("cache-udp-key", &path, me()).unwrap_err();
             assert!(e.starts_with(&format!("cache-udp-key = {}", path.display())), "{e}");
             assert!(e.contains(expected), "{e} does not say {expected}");
             assert!(!e.contains("000102"), "key bytes in an error: {e}");
@@ -266,13 +267,13 @@ mod tests {
 
     #[test]
     fn a_file_of_another_user_is_refused() {
-        if effective_uid() != 0 {
+        if me() != 0 {
             return;
         }
         let d = dir();
         let p = write(&d, "nobody", &format!("{K1}\n"), 0o600);
         std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
-        let e = load("cache-udp-key", &p).unwrap_err();
+        let e = load("cache-udp-key", &p, me()).unwrap_err();
         assert!(e.contains("belongs to uid 65534, neither root nor this process"), "{e}");
     }
 

@@ -126,12 +126,13 @@ pub struct SessionCache {
     pub listeners: Vec<Listener>,
     pub sni: Box<dyn SniResolver>,
     pub counters: Shared<SessionCounters>,
-    /// [`fingerprint::context_digest`] of the contexts set up in the master
-    /// (never freed); others are digested when needed.
+    /// Every context set up in the master (listeners, SNI hosts; never
+    /// freed) and its [`fingerprint::context_digest`]; others are digested
+    /// when needed.
     pub digests: Vec<(usize, [u8; 32])>,
-    /// Contexts set up for caching (in the master, or at run time in a
-    /// single-threaded process).
-    pub prepared: Mutex<HashSet<usize>>,
+    /// Contexts made by uWSGI at run time and set up since, in a
+    /// single-threaded process.
+    pub runtime_prepared: Mutex<HashSet<usize>>,
 }
 
 static CACHE: OnceLock<SessionCache> = OnceLock::new();
@@ -394,14 +395,17 @@ unsafe fn prepare_runtime_context(cache: &SessionCache, ssl: *mut SSL) {
     unsafe {
         ffi::SSL_set_options(ssl, openssl_sys::SSL_OP_NO_TICKET);
         let ctx = openssl_sys::SSL_get_SSL_CTX(ssl);
-        let mut prepared = cache.prepared.lock().unwrap_or_else(|e| e.into_inner());
-        if prepared.contains(&(ctx as usize)) || !cache.sni.single_threaded() {
+        // Contexts of the master are set up; in a process with several
+        // handshake threads a context is never changed at run time.
+        if cache.digests.iter().any(|(c, _)| *c == ctx as usize) || !cache.sni.single_threaded() {
             return;
         }
-        // No other thread of this process runs handshakes: nobody reads
-        // the context while it changes.
-        prepare_sni_context(ctx);
-        prepared.insert(ctx as usize);
+        // One thread: the lock is never contended, and nobody reads the
+        // context while it changes.
+        let mut prepared = cache.runtime_prepared.lock().unwrap_or_else(|e| e.into_inner());
+        if prepared.insert(ctx as usize) {
+            prepare_sni_context(ctx);
+        }
     }
 }
 
@@ -848,26 +852,4 @@ pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX) {
             openssl_sys::SSL_CTX_set_session_cache_mode(ctx, mode);
         }
     }
-}
-
-/// The fingerprint a listener context gives its own sessions, and the
-/// digest of `ctx` to keep (master, before fork).
-///
-/// # Safety
-/// `ctx` must be a valid `SSL_CTX` not yet used by another thread.
-pub unsafe fn listener_fingerprint(ctx: *const SSL_CTX, context: &[u8]) -> ([u8; 32], Fingerprint) {
-    // SAFETY: per the contract.
-    unsafe {
-        let digest = fingerprint::context_digest(ctx);
-        (digest, fingerprint::fingerprint(context, &digest, Verify::of_ctx(ctx)))
-    }
-}
-
-/// The digest of a context set up in the master (an SNI context).
-///
-/// # Safety
-/// `ctx` must be a valid `SSL_CTX` not yet used by another thread.
-pub unsafe fn context_digest(ctx: *const SSL_CTX) -> [u8; 32] {
-    // SAFETY: per the contract.
-    unsafe { fingerprint::context_digest(ctx) }
 }

@@ -216,6 +216,9 @@ pub enum Insert {
     TooBig,
     /// Expiry already in the past.
     Expired,
+    /// The live entry under the key was one the caller wants kept
+    /// ([`Store::insert_unless`]); nothing changed.
+    Kept,
     Busy,
 }
 
@@ -417,6 +420,19 @@ impl Store {
     /// Stores `value` under `key` until `expires` (unix seconds), evicting
     /// the least recently used entries when the store is full.
     pub fn insert(&self, key: &[u8], value: &[u8], expires: u64, now: u64) -> Insert {
+        self.insert_unless(key, value, expires, now, |_| false)
+    }
+
+    /// As [`insert`](Self::insert), unless the live value already under
+    /// `key` is one `keep` says must stay (checked under the same lock).
+    pub fn insert_unless(
+        &self,
+        key: &[u8],
+        value: &[u8],
+        expires: u64,
+        now: u64,
+        keep: impl FnOnce(&[u8]) -> bool,
+    ) -> Insert {
         let counters = self.counters();
         if key.is_empty() || key.len() > self.limits.keysize as usize || value.len() > self.limits.blocksize as usize {
             counters.too_big.fetch_add(1, Ordering::Relaxed);
@@ -430,14 +446,24 @@ impl Store {
         // inserts may overshoot by at most one entry each, corrected by the
         // next insert.
         let full = self.len() >= self.limits.capacity;
-        let result = self.with_shard(self.shard_of(hash), |view| view.insert(hash, key, value, expires, full));
+        let result = self.with_shard(self.shard_of(hash), |view| {
+            if let Some(found) = view.lookup(hash, key).filter(|f| f.expires > now) {
+                let mut current = Vec::new();
+                view.read_value(found.slot, &mut current);
+                if keep(&current) {
+                    return None;
+                }
+            }
+            Some(view.insert(hash, key, value, expires, full))
+        });
         match result {
             None => Insert::Busy,
-            Some(Err(NoRoom::TooBig)) => {
+            Some(None) => Insert::Kept,
+            Some(Some(Err(NoRoom::TooBig))) => {
                 counters.too_big.fetch_add(1, Ordering::Relaxed);
                 Insert::TooBig
             }
-            Some(Ok(done)) => {
+            Some(Some(Ok(done))) => {
                 counters.inserts.fetch_add(1, Ordering::Relaxed);
                 if done.replaced {
                     counters.replaced.fetch_add(1, Ordering::Relaxed);

@@ -470,3 +470,25 @@ fn stopped_holder_never_hangs_others() {
     std::thread::sleep(Duration::from_millis(STALL_BACKOFF_MS + 100));
     assert!(matches!(store.get(b"k", NOW, &mut out), Lookup::Hit { .. }));
 }
+
+#[test]
+fn insert_unless_keeps_what_the_caller_protects_under_one_lock() {
+    let store = Store::create(limits(10)).unwrap();
+    assert!(matches!(
+        store.insert_unless(b"k", b"tomb", NOW + 10, NOW, |_| true),
+        Insert::Stored { replaced: false, .. }
+    ));
+    // The live value is protected: nothing changes.
+    assert_eq!(
+        store.insert_unless(b"k", b"session", NOW + 10, NOW, |v| v == b"tomb"),
+        Insert::Kept
+    );
+    let mut out = Vec::new();
+    assert_eq!(store.get(b"k", NOW, &mut out), Lookup::Hit { expires: NOW + 10 });
+    assert_eq!(out, b"tomb");
+    // Once it expired, it protects nothing.
+    assert!(matches!(
+        store.insert_unless(b"k", b"session", NOW + 20, NOW + 10, |v| v == b"tomb"),
+        Insert::Stored { .. }
+    ));
+}

@@ -16,7 +16,7 @@ pub mod wire;
 
 use crate::record::{self, Origin};
 use crate::stats::ReplicationCounters;
-use crate::store::{Insert, Lookup, Store};
+use crate::store::{Insert, Store};
 use seal::{Opener, SealError};
 use wire::{Format, Frame, FrameLimits, WireError};
 
@@ -118,43 +118,40 @@ impl Applier<'_> {
     fn apply_frame(&self, frame: Frame<'_>, origin: Origin, now: u64) -> Applied {
         match frame {
             Frame::Set { key, value, expires } => {
-                let mut current = Vec::new();
-                if let Lookup::Hit { .. } = self.store.get(key, now, &mut current) {
-                    if record::read(&current) == Some(record::Record::Tombstone) {
-                        return Applied::Stale;
-                    }
-                }
                 let local_limit = now + self.timeout as u64;
                 let expires = match expires {
                     0 => local_limit,
                     e if e <= now => return Applied::Stale,
                     e => e.min(local_limit),
                 };
-                match self.store.insert(key, &record::encode(origin, value), expires, now) {
+                // A peer deleted it lately: this set was held back.
+                match self
+                    .store
+                    .insert_unless(key, &record::encode(origin, value), expires, now, is_tombstone)
+                {
                     Insert::Stored { .. } => Applied::Stored,
-                    Insert::Expired => Applied::Stale,
+                    Insert::Expired | Insert::Kept => Applied::Stale,
                     Insert::TooBig | Insert::Busy => Applied::NotStored,
                 }
             }
-            Frame::Delete { key } => {
-                let mut current = Vec::new();
-                let tombstoned = matches!(self.store.get(key, now, &mut current), Lookup::Hit { .. })
-                    && record::read(&current) == Some(record::Record::Tombstone);
-                let existed = if tombstoned {
-                    Some(false)
-                } else {
-                    self.store.remove(key, now)
-                };
-                self.store
-                    .insert(key, record::TOMBSTONE, now + self.tombstone_secs.max(1), now);
-                match existed {
-                    Some(true) => Applied::Removed,
-                    Some(false) => Applied::Absent,
-                    None => Applied::NotStored,
-                }
-            }
+            // The tombstone replaces the session, or stays if one is there.
+            Frame::Delete { key } => match self.store.insert_unless(
+                key,
+                record::TOMBSTONE,
+                now + self.tombstone_secs.max(1),
+                now,
+                is_tombstone,
+            ) {
+                Insert::Stored { replaced: true, .. } => Applied::Removed,
+                Insert::Stored { replaced: false, .. } | Insert::Kept => Applied::Absent,
+                Insert::TooBig | Insert::Expired | Insert::Busy => Applied::NotStored,
+            },
         }
     }
+}
+
+fn is_tombstone(value: &[u8]) -> bool {
+    record::read(value) == Some(record::Record::Tombstone)
 }
 
 /// Encodes a stored session for peers.

@@ -126,6 +126,8 @@ fn three_nodes_behind_rawrouter_resume() {
 /// The seed's named-cache example, as written but on loopback ports.
 #[test]
 fn seed_named_cache_two_nodes() {
+    // Not beside the flood test, which fills loopback with datagrams.
+    let _heavy = heavy();
     let dir = test_dir("named-two");
     let (crt, key) = cert("localhost");
     let (udp_a, udp_b) = (free_port(), free_port());
@@ -173,6 +175,8 @@ fn seed_named_cache_two_nodes() {
 /// 225.1.1.1, pinned to the loopback interface.
 #[test]
 fn multicast_example() {
+    // Not beside the flood test, which fills loopback with datagrams.
+    let _heavy = heavy();
     let dir = test_dir("multicast");
     let (https, group_port) = (free_port(), free_port());
     let stats: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -236,6 +240,8 @@ fn connect_to(
 /// and we store what a stock node sends.
 #[test]
 fn interop_with_stock_uwsgi_both_ways() {
+    // Not beside the flood test, which fills loopback with datagrams.
+    let _heavy = heavy();
     let dir = test_dir("interop");
     let (stock_udp, our_udp, stock_stats, our_stats, https, stock_web) = (
         free_port(),
@@ -382,6 +388,8 @@ fn malformed_datagrams_are_dropped_and_counted() {
 /// plugin must make its own after that.
 #[test]
 fn reload_keeps_replication_working() {
+    // Not beside the flood test, which fills loopback with datagrams.
+    let _heavy = heavy();
     let dir = test_dir("reload");
     let (udp_a, udp_b) = (free_port(), free_port());
     let start = |name: &str, udp: u16, peer: u16| {

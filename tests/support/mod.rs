@@ -174,26 +174,8 @@ impl Uwsgi {
     }
 
     pub fn wait_ready(&mut self, ports: &[u16]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for &port in ports {
-            loop {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    panic!("{} exited early ({status}):\n{}", self.name, self.log());
-                }
-                if TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200))
-                    .is_ok()
-                {
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not listening on {port}:\n{}",
-                    self.name,
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        let addrs: Vec<SocketAddr> = ports.iter().map(|&p| SocketAddr::from(([127, 0, 0, 1], p))).collect();
+        self.wait_ready_on(&addrs);
     }
 
     pub fn log(&self) -> String {
@@ -532,10 +514,13 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|e| e.into_inner())
 }
 
-/// A plain TCP backend answering every request with a tiny HTTP response,
-/// for routers that pass the decrypted stream through (sslrouter). Runs
-/// until `lifetime` elapses.
-pub fn http_backend(lifetime: Duration) -> u16 {
+/// The response every test backend sends.
+const HELLO: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+
+/// A backend on 127.0.0.1 that reads one request per connection with
+/// `read_request` and answers `HELLO`, each connection on its own thread,
+/// until `lifetime` elapses. Returns its port.
+fn backend(lifetime: Duration, read_request: fn(&mut TcpStream) -> bool) -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     listener.set_nonblocking(true).unwrap();
@@ -544,23 +529,50 @@ pub fn http_backend(lifetime: Duration) -> u16 {
         while Instant::now() < deadline {
             match listener.accept() {
                 Ok((mut s, _)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = Vec::new();
-                    let mut chunk = [0u8; 1024];
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut chunk) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    std::thread::spawn(move || {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        if read_request(&mut s) {
+                            let _ = s.write_all(HELLO);
                         }
-                    }
-                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
+                    });
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(5)),
             }
         }
     });
     port
+}
+
+/// A plain TCP backend answering every HTTP request with a tiny response,
+/// for routers that pass the decrypted stream through (sslrouter).
+pub fn http_backend(lifetime: Duration) -> u16 {
+    backend(lifetime, |s| {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        true
+    })
+}
+
+/// A backend speaking the uwsgi protocol, which the HTTP router (`http-to`)
+/// uses: every request (one uwsgi packet) gets the tiny HTTP response with
+/// the body `hello`.
+pub fn uwsgi_backend(lifetime: Duration) -> u16 {
+    backend(lifetime, |s| {
+        // Header: modifier1, vars size (u16 little endian), modifier2.
+        let mut header = [0u8; 4];
+        if s.read_exact(&mut header).is_err() {
+            return false;
+        }
+        let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
+        s.read_exact(&mut vars).is_ok()
+    })
 }
 
 /// A process other than uWSGI (HAProxy), stopped by its pid on drop.
@@ -695,41 +707,6 @@ pub fn s_time(port: u16, version: &str, seconds: u32) -> (f64, f64) {
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
-}
-
-/// A backend speaking the uwsgi protocol, which the HTTP router (`http-to`)
-/// uses: every request (one uwsgi packet) gets a tiny HTTP response with
-/// the body `hello`, one thread per connection. Runs until `lifetime`
-/// elapses.
-pub fn uwsgi_backend(lifetime: Duration) -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + lifetime;
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        // Header: modifier1, vars size (u16 little endian), modifier2.
-                        let mut header = [0u8; 4];
-                        if s.read_exact(&mut header).is_err() {
-                            return;
-                        }
-                        let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
-                        if s.read_exact(&mut vars).is_err() {
-                            return;
-                        }
-                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-                    });
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    port
 }
 
 impl Uwsgi {

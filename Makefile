@@ -85,6 +85,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) bench --bench replication
 	$(CARGO) run --release --quiet --example bench_memory
 	$(CARGO) run --release --quiet --example bench_tls
+	$(CARGO) run --release --quiet --example bench_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 
 # 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable

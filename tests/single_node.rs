@@ -330,7 +330,10 @@ fn sni_dir_contexts_keep_their_first_session() {
         // uWSGI made the context during that very handshake; it was set up
         // before its ServerHello, so its first session was kept.
         let again = client.connect(https, first.session.as_ref(), &[]).unwrap();
-        assert!(again.resumed, "{proto:?}: the first session of an sni-dir host was not kept");
+        assert!(
+            again.resumed,
+            "{proto:?}: the first session of an sni-dir host was not kept"
+        );
         let out = client.reconnects(https, 30, &[]);
         assert!(out.resumption_rate() >= 0.99, "{proto:?}: {out:?}");
     }

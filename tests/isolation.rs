@@ -765,6 +765,11 @@ fn eviction_probes_do_not_evict() {
             assert_eq!(probe.alert.as_deref(), Some("47"), "probe: {}", probe.summary());
         }
     }
+    // A wrong Finished on a resumption of the victim: decrypt_error or
+    // bad_record_mac from the server, which also asks for a removal.
+    for node in [&x, &y] {
+        wrong_finished(&session, &node.pa);
+    }
     for node in [&x, &y] {
         let r = offer(&session, &node.pa, proto, &victim_cipher);
         assert!(
@@ -778,7 +783,7 @@ fn eviction_probes_do_not_evict() {
     // (uWSGI collects metrics once a second).
     let kept = |n: &ReplicaNode| metric(n.stats, "sslcache.default.kept_unproven");
     assert!(
-        eventually(Duration::from_secs(3), || kept(&x) >= 3 && kept(&y) >= 3),
+        eventually(Duration::from_secs(3), || kept(&x) >= 4 && kept(&y) >= 4),
         "probes did not reach a removal: x {} y {}",
         kept(&x),
         kept(&y)
@@ -788,4 +793,100 @@ fn eviction_probes_do_not_evict() {
     println!("eviction probes: kept_unproven {kept}, deletes applied {removed}");
     assert_eq!(removed, 0, "a delete was replicated");
     drop((x.uwsgi, y.uwsgi));
+}
+
+/// The client's side of a socket that corrupts the first encrypted
+/// handshake record after the client's ChangeCipherSpec: its Finished.
+#[derive(Debug)]
+struct CorruptFinished {
+    tcp: std::net::TcpStream,
+    after_ccs: bool,
+    corrupted: bool,
+}
+
+impl Read for CorruptFinished {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for CorruptFinished {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // OpenSSL writes whole records: walk their 5-byte headers.
+        let mut out = buf.to_vec();
+        let mut at = 0;
+        while at + 5 <= out.len() {
+            let (kind, len) = (out[at], u16::from_be_bytes([out[at + 3], out[at + 4]]) as usize);
+            let end = (at + 5 + len).min(out.len());
+            if kind == 20 {
+                self.after_ccs = true;
+            } else if kind == 22 && self.after_ccs && !self.corrupted && end > at + 5 {
+                out[end - 1] ^= 0x55;
+                self.corrupted = true;
+            }
+            at = end;
+        }
+        self.tcp.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Offers the session in `session_pem` on `target` (TLS 1.2) and corrupts
+/// the client's Finished: the handshake must fail, the session resume
+/// nothing.
+fn wrong_finished(session_pem: &Path, target: &str) {
+    use openssl::ssl::{SslConnector, SslMethod, SslOptions, SslSession, SslVerifyMode, SslVersion};
+    let der = Command::new("openssl")
+        .args(["sess_id", "-outform", "DER", "-in"])
+        .arg(session_pem)
+        .output()
+        .expect("openssl sess_id");
+    let session = SslSession::from_der(&der.stdout).unwrap();
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_verify(SslVerifyMode::NONE);
+    b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+    b.set_options(SslOptions::NO_TICKET);
+    b.set_cipher_list("ECDHE-RSA-AES128-GCM-SHA256").unwrap();
+    let connector = b.build();
+    let tcp = std::net::TcpStream::connect(target).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ssl = connector
+        .configure()
+        .unwrap()
+        .verify_hostname(false)
+        .into_ssl("localhost")
+        .unwrap();
+    // SAFETY: a session decoded from its PEM; OpenSSL only reads it.
+    unsafe { ssl.set_session(&session).unwrap() };
+    let stream = CorruptFinished {
+        tcp,
+        after_ccs: false,
+        corrupted: false,
+    };
+    let result = ssl.connect(stream);
+    let mut s = match result {
+        Err(openssl::ssl::HandshakeError::Failure(mid)) => {
+            assert!(mid.get_ref().corrupted, "failed before the Finished: {}", mid.error());
+            return;
+        }
+        Err(e) => panic!("probe on {target}: {e}"),
+        Ok(s) => s,
+    };
+    assert!(
+        s.get_ref().corrupted && s.ssl().session_reused(),
+        "no resumption to corrupt"
+    );
+    // TLS 1.2: the client is done once it sent its Finished; the server's
+    // verdict comes with the first read.
+    let _ = s.write_all(REQUEST);
+    let mut buf = [0u8; 256];
+    let got = s.read(&mut buf).unwrap_or(0);
+    assert!(
+        !String::from_utf8_lossy(&buf[..got]).contains("hello"),
+        "a wrong Finished got through on {target}"
+    );
 }

@@ -66,7 +66,7 @@ fn main() {
     for i in 0..SESSIONS {
         let mut key = [0x5au8; 32];
         key[..8].copy_from_slice(&i.to_le_bytes());
-        sslcache::sync::encode_set(&key, &[(i % 251) as u8; 150], 4_000_000_000, &mut datagram).unwrap();
+        sslcache_core::replication::encode_set(&key, &[(i % 251) as u8; 150], 4_000_000_000, &mut datagram).unwrap();
         socket.send_to(&datagram, ("127.0.0.1", stock_udp)).unwrap();
         socket.send_to(&datagram, ("127.0.0.1", ours_udp)).unwrap();
         // Stock's receiver keeps the default socket buffer: pace.

@@ -1,16 +1,19 @@
 //! sslcache: a uWSGI plugin that keeps the TLS sessions of uWSGI's HTTPS
-//! router in a shared-memory store used by every router process of a node.
+//! router in a shared-memory store used by every router process of a node,
+//! and replicates them between nodes.
 //!
-//! Layers, outermost first: [`host`] (the only code that touches uWSGI's
-//! structs), [`tls`] (OpenSSL session callbacks), [`config`] (typed
-//! settings), [`store`] (the shared-memory store) and [`stats`].
+//! This crate is the host layer: everything that touches uWSGI or OpenSSL's
+//! objects. Layers, outermost first — a module imports only from those
+//! below it:
+//!
+//! 1. [`host`]: uWSGI's bindings, the plugin's hooks, the stats entry,
+//!    metrics, uWSGI's SNI table and log.
+//! 2. [`tls`]: the OpenSSL session callbacks and context fingerprints.
+//! 3. [`ffi`]: C declarations neither the bindings nor openssl-sys have.
+//!
+//! Below them all, [`sslcache_core`]: store, formats, keys, configuration,
+//! the replication engine — no uWSGI in it.
 
-#![deny(unsafe_op_in_unsafe_fn)]
-
-pub mod config;
+pub mod ffi;
 pub mod host;
-pub mod record;
-pub mod stats;
-pub mod store;
-pub mod sync;
 pub mod tls;

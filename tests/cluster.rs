@@ -329,7 +329,7 @@ fn malformed_datagrams_are_dropped_and_counted() {
     let target = SocketAddr::from(([127, 0, 0, 1], udp));
     let good = {
         let mut d = Vec::new();
-        sslcache::sync::encode_set(b"good-key", &[1; 100], 4_000_000_000, &mut d).unwrap();
+        sslcache_core::replication::encode_set(b"good-key", &[1; 100], 4_000_000_000, &mut d).unwrap();
         d
     };
     let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -353,12 +353,12 @@ fn malformed_datagrams_are_dropped_and_counted() {
             }
             4 => {
                 let mut d = Vec::new();
-                sslcache::sync::encode_set(b"k", &[2; 2000], 4_000_000_000, &mut d).unwrap();
+                sslcache_core::replication::encode_set(b"k", &[2; 2000], 4_000_000_000, &mut d).unwrap();
                 d
             }
             _ => {
                 let mut d = Vec::new();
-                sslcache::sync::encode_set(&[3; 65], b"v", 4_000_000_000, &mut d).unwrap();
+                sslcache_core::replication::encode_set(&[3; 65], b"v", 4_000_000_000, &mut d).unwrap();
                 d
             }
         };

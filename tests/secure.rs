@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sslcache::sync::keys::Key;
-use sslcache::sync::seal::Sealer;
+use sslcache_core::replication::keys::Key;
+use sslcache_core::replication::seal::Sealer;
 use support::*;
 
 const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
@@ -209,7 +209,7 @@ fn forgeries_are_refused_and_counted() {
     let stranger = Sealer::new(&key(OLD));
     let impostor = Sealer::with_sender(&Key::claiming(key(NEW).id, [7; 32]), 99);
     let mut frame = Vec::new();
-    sslcache::sync::encode_set(
+    sslcache_core::replication::encode_set(
         b"planted-session-id-planted-sess!",
         &[1; 100],
         4_000_000_000,

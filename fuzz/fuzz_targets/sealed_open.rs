@@ -9,9 +9,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use sslcache::sync::keys::Key;
-use sslcache::sync::seal::{Opener, Sealer};
-use sslcache::sync::wire::{decode_plain, FrameLimits};
+use sslcache_core::replication::keys::Key;
+use sslcache_core::replication::seal::{Opener, Sealer};
+use sslcache_core::replication::wire::{decode_plain, FrameLimits};
 
 const NOW: u64 = 1_800_000_000_000;
 const LIMITS: FrameLimits = FrameLimits {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sslcache::sync::wire::{decode_plain, encode_plain, Frame, FrameLimits};
+use sslcache_core::replication::wire::{decode_plain, encode_plain, Frame, FrameLimits};
 
 const LIMITS: FrameLimits = FrameLimits {
     max_key: 128,

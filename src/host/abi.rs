@@ -11,19 +11,14 @@ use std::ffi::{c_int, c_void};
 use super::symbols::Symbols;
 use super::sys::{BUILT_FOR_BINARY, BUILT_FOR_BUILD_ID, BUILT_FOR_UWSGI_SIZE, BUILT_FOR_VERSION};
 
-extern "C" {
-    // glibc; not in the libc crate.
-    fn dladdr1(addr: *const c_void, info: *mut libc::Dl_info, extra: *mut *mut c_void, flags: c_int) -> c_int;
-}
-const RTLD_DL_SYMENT: c_int = 1;
-const NT_GNU_BUILD_ID: u32 = 3;
+use crate::ffi::{NT_GNU_BUILD_ID, RTLD_DL_SYMENT};
 
 /// Size of the ELF symbol at `addr`, from the dynamic symbol table.
 fn symbol_size(addr: *const c_void) -> Option<usize> {
     let mut info = std::mem::MaybeUninit::<libc::Dl_info>::zeroed();
     let mut sym: *mut c_void = std::ptr::null_mut();
     // SAFETY: dladdr1 fills `info` and `sym` for an address in the process.
-    let ok = unsafe { dladdr1(addr, info.as_mut_ptr(), &mut sym, RTLD_DL_SYMENT) };
+    let ok = unsafe { libc::dladdr1(addr, info.as_mut_ptr(), &mut sym, RTLD_DL_SYMENT) };
     if ok == 0 || sym.is_null() {
         return None;
     }

@@ -5,35 +5,15 @@
 //! `uwsgi` and `uwsgi_log` in the running process when it is loaded, after
 //! checking that the process is that very binary (see [`abi`]). Everything
 //! that reads or writes `struct uwsgi_server` runs in the master before the
-//! router processes fork, except the stats counters of [`facade`].
+//! router processes fork, except the stats counters of [`stats_entry`].
 
 mod abi;
-mod facade;
-mod lists;
-pub mod log;
+mod logger;
 mod metrics;
 mod plugin;
 mod replication;
 mod server;
 mod sni;
+mod stats_entry;
 mod symbols;
-
-/// Generated bindings of the target uwsgi.h, and the identity of the binary
-/// they were generated from.
-#[allow(
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code,
-    unsafe_op_in_unsafe_fn,
-    clippy::all,
-    clippy::pedantic
-)]
-mod sys {
-    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
-    include!(concat!(env!("OUT_DIR"), "/stamp.rs"));
-}
-
-// The bindings must describe the binary they were generated from: the size
-// of `struct uwsgi_server` there (its `uwsgi` symbol) and here agree.
-const _: () = assert!(std::mem::size_of::<sys::uwsgi_server>() == sys::BUILT_FOR_UWSGI_SIZE);
+mod sys;

@@ -9,17 +9,19 @@
 
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sslcache_core::boundary::Boundary;
+use sslcache_core::clock::unix_secs;
+use sslcache_core::config::{self, Settings};
+use sslcache_core::shm::Shared;
+use sslcache_core::store::{Limits, Store};
 
 use super::server::{ContextKind, Server};
 use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
-use super::{abi, facade, log, metrics, replication, symbols};
-use crate::config::{self, Settings};
-use crate::stats::Shared;
-use crate::store::{Limits, Store};
+use super::{abi, logger, metrics, replication, stats_entry, symbols};
 use crate::tls::fingerprint::{self, Verify};
 use crate::tls::{self, SessionCache, SessionEvents};
 
@@ -100,24 +102,33 @@ struct Active {
 static ACTIVE: OnceLock<Active> = OnceLock::new();
 static NEXT_SWEEP: AtomicU64 = AtomicU64::new(0);
 
-/// Runs a hook body; a panic is a bug, reported in one line before exiting.
-fn hook(name: &str, body: impl FnOnce() -> Result<(), String>) {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(Ok(())) => {}
-        Ok(Err(msg)) => log::fatal(&msg),
-        Err(_) => log::fatal(&format!("internal error in the {name} hook")),
+/// Runs a hook body; an error ends the process with one line, as uWSGI
+/// does for configuration errors, and so does a panic (a bug: logged by
+/// the boundary).
+fn hook(boundary: &Boundary, body: impl FnOnce() -> Result<(), String>) {
+    match boundary.guard(Err(None), || body().map_err(Some)) {
+        Ok(()) => {}
+        Err(Some(msg)) => logger::fatal(&msg),
+        Err(None) => logger::fatal("exiting after an internal error"),
     }
 }
 
+static ON_LOAD: Boundary = Boundary::new("the on_load hook");
+static JAIL: Boundary = Boundary::new("the jail hook");
+static INIT: Boundary = Boundary::new("the init hook");
+static POST_INIT: Boundary = Boundary::new("the post_init hook");
+static MASTER_CYCLE: Boundary = Boundary::new("the master_cycle hook");
+
 unsafe extern "C" fn on_load() {
-    hook("on_load", || {
+    hook(&ON_LOAD, || {
+        logger::install();
         let host = symbols::get().ok_or("not loaded by uWSGI: the uwsgi symbols are missing")?;
         abi::check(&host)
     });
 }
 
 unsafe extern "C" fn jail(_start: Option<unsafe extern "C" fn(*mut c_void) -> c_int>, _argv: *mut *mut c_char) {
-    hook("jail", setup);
+    hook(&JAIL, setup);
 }
 
 /// Forwards store changes to the peers and to the stats entry.
@@ -137,7 +148,7 @@ impl SessionEvents for Events {
     }
 
     fn changed(&self, store: &Store) {
-        facade::publish(store);
+        stats_entry::publish(store);
     }
 }
 
@@ -150,20 +161,22 @@ fn setup() -> Result<(), String> {
     // only thread before any fork.
     let mut server = unsafe { Server::new(host.server) };
     let Some(settings) = config::resolve(&server.raw_options()).map_err(|e| e.to_string())? else {
-        log::line("ssl-sessions-use-cache is not set: TLS sessions are not cached by sslcache");
+        log::info!("ssl-sessions-use-cache is not set: TLS sessions are not cached by sslcache");
         return Ok(());
     };
     for warning in &settings.warnings {
-        log::line(&format!("warning: {warning}"));
+        log::warn!("{warning}");
     }
     let cache = &settings.cache;
     server.take_cache(cache)?;
-    let store = Store::create(Limits {
-        capacity: cache.items,
-        keysize: cache.keysize,
-        blocksize: cache.blocksize,
-    })
-    .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
+    let store = Arc::new(
+        Store::create(Limits {
+            capacity: cache.items,
+            keysize: cache.keysize,
+            blocksize: cache.blocksize,
+        })
+        .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?,
+    );
 
     let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
@@ -204,7 +217,7 @@ fn setup() -> Result<(), String> {
         }
     }
     let hashsize = store.bucket_count().min(u32::MAX as usize) as u32;
-    log::line(&format!(
+    log::info!(
         "TLS session cache \"{}\": {} sessions (keys up to {} bytes, sessions up to {} bytes), \
          {} MB reserved, resident as used, {} shards, timeout {}s; TLS contexts hooked: {} \
          (https {}, sslrouter {}, https/ssl-socket {}; sni {})",
@@ -220,7 +233,7 @@ fn setup() -> Result<(), String> {
         counts[1],
         counts[2],
         sni.len()
-    ));
+    );
     // Counters are uWSGI metrics.
     server.enable_metrics();
     if settings.replication.is_enabled() {
@@ -229,7 +242,7 @@ fn setup() -> Result<(), String> {
         replication::preload_keys(&settings.replication)?;
     }
     if contexts.is_empty() {
-        log::line("warning: no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
+        log::warn!("no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
     let counters = Shared::create().map_err(|e| format!("cannot map the session counters: {e}"))?;
     tls::install(SessionCache {
@@ -249,7 +262,7 @@ fn setup() -> Result<(), String> {
 }
 
 unsafe extern "C" fn init() -> c_int {
-    hook("init", || {
+    hook(&INIT, || {
         let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
             return Ok(());
         };
@@ -257,7 +270,7 @@ unsafe extern "C" fn init() -> c_int {
         // SAFETY: init runs in the master before fork, after the core made
         // its caches and locks.
         let mut server = unsafe { Server::new(host.server) };
-        facade::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
+        stats_entry::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
     });
     0
 }
@@ -266,72 +279,39 @@ unsafe extern "C" fn init() -> c_int {
 /// uWSGI closed the file descriptors it does not know of (on a reload, it
 /// closes every socket inherited through exec but its own).
 unsafe extern "C" fn post_init() {
-    hook("post_init", || {
-        let Some(active) = ACTIVE.get() else { return Ok(()) };
-        if let Some(cache) = tls::installed() {
-            metrics::register(&active.settings.cache.name, &cache.counters.get().fields());
-        }
-        let (rep, cache) = (&active.settings.replication, &active.settings.cache);
-        if !rep.is_enabled() {
+    hook(&POST_INIT, || {
+        let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
+            return Ok(());
+        };
+        let name = &active.settings.cache.name;
+        metrics::register(name, &cache.counters.get().fields());
+        let replication = &active.settings.replication;
+        if !replication.is_enabled() {
             return Ok(());
         }
-        let replicator = replication::setup(rep, &cache.name)?;
-        let list = |addrs: &[std::net::SocketAddr]| {
-            if addrs.is_empty() {
-                "nowhere".to_string()
-            } else {
-                addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
-            }
-        };
-        let mode = match replicator.sealed_with() {
-            Some((sender, keys)) => format!(
-                "sealed with AES-256-GCM (sender {sender:016x}, {keys} key{} to open, clock skew up to {}s){}",
-                if keys == 1 { "" } else { "s" },
-                rep.max_skew,
-                if rep.accept_plain {
-                    "; plain datagrams accepted too (ssl-sessions-accept-plain)"
-                } else {
-                    ""
-                }
-            ),
-            None => "plain stock uWSGI cache datagrams".to_string(),
-        };
-        log::line(&format!(
-            "replication of cache \"{}\": receiving on {}; sending to {}; {mode}; \
-             counters in the stats server's metrics sslcache.{}.*",
-            cache.name,
-            list(&rep.servers),
-            list(&rep.nodes),
-            cache.name
-        ));
-        if replicator.sealed_with().is_none() {
-            log::line(
-                "warning: session replication is unauthenticated and readable on the network: anyone who can \
-                 reach the receiving port can plant sessions, anyone on the path reads their master secrets \
-                 (set cache-udp-key, or udp_key= in cache2, to seal it); sessions from plain datagrams never \
-                 resume where client certificates are verified and never carry one",
-            );
-        }
-        replicator.register_metrics(&cache.name);
-        Ok(())
+        replication::setup(
+            replication,
+            name,
+            Arc::clone(&cache.store),
+            cache.timeout,
+            cache.verbose,
+        )
     });
 }
 
 unsafe extern "C" fn master_cycle() {
-    let Some(cache) = tls::installed() else { return };
-    // After the first fork: threads never live across the initial forks.
-    if let Some(r) = replication::get() {
-        r.start_receivers();
-    }
-    let now = tls::unix_now();
-    if now < NEXT_SWEEP.load(Ordering::Relaxed) {
-        return;
-    }
-    NEXT_SWEEP.store(now + SWEEP_EVERY_SECS, Ordering::Relaxed);
-    let _ = catch_unwind(AssertUnwindSafe(|| {
+    MASTER_CYCLE.guard((), || {
+        let Some(cache) = tls::installed() else { return };
+        // After the first fork: threads never live across the initial forks.
+        replication::start_receivers(&cache.store);
+        let now = unix_secs();
+        if now < NEXT_SWEEP.load(Ordering::Relaxed) {
+            return;
+        }
+        NEXT_SWEEP.store(now + SWEEP_EVERY_SECS, Ordering::Relaxed);
         cache.store.sweep(now);
-        facade::publish(&cache.store);
-    }));
+        stats_entry::publish(&cache.store);
+    });
 }
 
 /// ELF section uWSGI reads before loading a plugin: load the HTTP router

@@ -4,9 +4,9 @@
 
 use std::ffi::{c_char, CStr};
 
-use super::lists::nodes;
-use super::sys;
-use crate::config::{CacheDef, CacheOrigin, RawOptions};
+use sslcache_core::config::{CacheDef, CacheOrigin, RawOptions};
+
+use super::sys::{self, link_at, nodes};
 
 /// Owner names that mark a gateway socket whose `ctx` is an `SSL_CTX`.
 const HTTP_OWNER: &[u8] = b"uWSGI http";
@@ -142,19 +142,15 @@ impl Server {
                 Ok(())
             }
             CacheOrigin::Cache2 { index } => {
-                let mut link: *mut *mut sys::uwsgi_string_list = &mut s.cache2;
-                let mut i = 0;
-                // SAFETY: cache2 is the core's singly linked string list; we
-                // walk it through the `next` links and unlink one node (its
-                // memory is left to the core, which never frees it).
+                // SAFETY: cache2 is the core's list of configured cache2
+                // values, not used by anyone else in the master before
+                // fork; the unlinked node's memory stays the core's (it
+                // never frees it).
                 unsafe {
-                    while !(*link).is_null() {
-                        if i == index {
-                            (*link) = (**link).next;
-                            return Ok(());
-                        }
-                        link = &mut (**link).next;
-                        i += 1;
+                    let link = link_at(&mut s.cache2, index);
+                    if let Some(node) = link.as_ref() {
+                        *link = node.next;
+                        return Ok(());
                     }
                 }
                 Err(format!(
@@ -236,7 +232,7 @@ impl Server {
     }
 
     /// Pointer to the head of `uwsgi.caches`, for the stats entry.
-    pub fn caches_head(&mut self) -> *mut *mut sys::uwsgi_cache {
+    pub fn caches_head(&mut self) -> &mut *mut sys::uwsgi_cache {
         &mut self.get_mut().caches
     }
 

@@ -9,14 +9,11 @@ use std::ffi::{c_char, c_int, c_void};
 use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 
-use super::lists::nodes;
-use super::sys;
+use super::sys::{self, nodes};
 use crate::tls::{SniResolver, SniTarget};
 
-#[cfg(uwsgi_regexp = "split")]
-type RegexpMatch = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_char, c_int) -> c_int;
-#[cfg(uwsgi_regexp = "wrapped")]
-type RegexpMatch = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
+#[cfg(any(uwsgi_regexp = "split", uwsgi_regexp = "wrapped"))]
+use super::symbols::RegexpMatch;
 
 /// uWSGI's SNI lists in this process.
 pub struct UwsgiSni {

@@ -52,27 +52,59 @@
 //! session"), never write to a context other threads may be using, and
 //! never keep a reference to OpenSSL's objects beyond a connection.
 
-pub mod client_hello;
-mod ffi;
 pub mod fingerprint;
 
 use std::collections::HashSet;
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void, CString};
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 
-use crate::host::log;
-use crate::record::{self, Origin};
-use crate::stats::{SessionCounters, Shared};
-use crate::store::{Insert, Lookup, Store};
-use client_hello::ServerName;
+use sslcache_core::boundary::Boundary;
+use sslcache_core::client_hello::{self, ServerName};
+use sslcache_core::clock::unix_secs;
+use sslcache_core::record::{self, Origin};
+use sslcache_core::shm::{Concurrent, Shared, SharedPod};
+use sslcache_core::store::{Insert, Lookup, Store};
+
+use crate::ffi;
 use fingerprint::{Fingerprint, Verify};
 
-pub use crate::config::MAX_SESSION_CONTEXT as MAX_SID_CTX;
+/// What the TLS callbacks refused or did besides storing and finding, in
+/// shared memory (uWSGI metrics `sslcache.<cache>.<name>`).
+#[repr(C)]
+#[derive(Default)]
+pub struct SessionCounters {
+    /// Sessions offered on a context other than (and not equivalent to)
+    /// the one that made them: not resumed.
+    pub refused_context: AtomicU64,
+    /// Sessions from plain datagrams offered on a context that verifies
+    /// clients, or carrying a client certificate: not resumed.
+    pub refused_plain_identity: AtomicU64,
+    /// Removals OpenSSL asked for after a failed resumption whose client
+    /// never proved it knew the session: ignored.
+    pub kept_unproven: AtomicU64,
+    /// TLS 1.2 sessions stored as soon as the client's Finished verified,
+    /// before the server's Finished went out.
+    pub stored_early: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics only, zero is a valid value of each.
+unsafe impl SharedPod for SessionCounters {}
+// SAFETY: atomics only.
+unsafe impl Concurrent for SessionCounters {}
+
+impl SessionCounters {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 4] {
+        [
+            ("refused_context", &self.refused_context),
+            ("refused_plain_identity", &self.refused_plain_identity),
+            ("kept_unproven", &self.kept_unproven),
+            ("stored_early", &self.stored_early),
+        ]
+    }
+}
 
 /// Told about every change the callbacks make to the store.
 pub trait SessionEvents: Send + Sync {
@@ -116,7 +148,8 @@ pub struct Listener {
 
 /// The state the callbacks use, set once in the master before fork.
 pub struct SessionCache {
-    pub store: Store,
+    /// Shared with the replication engine.
+    pub store: Arc<Store>,
     /// Session lifetime, seconds.
     pub timeout: u32,
     pub events: Box<dyn SessionEvents>,
@@ -147,41 +180,21 @@ pub fn installed() -> Option<&'static SessionCache> {
     CACHE.get()
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn hex(id: &[u8]) -> String {
     id.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
-fn bump(counter: &std::sync::atomic::AtomicU64) {
+fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
-static PANICKED: AtomicBool = AtomicBool::new(false);
-
-/// Runs a callback body; a panic becomes `fallback` and one log line.
-fn guard<T>(what: &str, fallback: T, body: impl FnOnce() -> T) -> T {
-    match catch_unwind(AssertUnwindSafe(body)) {
-        Ok(v) => v,
-        Err(panic) => {
-            let msg = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            log::once(
-                &PANICKED,
-                &format!("internal error in the {what} callback ({msg}); the session is not cached"),
-            );
-            fallback
-        }
-    }
-}
+/// The panic boundary of each callback: a panic is logged once and
+/// answered with "no session" / "nothing done".
+static CLIENT_HELLO: Boundary = Boundary::new("the client hello callback; the session is not cached");
+static INFO: Boundary = Boundary::new("the info callback; the session is not cached");
+static NEW_SESSION: Boundary = Boundary::new("the new session callback; the session is not cached");
+static GET_SESSION: Boundary = Boundary::new("the get session callback; the session is not resumed");
+static REMOVE_SESSION: Boundary = Boundary::new("the remove session callback");
 
 impl SessionCache {
     /// The digest of `ctx`: precomputed for the master's contexts.
@@ -290,7 +303,7 @@ unsafe fn is_unproven(sess: *const SSL_SESSION) -> bool {
 }
 
 unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_int, _arg: *mut c_void) -> c_int {
-    guard("client hello", (), || {
+    CLIENT_HELLO.guard((), || {
         let (Some(cache), index) = (installed(), CONN_INDEX.load(Ordering::Relaxed)) else {
             return;
         };
@@ -357,7 +370,7 @@ unsafe extern "C" fn on_ssl_free(
 
 /// Handshake progress of a connection tagged by the ClientHello callback.
 unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
-    guard("info", (), || {
+    INFO.guard((), || {
         let Some(cache) = installed() else { return };
         let ssl = ssl.cast_mut();
         if what & ffi::SSL_CB_HANDSHAKE_DONE != 0 {
@@ -528,7 +541,7 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
         unsafe { openssl_sys::ERR_clear_error() };
         return false;
     }
-    let now = unix_now();
+    let now = unix_secs();
     // SAFETY: as above.
     let (established, lifetime) = unsafe {
         (
@@ -546,7 +559,7 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
                 .store
                 .insert(&id, &record::encode(Origin::Local, &der), expires, now);
             if cache.verbose {
-                log::line(&format!("new session {}.. ({} bytes): {result:?}", hex(&id), der.len()));
+                log::info!("new session {}.. ({} bytes): {result:?}", hex(&id), der.len());
             }
             let stored = matches!(result, Insert::Stored { .. });
             if stored {
@@ -557,11 +570,11 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
         None => {
             cache.store.note_too_big();
             if cache.verbose {
-                log::line(&format!(
+                log::info!(
                     "new session {}.. larger than blocksize {}: not cached",
                     hex(&id),
                     limits.blocksize
-                ));
+                );
             }
             false
         }
@@ -571,7 +584,7 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
 }
 
 unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_int {
-    guard("new session", 0, || {
+    NEW_SESSION.guard(0, || {
         let Some(cache) = installed() else { return 0 };
         // SAFETY: OpenSSL passes the live connection and its session.
         unsafe {
@@ -676,7 +689,7 @@ unsafe extern "C" fn on_get_session(
         // reference is handed over to OpenSSL.
         unsafe { *copy = 0 };
     }
-    guard("get session", std::ptr::null_mut(), || {
+    GET_SESSION.guard(std::ptr::null_mut(), || {
         let Some(cache) = installed() else {
             return std::ptr::null_mut();
         };
@@ -689,7 +702,7 @@ unsafe extern "C" fn on_get_session(
         }
         // SAFETY: OpenSSL passes `len` readable bytes at `id`.
         let id = unsafe { std::slice::from_raw_parts(id, len as usize) };
-        let now = unix_now();
+        let now = unix_secs();
         // The second ClientHello of a HelloRetryRequest offers the same
         // session again: answer from the first lookup.
         let mut value = match conn.last_lookup.take() {
@@ -699,7 +712,7 @@ unsafe extern "C" fn on_get_session(
         if value.is_empty() {
             let lookup = cache.store.get(id, now, &mut value);
             if cache.verbose {
-                log::line(&format!("get session {}..: {lookup:?}", hex(id)));
+                log::info!("get session {}..: {lookup:?}", hex(id));
             }
             cache.events.changed(&cache.store);
             if !matches!(lookup, Lookup::Hit { .. }) {
@@ -732,7 +745,7 @@ unsafe extern "C" fn on_get_session(
                     Refusal::PlainIdentity => &counters.refused_plain_identity,
                 });
                 if cache.verbose {
-                    log::line(&format!("session {}.. not resumed here: {refusal:?}", hex(id)));
+                    log::info!("session {}.. not resumed here: {refusal:?}", hex(id));
                 }
                 // SAFETY: we own the only reference.
                 unsafe { openssl_sys::SSL_SESSION_free(sess) };
@@ -753,7 +766,7 @@ fn removed_for_unexpected_eof() -> bool {
 }
 
 unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSION) {
-    guard("remove session", (), || {
+    REMOVE_SESSION.guard((), || {
         let Some(cache) = installed() else { return };
         // SAFETY: OpenSSL passes a valid session for the duration of the call.
         let id = unsafe { session_id(sess) };
@@ -762,10 +775,7 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
         }
         if removed_for_unexpected_eof() {
             if cache.verbose {
-                log::line(&format!(
-                    "kept session {}.. of a connection closed without close_notify",
-                    hex(id)
-                ));
+                log::info!("kept session {}.. of a connection closed without close_notify", hex(id));
             }
             return;
         }
@@ -773,17 +783,17 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
         if unsafe { is_unproven(sess) } {
             bump(&cache.counters.get().kept_unproven);
             if cache.verbose {
-                log::line(&format!(
+                log::info!(
                     "kept session {}..: its failed resumption never proved knowledge of it",
                     hex(id)
-                ));
+                );
             }
             return;
         }
         if cache.verbose {
-            log::line(&format!("remove session {}..", hex(id)));
+            log::info!("remove session {}..", hex(id));
         }
-        if cache.store.remove(id, unix_now()) == Some(true) {
+        if cache.store.remove(id, unix_secs()) == Some(true) {
             cache.events.removed(id);
         }
         cache.events.changed(&cache.store);

@@ -7,33 +7,13 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::addr::is_multicast;
-use crate::stats::ReplicationCounters;
+use super::counters::ReplicationCounters;
+use super::engine::Transport;
+use crate::config::Multicast;
 
-/// How multicast datagrams are sent and received.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Multicast {
-    /// Interface (its IPv4 address) to send from and join on; `None`: the
-    /// kernel's choice (the default route when sending).
-    pub interface: Option<Ipv4Addr>,
-    /// IP_MULTICAST_TTL.
-    pub ttl: u32,
-    /// IP_MULTICAST_LOOP: deliver to receivers on this host too.
-    pub loopback: bool,
-}
-
-impl Default for Multicast {
-    fn default() -> Self {
-        Multicast {
-            interface: None,
-            ttl: 1,
-            loopback: true,
-        }
-    }
-}
-
-/// Sends each datagram to every peer, never waiting.
-pub struct Sender {
+/// The UDP transport: sends each datagram to every peer (unicast or a
+/// multicast group), never waiting.
+pub struct UdpPeers {
     v4: Option<UdpSocket>,
     v6: Option<UdpSocket>,
     peers: Vec<SocketAddr>,
@@ -43,11 +23,11 @@ fn udp(domain: Domain) -> io::Result<Socket> {
     Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))
 }
 
-impl Sender {
-    pub fn new(peers: Vec<SocketAddr>, mc: &Multicast) -> io::Result<Sender> {
+impl UdpPeers {
+    pub fn new(peers: Vec<SocketAddr>, mc: &Multicast) -> io::Result<UdpPeers> {
         let v4 = if peers.iter().any(SocketAddr::is_ipv4) {
             let s = udp(Domain::IPV4)?;
-            if peers.iter().any(is_multicast) {
+            if peers.iter().any(|p| p.ip().is_multicast()) {
                 if let Some(interface) = mc.interface {
                     s.set_multicast_if_v4(&interface)?;
                 }
@@ -61,7 +41,7 @@ impl Sender {
         };
         let v6 = if peers.iter().any(SocketAddr::is_ipv6) {
             let s = udp(Domain::IPV6)?;
-            if peers.iter().any(is_multicast) {
+            if peers.iter().any(|p| p.ip().is_multicast()) {
                 s.set_multicast_hops_v6(mc.ttl)?;
                 s.set_multicast_loop_v6(mc.loopback)?;
             }
@@ -70,16 +50,18 @@ impl Sender {
         } else {
             None
         };
-        Ok(Sender { v4, v6, peers })
+        Ok(UdpPeers { v4, v6, peers })
     }
+}
 
-    pub fn peers(&self) -> &[SocketAddr] {
-        &self.peers
+impl Transport for UdpPeers {
+    fn describe(&self) -> String {
+        self.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
     }
 
     /// Hands `datagram` to the kernel for every peer; a full socket buffer
     /// drops it (counted), it never blocks.
-    pub fn send(&self, datagram: &[u8], counters: &ReplicationCounters) {
+    fn send(&self, datagram: &[u8], counters: &ReplicationCounters) {
         for peer in &self.peers {
             let socket = if peer.is_ipv4() { &self.v4 } else { &self.v6 };
             let Some(socket) = socket else { continue };
@@ -98,7 +80,7 @@ impl Sender {
 /// (several nodes of one host may join it) and joined on the interface.
 pub fn bind_receiver(addr: SocketAddr, mc: &Multicast) -> io::Result<UdpSocket> {
     let s = udp(Domain::for_address(addr))?;
-    if is_multicast(&addr) {
+    if addr.ip().is_multicast() {
         s.set_reuse_address(true)?;
     }
     s.bind(&addr.into())?;
@@ -117,7 +99,7 @@ pub fn bind_receiver(addr: SocketAddr, mc: &Multicast) -> io::Result<UdpSocket> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::SharedCounters;
+    use crate::replication::counters::SharedCounters;
     use std::sync::atomic::Ordering;
     use std::time::Duration;
 
@@ -126,7 +108,7 @@ mod tests {
         receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let target = receiver.local_addr().unwrap();
         let counters = SharedCounters::create().unwrap();
-        let sender = Sender::new(vec![target], &Multicast::default()).unwrap();
+        let sender = UdpPeers::new(vec![target], &Multicast::default()).unwrap();
         sender.send(b"datagram", counters.get());
         let mut buf = [0u8; 64];
         let (n, _) = receiver.recv_from(&mut buf).unwrap();
@@ -152,7 +134,7 @@ mod tests {
         receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let port = receiver.local_addr().unwrap().port();
         let counters = SharedCounters::create().unwrap();
-        let sender = Sender::new(vec![SocketAddr::new(group.ip(), port)], &mc).unwrap();
+        let sender = UdpPeers::new(vec![SocketAddr::new(group.ip(), port)], &mc).unwrap();
         sender.send(b"to the group", counters.get());
         let mut buf = [0u8; 64];
         let (n, from) = receiver.recv_from(&mut buf).unwrap();

@@ -7,8 +7,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 
-use crate::sync::addr;
-use crate::sync::net::Multicast;
+pub mod addr;
 
 /// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
 pub const DEFAULT_TIMEOUT: u32 = 300;
@@ -90,6 +89,28 @@ pub const MAX_TLS13_TICKETS: u8 = 8;
 
 /// Default `ssl-sessions-max-skew`, seconds.
 pub const DEFAULT_MAX_SKEW: u64 = 30;
+
+/// How multicast datagrams are sent and received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Multicast {
+    /// Interface (its IPv4 address) to send from and join on; `None`: the
+    /// kernel's choice (the default route when sending).
+    pub interface: Option<Ipv4Addr>,
+    /// IP_MULTICAST_TTL.
+    pub ttl: u32,
+    /// IP_MULTICAST_LOOP: deliver to receivers on this host too.
+    pub loopback: bool,
+}
+
+impl Default for Multicast {
+    fn default() -> Self {
+        Multicast {
+            interface: None,
+            ttl: 1,
+            loopback: true,
+        }
+    }
+}
 
 /// Where sessions are replicated.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -181,8 +181,9 @@ impl Sealer {
     }
 }
 
-/// What is remembered of one sender.
-struct Sender {
+/// What a receiver remembers of one sending node: its opening context
+/// and its replay window.
+struct PeerWindow {
     gcm: Gcm,
     key_id: u32,
     highest: u64,
@@ -191,7 +192,7 @@ struct Sender {
     last_heard: u64,
 }
 
-impl Sender {
+impl PeerWindow {
     /// Accepts `seq` once; Err if replayed or too old.
     fn accept(&mut self, seq: u64) -> Result<(), SealError> {
         if seq > self.highest {
@@ -242,7 +243,7 @@ pub struct Opener {
     max_skew_ms: u64,
     /// When this receiver started (unix ms): no sender window before it.
     started_ms: u64,
-    senders: Mutex<HashMap<u64, Sender>>,
+    senders: Mutex<HashMap<u64, PeerWindow>>,
 }
 
 impl Opener {
@@ -309,7 +310,7 @@ impl Opener {
             // A sender heard of for the first time: nothing older than this
             // datagram can be told apart from a replay, so all of it counts
             // as seen.
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(Sender {
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(PeerWindow {
                 gcm: fresh.take().expect("a new sender got a fresh context"),
                 key_id,
                 highest: seq,

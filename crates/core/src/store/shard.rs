@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{fence, Ordering};
 
-use super::region::SharedPod;
+use crate::shm::SharedPod;
 
 /// Test builds can make the process die at a numbered step of a mutation,
 /// with the shard lock held, to prove that a repair recovers from there.

@@ -1,24 +1,13 @@
-//! Session replication between nodes over UDP.
-//!
-//! A router process that stores a new session sends it to every peer
-//! ([`net::Sender`], non-blocking, drops counted); a receiver thread in each
-//! node's master decodes what arrives ([`wire`]) and applies it to the local
-//! store ([`Applier`]). Expiry travels as an absolute unix time; a session
-//! that arrives expired is ignored, and the local timeout caps any remote
-//! expiry.
+//! Applying peers' datagrams to the local store: decode ([`super::wire`]),
+//! open when sealed ([`super::seal`]), then the expiry and tombstone policy.
+//! Expiry travels as an absolute unix time; a session that arrives expired
+//! is ignored, and the local timeout caps any remote expiry.
 
-pub mod addr;
-pub mod keys;
-pub mod net;
-pub mod ratelimit;
-pub mod seal;
-pub mod wire;
-
+use super::counters::ReplicationCounters;
+use super::seal::{Opener, SealError};
+use super::wire::{self, Format, Frame, FrameLimits, WireError};
 use crate::record::{self, Origin};
-use crate::stats::ReplicationCounters;
 use crate::store::{Insert, Store};
-use seal::{Opener, SealError};
-use wire::{Format, Frame, FrameLimits, WireError};
 
 /// What one datagram did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,20 +143,11 @@ fn is_tombstone(value: &[u8]) -> bool {
     record::read(value) == Some(record::Record::Tombstone)
 }
 
-/// Encodes a stored session for peers.
-pub fn encode_set(key: &[u8], value: &[u8], expires: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
-    wire::encode_plain(&Frame::Set { key, value, expires }, out)
-}
-
-/// Encodes a removal for peers.
-pub fn encode_delete(key: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
-    wire::encode_plain(&Frame::Delete { key }, out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::SharedCounters;
+    use crate::replication::counters::SharedCounters;
+    use crate::replication::wire::{encode_delete, encode_set};
     use crate::store::{Limits, Lookup};
     use std::sync::atomic::Ordering;
 

@@ -1,4 +1,4 @@
-//! Anonymous mappings reserved up front and paid for as they are touched.
+//! Shared memory: anonymous mappings reserved up front and paid for as they are touched.
 //!
 //! A shared region (`MAP_SHARED | MAP_ANONYMOUS`) is made before `fork()` and
 //! inherited by every child: all processes see the same bytes. A private one
@@ -9,6 +9,10 @@
 
 use std::io;
 use std::ptr::NonNull;
+
+mod lock;
+
+pub use lock::{Locked, RobustMutex};
 
 /// Plain data that may live in a shared region: `#[repr(C)]`, no pointers,
 /// no drop glue, and valid when every byte is zero (a fresh mapping).
@@ -177,5 +181,25 @@ impl Drop for Region {
         unsafe {
             libc::munmap(self.base.as_ptr().cast(), self.len);
         }
+    }
+}
+
+/// One value of type `T` (counters) in its own shared mapping, made before
+/// fork and seen by every process of the node.
+pub struct Shared<T> {
+    region: Region,
+    _kind: std::marker::PhantomData<T>,
+}
+
+impl<T: Concurrent> Shared<T> {
+    pub fn create() -> io::Result<Shared<T>> {
+        Ok(Shared {
+            region: Region::shared(std::mem::size_of::<T>())?,
+            _kind: std::marker::PhantomData,
+        })
+    }
+
+    pub fn get(&self) -> &T {
+        self.region.shared_ref(0)
     }
 }

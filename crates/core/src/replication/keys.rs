@@ -12,7 +12,7 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-use crate::store::SecretPage;
+use crate::shm::SecretPage;
 
 /// Bytes of a key (AES-256).
 pub const KEY_LEN: usize = 32;

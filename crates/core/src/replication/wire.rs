@@ -218,6 +218,16 @@ pub fn encode_plain(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), WireErro
     Ok(())
 }
 
+/// Encodes a stored session for peers.
+pub fn encode_set(key: &[u8], value: &[u8], expires: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_plain(&Frame::Set { key, value, expires }, out)
+}
+
+/// Encodes a removal for peers.
+pub fn encode_delete(key: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_plain(&Frame::Delete { key }, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

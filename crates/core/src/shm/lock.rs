@@ -14,7 +14,8 @@ use std::cell::UnsafeCell;
 use std::io;
 use std::time::Duration;
 
-use super::region::SharedPod;
+use super::SharedPod;
+use crate::os::pthread_mutex_clocklock;
 
 /// The outcome of a bounded lock attempt.
 #[derive(Debug, PartialEq, Eq)]
@@ -39,32 +40,6 @@ unsafe impl SharedPod for RobustMutex {}
 // SAFETY: the mutex is designed for concurrent use through shared references
 // (PTHREAD_PROCESS_SHARED); all access goes through pthread calls.
 unsafe impl Sync for RobustMutex {}
-
-extern "C" {
-    // glibc >= 2.30; not in the libc crate. Like pthread_mutex_timedlock,
-    // robust mutexes included, but against the given clock.
-    fn pthread_mutex_clocklock(
-        mutex: *mut libc::pthread_mutex_t,
-        clock: libc::clockid_t,
-        abstime: *const libc::timespec,
-    ) -> libc::c_int;
-}
-
-fn now(clock: libc::clockid_t) -> libc::timespec {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into `t`.
-    unsafe {
-        libc::clock_gettime(clock, &mut t);
-    }
-    t
-}
-
-/// Milliseconds on the system-wide monotonic clock (the same in every
-/// process, unaffected by changes of the wall clock).
-pub fn monotonic_ms() -> u64 {
-    let t = now(libc::CLOCK_MONOTONIC);
-    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
-}
 
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc == 0 {
@@ -144,7 +119,7 @@ impl RobustMutex {
 
 /// `timeout` from now on the monotonic clock.
 fn deadline_after(timeout: Duration) -> libc::timespec {
-    let now = now(libc::CLOCK_MONOTONIC);
+    let now = crate::clock::monotonic();
     let nanos = now.tv_nsec as u64 + u64::from(timeout.subsec_nanos());
     libc::timespec {
         tv_sec: now.tv_sec + timeout.as_secs() as libc::time_t + (nanos / 1_000_000_000) as libc::time_t,

@@ -17,12 +17,14 @@
 use std::ffi::{c_char, CString};
 use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
-use super::server::Server;
-use super::sys;
-use crate::config::{CacheDef, CacheOrigin};
-use crate::store::{Region, Store};
+use sslcache_core::config::{CacheDef, CacheOrigin};
+use sslcache_core::shm::Region;
+use sslcache_core::store::Store;
 
-/// Always an empty slot: the facade's hash table is all zeros anyway.
+use super::server::Server;
+use super::sys::{self, link_at};
+
+/// Always an empty slot: the entry's hash table is all zeros anyway.
 unsafe extern "C" fn no_slot(_key: *mut c_char, _len: u64) -> u32 {
     0
 }
@@ -97,15 +99,11 @@ pub fn link(server: &mut Server, def: &CacheDef, store: &Store, hashsize: u32) -
         CacheOrigin::Default => 0,
         CacheOrigin::Cache2 { index } => index + usize::from(server.has_core_default_cache()),
     };
-    let mut link = server.caches_head();
-    // SAFETY: uwsgi.caches is the core's singly linked list, built before
-    // plugins' init; we insert one node, as uwsgi_cache_create appends.
+    // SAFETY: uwsgi.caches is the core's list, built before plugins' init
+    // and not used by anyone else in the master before fork; we insert one
+    // node, as uwsgi_cache_create appends.
     unsafe {
-        let mut i = 0;
-        while i < position && !(*link).is_null() {
-            link = &mut (**link).next;
-            i += 1;
-        }
+        let link = link_at(server.caches_head(), position);
         (*uc).next = *link;
         *link = uc;
     }

@@ -15,7 +15,7 @@
 use std::io::{Read, Write};
 use std::time::Instant;
 
-use sslcache::store::{Insert, Limits, Lookup, Store};
+use sslcache_core::store::{Insert, Limits, Lookup, Store};
 
 const PREFILL: u64 = 10_000;
 const GETS: usize = 100_000;

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// Parses one address; `option` names it in errors. `any_host` allows
 /// `:port` (bind on every address).
@@ -40,11 +40,6 @@ fn check_port(addr: SocketAddr) -> Option<SocketAddr> {
     (addr.port() != 0).then_some(addr)
 }
 
-/// Whether datagrams to this address go to a multicast group.
-pub fn is_multicast(addr: &SocketAddr) -> bool {
-    addr.ip().is_multicast()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,7 +53,7 @@ mod tests {
         assert_eq!(parse("o", ":7171", true).unwrap(), "0.0.0.0:7171".parse().unwrap());
         assert_eq!(parse("o", "[::1]:7171", false).unwrap(), "[::1]:7171".parse().unwrap());
         assert_eq!(parse("o", "localhost:7171", false).unwrap().port(), 7171);
-        assert!(is_multicast(&parse("o", "225.1.1.1:7171", true).unwrap()));
+        assert!(parse("o", "225.1.1.1:7171", true).unwrap().ip().is_multicast());
     }
 
     #[test]

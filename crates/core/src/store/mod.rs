@@ -19,8 +19,6 @@
 //! other attempts on that shard wait a few milliseconds (lookups miss,
 //! inserts are dropped) until it answers again.
 
-mod lock;
-mod region;
 mod shard;
 
 use std::hash::{BuildHasher, RandomState};
@@ -29,10 +27,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-pub use lock::monotonic_ms;
-use lock::{Locked, RobustMutex};
-pub use region::{Concurrent, SharedPod};
-pub use region::{Region, SecretPage};
+use crate::clock::monotonic_ms;
+use crate::shm::{Concurrent, Locked, Region, RobustMutex, SharedPod};
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
 /// Longest wait for a shard lock on the handshake path. Far above any
@@ -324,7 +320,7 @@ impl Store {
     /// Runs `f` on the locked shard; `None` when the lock was not obtained.
     fn with_shard<R>(&self, shard: usize, f: impl FnOnce(&mut ShardView<'_>) -> R) -> Option<R> {
         let head = self.head(shard);
-        let now_ms = lock::monotonic_ms();
+        let now_ms = monotonic_ms();
         let stalled = head.stalled_until.load(Ordering::Relaxed) > now_ms;
         let locked = head.lock.lock(if stalled { STALLED_WAIT } else { LOCK_TIMEOUT });
         if locked == Locked::TimedOut {

@@ -2,10 +2,9 @@
 //! send, the master's receiver counts what arrives. The host layer shows
 //! them in the stats server as uWSGI metrics (`sslcache.<cache>.<name>`).
 
-use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::store::{Concurrent, Region, SharedPod};
+use crate::shm::{Concurrent, Shared, SharedPod};
 
 /// Every replication counter.
 #[repr(C)]
@@ -77,59 +76,6 @@ impl ReplicationCounters {
 
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// What the TLS callbacks refused or did besides storing and finding.
-#[repr(C)]
-#[derive(Default)]
-pub struct SessionCounters {
-    /// Sessions offered on a context other than (and not equivalent to)
-    /// the one that made them: not resumed.
-    pub refused_context: AtomicU64,
-    /// Sessions from plain datagrams offered on a context that verifies
-    /// clients, or carrying a client certificate: not resumed.
-    pub refused_plain_identity: AtomicU64,
-    /// Removals OpenSSL asked for after a failed resumption whose client
-    /// never proved it knew the session: ignored.
-    pub kept_unproven: AtomicU64,
-    /// TLS 1.2 sessions stored as soon as the client's Finished verified,
-    /// before the server's Finished went out.
-    pub stored_early: AtomicU64,
-}
-
-// SAFETY: repr(C), atomics only, zero is a valid value of each.
-unsafe impl SharedPod for SessionCounters {}
-// SAFETY: atomics only.
-unsafe impl Concurrent for SessionCounters {}
-
-impl SessionCounters {
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 4] {
-        [
-            ("refused_context", &self.refused_context),
-            ("refused_plain_identity", &self.refused_plain_identity),
-            ("kept_unproven", &self.kept_unproven),
-            ("stored_early", &self.stored_early),
-        ]
-    }
-}
-
-/// Counters of type `T` in their own shared mapping, made before fork.
-pub struct Shared<T> {
-    region: Region,
-    _kind: std::marker::PhantomData<T>,
-}
-
-impl<T: Concurrent> Shared<T> {
-    pub fn create() -> io::Result<Shared<T>> {
-        Ok(Shared {
-            region: Region::shared(std::mem::size_of::<T>())?,
-            _kind: std::marker::PhantomData,
-        })
-    }
-
-    pub fn get(&self) -> &T {
-        self.region.shared_ref(0)
     }
 }
 

@@ -1,6 +1,8 @@
-//! OpenSSL functions and constants that openssl-sys does not declare, in one
-//! place. Every one exists in OpenSSL 1.1.1 and 3.x (the host's libssl);
-//! values are from the named header.
+//! C declarations and constants that neither uWSGI's generated bindings nor
+//! openssl-sys nor the libc crate provide, in one place, each with the
+//! header it comes from. The OpenSSL ones exist in 1.1.1 and 3.x (the
+//! host's libssl). The core crate's own (glibc) ones are in
+//! `sslcache_core::os`.
 
 use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_void};
 
@@ -25,6 +27,11 @@ extern "C" {
     pub fn SSL_SESSION_set_ex_data(s: *mut SSL_SESSION, idx: c_int, data: *mut c_void) -> c_int;
     pub fn SSL_SESSION_get_ex_data(s: *const SSL_SESSION, idx: c_int) -> *mut c_void;
 }
+
+/// `RTLD_DL_SYMENT` (glibc <dlfcn.h>): `dladdr1` returns the ELF symbol.
+pub const RTLD_DL_SYMENT: c_int = 1;
+/// `NT_GNU_BUILD_ID` (<elf.h>): the note type of a GNU build-id.
+pub const NT_GNU_BUILD_ID: u32 = 3;
 
 /// `SSL_R_UNEXPECTED_EOF_WHILE_READING` (ssl/sslerr.h, OpenSSL 3).
 pub const SSL_R_UNEXPECTED_EOF_WHILE_READING: c_int = 294;

@@ -1,0 +1,33 @@
+//! sslcache's core: everything that does not touch uWSGI.
+//!
+//! The plugin crate (the host layer) builds on this one; nothing here knows
+//! uWSGI's structs, so it builds and tests with plain `cargo test -p
+//! sslcache-core`. Modules form layers, lowest first; a module imports only
+//! from layers below it (checked by `layers_point_inward` in this file):
+//!
+//! 1. [`os`], [`clock`], [`boundary`]: C calls the `libc` crate lacks, the
+//!    one clock, the one panic boundary of every `extern "C"` entry point
+//!    and thread body.
+//! 2. [`shm`]: shared mappings, locked secret pages, robust mutexes.
+//! 3. [`store`]: the shared-memory session store.
+//! 4. [`record`], [`client_hello`]: what a stored value holds; the server
+//!    name of a raw ClientHello.
+//! 5. [`config`]: the option table and typed settings.
+//! 6. [`replication`]: the engine that spreads sessions between nodes
+//!    (wire and sealed formats, keys, transports, receiver loop).
+//!
+//! Inner code logs through the `log` crate's macros; the host installs the
+//! logger (uWSGI's log), so no layer reaches up to print.
+
+pub mod boundary;
+pub mod client_hello;
+pub mod clock;
+pub mod config;
+pub mod os;
+pub mod record;
+pub mod replication;
+pub mod shm;
+pub mod store;
+
+#[cfg(test)]
+mod layering;

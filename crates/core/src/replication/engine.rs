@@ -1,0 +1,396 @@
+//! The replication engine: what is sent, through which transports, and the
+//! receiver loop that applies what arrives.
+//!
+//! Made in the master before the router processes fork (sockets bound,
+//! transports made, keys taken), so every router process inherits it and
+//! sends from the handshake path without waiting. Receiver threads start in
+//! the master after the first fork (threads never live across uWSGI's
+//! initial forks) and keep apart from later forks through
+//! [`fork_guard`](crate::os::fork_guard).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::apply::{Applied, Applier};
+use super::counters::{ReplicationCounters, SharedCounters};
+use super::keys::Key;
+use super::log_budget::{LogBudget, Verdict};
+use super::seal::{Opener, Sealer};
+use super::udp::{bind_receiver, UdpPeers};
+use super::wire;
+use crate::boundary::Boundary;
+use crate::clock;
+use crate::config::Replication;
+use crate::os::{self, fork_guard};
+use crate::store::Store;
+
+/// A way to reach the other nodes. Sending never waits: a datagram that
+/// cannot be handed over at once is dropped and counted.
+pub trait Transport: Send + Sync {
+    /// Hands one datagram (plain or sealed) to every peer it reaches.
+    fn send(&self, datagram: &[u8], counters: &ReplicationCounters);
+    /// Where it sends, for the startup line.
+    fn describe(&self) -> String;
+}
+
+/// Told what the receiver did with each datagram (stats, benchmarks).
+pub trait Observer: Send + Sync {
+    /// After a datagram was applied; `key` is the session id it named
+    /// (empty when it could not be decoded).
+    fn applied(&self, _key: &[u8], _outcome: Applied) {}
+    /// Checked between datagrams and at least once a second.
+    fn keep_running(&self) -> bool {
+        true
+    }
+}
+
+/// Largest UDP payload over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+/// `ssl-verbose` logs datagrams, but never more lines than this a second:
+/// the senders choose how many arrive.
+const LOG_LINES_PER_SEC: u32 = 20;
+/// How often a receiver idle on its socket checks `keep_running`.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
+static APPLYING: Boundary = Boundary::new("applying a replication datagram");
+static RECEIVER_THREAD: Boundary = Boundary::new("a replication receiver thread");
+
+/// Replication state of one node's process image.
+pub struct Replicator {
+    store: Arc<Store>,
+    /// Session lifetime here, seconds: caps remote expiries.
+    timeout: u32,
+    transports: Vec<Box<dyn Transport>>,
+    /// With a key file: seals what is sent, opens what arrives.
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    accept_plain: bool,
+    /// Clock skew tolerated on sealed datagrams, seconds.
+    max_skew: u64,
+    /// Log every datagram (uWSGI's `ssl-verbose`), within a budget.
+    verbose: bool,
+    counters: SharedCounters,
+    /// Bound before fork, handed to their threads by `start_receivers`.
+    receivers: Mutex<Vec<(SocketAddr, UdpSocket)>>,
+    started: AtomicBool,
+}
+
+impl Replicator {
+    /// Binds the receiving sockets, makes the transports and takes the keys
+    /// (which the caller read while it could: uWSGI drops privileges before
+    /// the sockets can be made). `cache` names the cache in errors.
+    pub fn new(
+        settings: &Replication,
+        keys: Option<Vec<Key>>,
+        store: Arc<Store>,
+        timeout: u32,
+        verbose: bool,
+        cache: &str,
+    ) -> Result<Replicator, String> {
+        let mc = &settings.multicast;
+        let mut receivers = Vec::new();
+        for addr in &settings.servers {
+            let socket = bind_receiver(*addr, mc)
+                .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
+            receivers.push((*addr, socket));
+        }
+        let mut transports: Vec<Box<dyn Transport>> = Vec::new();
+        if !settings.nodes.is_empty() {
+            let udp = UdpPeers::new(settings.nodes.clone(), mc)
+                .map_err(|e| format!("cannot make the socket that sends session updates: {e}"))?;
+            transports.push(Box::new(udp));
+        }
+        let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
+        let (sealer, opener) = match (&settings.key_file, keys) {
+            (Some(_), Some(keys)) if !keys.is_empty() => (
+                Some(Sealer::new(&keys[0])),
+                Some(Opener::new(keys, settings.max_skew, clock::unix_ms())),
+            ),
+            (Some((option, path)), _) => {
+                return Err(format!(
+                    "{option} = {path}: the keys were not read before privileges dropped"
+                ))
+            }
+            (None, _) => (None, None),
+        };
+        Ok(Replicator {
+            store,
+            timeout,
+            transports,
+            sealer,
+            opener,
+            accept_plain: settings.accept_plain,
+            max_skew: settings.max_skew,
+            verbose,
+            counters,
+            receivers: Mutex::new(receivers),
+            started: AtomicBool::new(false),
+        })
+    }
+
+    pub fn counters(&self) -> &ReplicationCounters {
+        self.counters.get()
+    }
+
+    /// Whether datagrams are sealed: this node's sender id and how many
+    /// keys open.
+    pub fn sealed_with(&self) -> Option<(u64, usize)> {
+        Some((self.sealer.as_ref()?.sender(), self.opener.as_ref()?.key_count()))
+    }
+
+    /// The addresses the receivers are bound to (the port the kernel chose
+    /// for `:0`), before they start.
+    pub fn receiving_on(&self) -> Vec<SocketAddr> {
+        let receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
+        receivers
+            .iter()
+            .map(|(addr, socket)| socket.local_addr().unwrap_or(*addr))
+            .collect()
+    }
+
+    /// Sends a session just stored here to every peer.
+    pub fn stored(&self, id: &[u8], der: &[u8], expires: u64) {
+        if self.transports.is_empty() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(der.len() + id.len() + 32);
+        match wire::encode_set(id, der, expires, &mut frame) {
+            Ok(()) => self.send(&frame),
+            Err(_) => ReplicationCounters::bump(&self.counters().send_too_big),
+        }
+    }
+
+    /// Tells every peer to forget a session.
+    pub fn removed(&self, id: &[u8]) {
+        if self.transports.is_empty() {
+            return;
+        }
+        let mut frame = Vec::with_capacity(id.len() + 8);
+        if wire::encode_delete(id, &mut frame).is_ok() {
+            self.send(&frame);
+        }
+    }
+
+    /// Sends a plain frame, sealed first when a key is configured.
+    fn send(&self, frame: &[u8]) {
+        let mut sealed = Vec::new();
+        let datagram = match &self.sealer {
+            Some(sealer) => {
+                sealer.seal(frame, &self.counters().sealed, clock::unix_ms(), &mut sealed);
+                &sealed[..]
+            }
+            None => frame,
+        };
+        if datagram.len() > MAX_UDP_PAYLOAD {
+            ReplicationCounters::bump(&self.counters().send_too_big);
+            return;
+        }
+        for transport in &self.transports {
+            transport.send(datagram, self.counters());
+        }
+    }
+
+    /// Starts one receiver thread per bound address, once (in the master,
+    /// after the router processes forked).
+    pub fn start_receivers(self: &Arc<Self>, observer: Arc<dyn Observer>) {
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let sockets = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !sockets.is_empty() {
+            fork_guard::install();
+        }
+        for (addr, socket) in sockets {
+            let (this, observer) = (Arc::clone(self), Arc::clone(&observer));
+            let spawned = std::thread::Builder::new()
+                .name("sslcache-recv".into())
+                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(socket, &*observer)));
+            if let Err(e) = spawned {
+                log::error!("cannot start the receiver thread for {addr}: {e}");
+            }
+        }
+    }
+
+    /// The receiver loop, until `observer.keep_running()` says stop.
+    fn receive(&self, socket: UdpSocket, observer: &dyn Observer) {
+        os::block_signals();
+        let _ = socket.set_read_timeout(Some(IDLE_CHECK));
+        let applier = Applier {
+            store: &self.store,
+            timeout: self.timeout,
+            counters: self.counters(),
+            opener: self.opener.as_ref(),
+            accept_plain: self.accept_plain,
+            tombstone_secs: self.max_skew + 1,
+        };
+        let mut buf = vec![0u8; 65536];
+        let mut key = Vec::with_capacity(64);
+        let mut budget = LogBudget::new(LOG_LINES_PER_SEC, 1000);
+        while observer.keep_running() {
+            let n = match socket.recv_from(&mut buf) {
+                Ok((n, _)) => n,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+            };
+            // Not while the master forks: a child must not inherit a lock
+            // (OpenSSL's, malloc's) this thread holds mid-work.
+            let held = fork_guard::hold();
+            let applied = APPLYING.guard(None, || {
+                key.clear();
+                let outcome =
+                    applier.apply_with(&buf[..n], clock::unix_ms(), |frame| key.extend_from_slice(frame.key()));
+                observer.applied(&key, outcome);
+                Some(outcome)
+            });
+            drop(held);
+            if let (Some(outcome), true) = (applied, self.verbose) {
+                match budget.check(clock::monotonic_ms()) {
+                    Verdict::Log { suppressed: 0 } => log::info!("replication datagram of {n} bytes: {outcome:?}"),
+                    Verdict::Log { suppressed } => log::info!(
+                        "replication datagram of {n} bytes: {outcome:?} \
+                         ({suppressed} datagram lines held back before this one)"
+                    ),
+                    Verdict::Suppress => {}
+                }
+            }
+        }
+    }
+
+    /// The startup line: where it receives and sends, and how.
+    pub fn summary(&self, settings: &Replication, cache: &str) -> String {
+        let receiving = if settings.servers.is_empty() {
+            "nowhere".to_string()
+        } else {
+            let addrs: Vec<String> = settings.servers.iter().map(|a| a.to_string()).collect();
+            addrs.join(", ")
+        };
+        let sending = if self.transports.is_empty() {
+            "nowhere".to_string()
+        } else {
+            let peers: Vec<String> = self.transports.iter().map(|t| t.describe()).collect();
+            peers.join(", ")
+        };
+        let mode = match self.sealed_with() {
+            Some((sender, keys)) => format!(
+                "sealed with AES-256-GCM (sender {sender:016x}, {keys} key{} to open, clock skew up to {}s){}",
+                if keys == 1 { "" } else { "s" },
+                settings.max_skew,
+                if settings.accept_plain {
+                    "; plain datagrams accepted too (ssl-sessions-accept-plain)"
+                } else {
+                    ""
+                }
+            ),
+            None => "plain stock uWSGI cache datagrams".to_string(),
+        };
+        format!(
+            "replication of cache \"{cache}\": receiving on {receiving}; sending to {sending}; {mode}; \
+             counters in the stats server's metrics sslcache.{cache}.*"
+        )
+    }
+}
+
+/// Why plain replication is a risk, logged at startup when nothing is sealed.
+pub const PLAIN_WARNING: &str = "session replication is unauthenticated and readable on the network: anyone who \
+    can reach the receiving port can plant sessions, anyone on the path reads their master secrets (set \
+    cache-udp-key, or udp_key= in cache2, to seal it); sessions from plain datagrams never resume where client \
+    certificates are verified and never carry one";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::keys::Key;
+    use crate::store::{Limits, Lookup};
+    use std::sync::atomic::AtomicU64;
+    use std::time::Instant;
+
+    fn store() -> Arc<Store> {
+        Arc::new(
+            Store::create(Limits {
+                capacity: 100,
+                keysize: 64,
+                blocksize: 1024,
+            })
+            .unwrap(),
+        )
+    }
+
+    struct Counting {
+        applied: AtomicU64,
+        stop: AtomicBool,
+    }
+
+    impl Observer for Counting {
+        fn applied(&self, key: &[u8], outcome: Applied) {
+            assert_eq!(key, b"session-id");
+            assert_eq!(outcome, Applied::Stored);
+            self.applied.fetch_add(1, Ordering::Relaxed);
+        }
+        fn keep_running(&self) -> bool {
+            !self.stop.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Node A sends through the engine, node B's receiver thread applies:
+    /// plain and sealed.
+    #[test]
+    fn a_session_stored_on_one_node_reaches_the_other() {
+        for sealed in [false, true] {
+            let key_file = sealed.then(|| ("test".to_string(), "-".to_string()));
+            let keys = || sealed.then(|| vec![Key::new([9; 32])]);
+            let receiving = Replication {
+                servers: vec!["127.0.0.1:0".parse().unwrap()],
+                key_file: key_file.clone(),
+                max_skew: 30,
+                ..Replication::default()
+            };
+            let b_store = store();
+            let b = Arc::new(Replicator::new(&receiving, keys(), b_store.clone(), 300, true, "b").unwrap());
+            let sending = Replication {
+                nodes: b.receiving_on(),
+                key_file,
+                max_skew: 30,
+                ..Replication::default()
+            };
+            let a = Replicator::new(&sending, keys(), store(), 300, false, "a").unwrap();
+            assert_eq!(a.sealed_with().is_some(), sealed);
+            assert!(a.summary(&sending, "a").contains("sending to 127.0.0.1:"));
+            let observer = Arc::new(Counting {
+                applied: AtomicU64::new(0),
+                stop: AtomicBool::new(false),
+            });
+            b.start_receivers(observer.clone());
+            a.stored(b"session-id", b"der", clock::unix_secs() + 100);
+            let started = Instant::now();
+            while observer.applied.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            observer.stop.store(true, Ordering::Relaxed);
+            let mut out = Vec::new();
+            assert!(matches!(
+                b_store.get(b"session-id", clock::unix_secs(), &mut out),
+                Lookup::Hit { .. }
+            ));
+            assert_eq!(a.counters().sent.load(Ordering::Relaxed), 1);
+            assert_eq!(b.counters().applied.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[test]
+    fn keys_named_but_not_read_is_an_error() {
+        let settings = Replication {
+            key_file: Some(("cache-udp-key".into(), "/k".into())),
+            ..Replication::default()
+        };
+        let e = Replicator::new(&settings, None, store(), 300, false, "c")
+            .err()
+            .unwrap();
+        assert!(e.contains("cache-udp-key = /k: the keys were not read"), "{e}");
+    }
+}

@@ -1,0 +1,25 @@
+//! Session replication between nodes: one engine, pluggable transports.
+//!
+//! A router process that stores a new session hands it to the
+//! [`Replicator`], which encodes it ([`wire`], byte for byte uWSGI's cache
+//! sync packet), seals it when a cluster key is configured ([`seal`],
+//! [`keys`]) and gives the datagram to every [`Transport`] (today
+//! [`udp::UdpPeers`]: unicast peers or a multicast group), never waiting.
+//! In each node's master a receiver thread per bound address runs
+//! [`Replicator::receive`]: it opens and decodes what arrives and applies it
+//! to the local store ([`apply`]), counted in shared memory ([`counters`]),
+//! logged within a [`log_budget`].
+
+pub mod apply;
+pub mod counters;
+mod engine;
+pub mod keys;
+pub mod log_budget;
+pub mod seal;
+pub mod udp;
+pub mod wire;
+
+pub use apply::{Applied, Applier};
+pub use counters::{ReplicationCounters, SharedCounters};
+pub use engine::{Observer, Replicator, Transport, PLAIN_WARNING};
+pub use wire::{encode_delete, encode_set};

@@ -67,22 +67,23 @@ pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
 	mkdir -p $(PYPI_PLUGIN_DIR)
 	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN)
 
+# The core crate alone: no uWSGI, no libclang needed.
 unit-test:
-	$(CARGO) test --release --lib
+	$(CARGO) test --release -p sslcache-core
 
 test: deps $(PLUGIN) pypi-uwsgi
 	SSLCACHE_REQUIRE_ALL=1 \
 	SSLCACHE_PYPI_UWSGI=$(abspath $(PYPI_UWSGI)) \
 	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
 	SSLCACHE_NOSSL_UWSGI=$(abspath $(PYPI_NOSSL_UWSGI)) \
-	$(CARGO) test --release -- --test-threads=2
+	$(CARGO) test --release --workspace -- --test-threads=2
 
 demo: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example demo
 
 bench: deps $(PLUGIN)
-	$(CARGO) bench --bench store
-	$(CARGO) bench --bench replication
+	$(CARGO) bench -p sslcache-core --bench store
+	$(CARGO) bench -p sslcache-core --bench replication
 	$(CARGO) run --release --quiet --example bench_memory
 	$(CARGO) run --release --quiet --example bench_tls
 	$(CARGO) run --release --quiet --example bench_tickets

@@ -35,6 +35,8 @@ fn find_uwsgi() -> PathBuf {
             )),
         };
     }
+    // Only then is PATH read: a change of it may select another binary.
+    println!("cargo:rerun-if-env-changed=PATH");
     match which(Path::new("uwsgi")).and_then(|p| fs::canonicalize(p).ok()) {
         Some(p) => p,
         None => fail(
@@ -66,65 +68,6 @@ fn run(binary: &Path, args: &[&str]) -> String {
         ));
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Splits a command line the way a POSIX shell would for the subset that
-/// `uwsgi --cflags` prints: blanks, double quotes, single quotes, backslashes.
-fn shell_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                for q in chars.by_ref() {
-                    if q == '\'' {
-                        break;
-                    }
-                    word.push(q);
-                }
-            }
-            '"' => {
-                in_word = true;
-                while let Some(q) = chars.next() {
-                    match q {
-                        '"' => break,
-                        '\\' => {
-                            if let Some(n) = chars.next() {
-                                if !matches!(n, '"' | '\\' | '$' | '`') {
-                                    word.push('\\');
-                                }
-                                word.push(n);
-                            }
-                        }
-                        _ => word.push(q),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                if let Some(n) = chars.next() {
-                    word.push(n);
-                }
-            }
-            _ => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
-    words
 }
 
 /// Size of the `uwsgi` data symbol, from the binary's dynamic symbol table.
@@ -163,7 +106,6 @@ fn build_id(binary: &Path) -> String {
 
 fn main() {
     println!("cargo:rerun-if-env-changed=UWSGI");
-    println!("cargo:rerun-if-env-changed=PATH");
     println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
     println!("cargo:rerun-if-changed=include/wrapper.h");
     println!("cargo:rerun-if-changed=build.rs");
@@ -172,7 +114,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", binary.display());
 
     let cflags_line = run(&binary, &["--cflags"]);
-    let cflags = shell_words(&cflags_line);
+    // uWSGI prints its flags shell-quoted (-DUWSGI_VERSION="\"2.0.21\"").
+    let cflags = shlex::split(&cflags_line)
+        .unwrap_or_else(|| fail(&format!("cannot split the output of {} --cflags", binary.display())));
     if !cflags.iter().any(|f| f == "-DUWSGI_SSL") {
         fail(&format!(
             "{} was built without SSL support (no -DUWSGI_SSL in its --cflags): \

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use sslcache_core::boundary::Boundary;
 use sslcache_core::clock::unix_secs;
+use sslcache_core::config::options::{Arg, Owner, OPTIONS};
 use sslcache_core::config::{self, Settings};
 use sslcache_core::shm::Shared;
 use sslcache_core::store::{Limits, Store};
@@ -28,48 +29,50 @@ use crate::tls::{self, SessionCache, SessionEvents};
 /// How often the master drops expired sessions (as uWSGI's cache sweeper).
 const SWEEP_EVERY_SECS: u64 = 3;
 
-const fn option(name: &'static std::ffi::CStr, kind: u32, help: &'static std::ffi::CStr) -> uwsgi_option {
-    uwsgi_option {
-        name: name.as_ptr() as *mut c_char,
-        type_: kind as c_int,
-        shortcut: 0,
-        help: help.as_ptr() as *mut c_char,
-        func: Some(option_seen),
-        data: std::ptr::null_mut(),
-        flags: sys::UWSGI_OPT_MASTER as u64,
+/// How many `uwsgi_option` entries the plugin's options take: one per name.
+const OPTION_ENTRIES: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < OPTIONS.len() {
+        if let Owner::Plugin(_) = OPTIONS[i].owner {
+            n += OPTIONS[i].names.len();
+        }
+        i += 1;
     }
-}
+    n
+};
 
-const USE_CACHE_HELP: &std::ffi::CStr = c"store TLS sessions of the HTTPS/SSL routers in this cache, shared by all \
-    router processes (true or empty: the default cache made by --cache; a name: that --cache2) [sslcache]";
-const TIMEOUT_HELP: &std::ffi::CStr = c"set the TLS session timeout in seconds (default 300) [sslcache]";
-const KEY_HELP: &std::ffi::CStr = c"seal the default cache's session replication with the keys in this file \
-    (one per line, 64 hex digits; the first seals, all open; mode 0600) [sslcache]";
-const ACCEPT_PLAIN_HELP: &std::ffi::CStr =
-    c"with a replication key, still accept plain datagrams (while migrating a cluster) [sslcache]";
-const MAX_SKEW_HELP: &std::ffi::CStr =
-    c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]";
-const MULTICAST_IF_HELP: &std::ffi::CStr = c"send and receive multicast session updates on the interface with this \
-    IPv4 address (TTL and loop: --multicast-ttl, --multicast-loop) [sslcache]";
-
-const TICKETS_HELP: &std::ffi::CStr =
-    c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored session [sslcache]";
-
-/// The option table; uWSGI reads it through `sslcache_plugin.options`.
-static mut OPTIONS: [uwsgi_option; 11] = [
-    option(c"ssl-sessions-use-cache", sys::optional_argument, USE_CACHE_HELP),
-    option(c"ssl-session-use-cache", sys::optional_argument, USE_CACHE_HELP),
-    option(c"ssl-sessions-timeout", sys::required_argument, TIMEOUT_HELP),
-    option(c"ssl-session-timeout", sys::required_argument, TIMEOUT_HELP),
-    option(c"ssl-sessions-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
-    option(c"ssl-session-multicast-if", sys::required_argument, MULTICAST_IF_HELP),
-    option(c"cache-udp-key", sys::required_argument, KEY_HELP),
-    option(c"ssl-sessions-accept-plain", sys::optional_argument, ACCEPT_PLAIN_HELP),
-    option(c"ssl-sessions-max-skew", sys::required_argument, MAX_SKEW_HELP),
-    option(c"ssl-sessions-tls13-tickets", sys::required_argument, TICKETS_HELP),
-    // SAFETY: an all-zero uwsgi_option (null name) ends the table.
-    unsafe { std::mem::zeroed() },
-];
+/// uWSGI's view of the option table ([`OPTIONS`]), built at compile time:
+/// every name of every plugin-owned option, then an all-zero end marker.
+/// uWSGI reads it through `sslcache_plugin.options`.
+static mut UWSGI_OPTIONS: [uwsgi_option; OPTION_ENTRIES + 1] = {
+    // SAFETY: an all-zero uwsgi_option (null name) is the end marker.
+    let mut table: [uwsgi_option; OPTION_ENTRIES + 1] = unsafe { std::mem::zeroed() };
+    let (mut i, mut k) = (0, 0);
+    while i < OPTIONS.len() {
+        if let Owner::Plugin(arg) = OPTIONS[i].owner {
+            let mut j = 0;
+            while j < OPTIONS[i].names.len() {
+                table[k] = uwsgi_option {
+                    name: OPTIONS[i].names[j].as_ptr() as *mut c_char,
+                    type_: match arg {
+                        Arg::Required => sys::required_argument,
+                        Arg::Optional => sys::optional_argument,
+                    } as c_int,
+                    shortcut: 0,
+                    help: OPTIONS[i].help.as_ptr() as *mut c_char,
+                    func: Some(option_seen),
+                    data: std::ptr::null_mut(),
+                    flags: sys::UWSGI_OPT_MASTER as u64,
+                };
+                j += 1;
+                k += 1;
+            }
+        }
+        i += 1;
+    }
+    table
+};
 
 /// The symbol uWSGI looks up in `sslcache_plugin.so`.
 #[no_mangle]
@@ -80,7 +83,7 @@ pub static mut sslcache_plugin: uwsgi_plugin = {
     let mut p: uwsgi_plugin = unsafe { std::mem::zeroed() };
     p.name = c"sslcache".as_ptr();
     p.on_load = Some(on_load);
-    p.options = &raw mut OPTIONS as *mut uwsgi_option;
+    p.options = &raw mut UWSGI_OPTIONS as *mut uwsgi_option;
     p.jail = Some(jail);
     p.init = Some(init);
     p.post_init = Some(post_init);
@@ -249,7 +252,7 @@ fn setup() -> Result<(), String> {
         store,
         timeout: settings.timeout,
         events: Box::new(Events),
-        verbose: server.ssl_verbose(),
+        verbose: settings.verbose,
         listeners,
         // SAFETY: the checked `uwsgi` symbol of this process.
         sni: Box::new(unsafe { UwsgiSni::new(host.server) }),

@@ -100,33 +100,9 @@ impl Server {
             .collect()
     }
 
-    /// The option strings sslcache reads; the last occurrence of a single
-    /// option wins, as with uWSGI's own string options.
+    /// The option strings sslcache reads (see the option table).
     pub fn raw_options(&self) -> RawOptions {
-        let mut raw = RawOptions::default();
-        for (key, value) in self.exported_options() {
-            let v = value.clone().unwrap_or_default();
-            match key.as_str() {
-                "ssl-sessions-use-cache" | "ssl-session-use-cache" => raw.use_cache = Some(v),
-                "ssl-sessions-timeout" | "ssl-session-timeout" => raw.timeout = Some(v),
-                "cache" => raw.cache = Some(v),
-                "cache-blocksize" => raw.cache_blocksize = Some(v),
-                "cache2" => raw.cache2.push(v),
-                "cache-udp-server" => raw.cache_udp_server.push(v),
-                "cache-udp-node" => raw.cache_udp_node.push(v),
-                "https-session-context" => raw.https_session_context = Some(v),
-                "sslrouter-session-context" => raw.sslrouter_session_context = Some(v),
-                "ssl-sessions-multicast-if" | "ssl-session-multicast-if" => raw.multicast_if = Some(v),
-                "multicast-ttl" => raw.multicast_ttl = Some(v),
-                "multicast-loop" => raw.multicast_loop = Some(v),
-                "cache-udp-key" => raw.cache_udp_key = Some(v),
-                "ssl-sessions-accept-plain" => raw.accept_plain = Some(v),
-                "ssl-sessions-max-skew" => raw.max_skew = Some(v),
-                "ssl-sessions-tls13-tickets" => raw.tls13_tickets = Some(v),
-                _ => {}
-            }
-        }
-        raw
+        RawOptions::from_exported(self.exported_options())
     }
 
     /// Takes the session cache's definition away from the core, so that it
@@ -169,11 +145,6 @@ impl Server {
         let was = s.has_metrics != 0;
         s.has_metrics = 1;
         !was
-    }
-
-    /// uWSGI's `ssl-verbose`.
-    pub fn ssl_verbose(&self) -> bool {
-        self.get().ssl_verbose != 0
     }
 
     /// Whether the core still creates a default cache (it comes first).

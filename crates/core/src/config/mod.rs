@@ -8,6 +8,9 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 
 pub mod addr;
+pub mod options;
+
+pub use options::RawOptions;
 
 /// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
 pub const DEFAULT_TIMEOUT: u32 = 300;
@@ -18,42 +21,6 @@ pub const DEFAULT_BLOCKSIZE: u32 = 65535;
 pub const SESSION_ID_MAX: u32 = 32;
 /// Below this, most DER sessions do not fit and are not cached.
 pub const SMALL_BLOCKSIZE: u32 = 1024;
-
-/// The option strings as uWSGI holds them; `None` = not given.
-#[derive(Debug, Default, Clone)]
-pub struct RawOptions {
-    /// `ssl-sessions-use-cache` / `ssl-session-use-cache`.
-    pub use_cache: Option<String>,
-    /// `ssl-sessions-timeout` / `ssl-session-timeout`.
-    pub timeout: Option<String>,
-    /// `cache` (items of the default cache).
-    pub cache: Option<String>,
-    /// `cache-blocksize`.
-    pub cache_blocksize: Option<String>,
-    /// Every `cache2` value, in order.
-    pub cache2: Vec<String>,
-    /// `cache-udp-server` values (default cache).
-    pub cache_udp_server: Vec<String>,
-    /// `cache-udp-node` values (default cache).
-    pub cache_udp_node: Vec<String>,
-    /// `https-session-context`.
-    pub https_session_context: Option<String>,
-    /// `sslrouter-session-context`.
-    pub sslrouter_session_context: Option<String>,
-    /// `ssl-sessions-multicast-if`: interface address for multicast.
-    pub multicast_if: Option<String>,
-    /// uWSGI's `multicast-ttl` and `multicast-loop`.
-    pub multicast_ttl: Option<String>,
-    pub multicast_loop: Option<String>,
-    /// `cache-udp-key`: key file of the default cache's replication.
-    pub cache_udp_key: Option<String>,
-    /// `ssl-sessions-accept-plain`: also accept plain datagrams with a key.
-    pub accept_plain: Option<String>,
-    /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
-    pub max_skew: Option<String>,
-    /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
-    pub tls13_tickets: Option<String>,
-}
 
 /// Where the session cache was defined.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +114,8 @@ pub struct Settings {
     pub replication: Replication,
     /// TLS 1.3 tickets (hence stored sessions) per full handshake.
     pub tls13_tickets: u8,
+    /// Log every session event (uWSGI's `ssl-verbose`).
+    pub verbose: bool,
     /// Non-fatal remarks to log once at startup.
     pub warnings: Vec<String>,
 }
@@ -180,12 +149,32 @@ pub fn positive(what: &str, value: &str, max: u64) -> Result<u64, ConfigError> {
     }
 }
 
-/// Whether an `ssl-sessions-use-cache` value selects the default cache.
+/// uWSGI's words for a boolean (its `uwsgi_opt_true`, case-insensitive):
+/// `Some(true)` for empty (a bare flag), `1`, `true`, `yes`, `on`;
+/// `Some(false)` for `0`, `false`, `no`, `off`; `None` for anything else.
+pub fn boolean(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// A boolean option; a word that is not one of uWSGI's is an error naming
+/// the option (uWSGI itself would silently read it as true).
+pub fn flag(option: &str, value: &str) -> Result<bool, ConfigError> {
+    boolean(value).ok_or_else(|| {
+        ConfigError(format!(
+            "{option} = {}: expected true or false (or 1/0, yes/no, on/off)",
+            value.trim()
+        ))
+    })
+}
+
+/// Whether an `ssl-sessions-use-cache` value selects the default cache
+/// (any other value names a cache, as in stock uWSGI).
 fn means_default(value: &str) -> bool {
-    matches!(
-        value.trim().to_ascii_lowercase().as_str(),
-        "" | "true" | "1" | "yes" | "on"
-    )
+    boolean(value) == Some(true)
 }
 
 /// Splits a `cache2` value the way uWSGI's `uwsgi_kvlist_parse` does:
@@ -401,11 +390,7 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         };
     }
     if let Some(v) = &raw.multicast_loop {
-        multicast.loopback = match v.trim() {
-            "0" | "false" | "no" | "off" => false,
-            "1" | "true" | "yes" | "on" | "" => true,
-            _ => return err(format!("multicast-loop = {v}: expected 0 or 1")),
-        };
+        multicast.loopback = flag("multicast-loop", v)?;
     }
     let key_option = match cache.origin {
         CacheOrigin::Default => "cache-udp-key".to_string(),
@@ -417,10 +402,9 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         .map(|v| v.trim().to_string())
         .filter(|v| !v.is_empty())
         .map(|v| (key_option, v));
-    let accept_plain = match raw.accept_plain.as_deref().map(str::trim) {
-        None | Some("0" | "false" | "no" | "off") => false,
-        Some("" | "1" | "true" | "yes" | "on") => true,
-        Some(v) => return err(format!("ssl-sessions-accept-plain = {v}: expected true or false")),
+    let accept_plain = match &raw.accept_plain {
+        Some(v) => flag("ssl-sessions-accept-plain", v)?,
+        None => false,
     };
     let max_skew = match &raw.max_skew {
         Some(v) => positive("ssl-sessions-max-skew", v, 86_400)?,
@@ -527,10 +511,15 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             }
         },
     };
+    let verbose = match &raw.ssl_verbose {
+        Some(v) => flag("ssl-verbose", v)?,
+        None => false,
+    };
     Ok(Some(Settings {
         cache,
         timeout,
         tls13_tickets,
+        verbose,
         https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
         replication,
@@ -794,6 +783,41 @@ mod tests {
             "{:?}",
             s.warnings
         );
+    }
+
+    #[test]
+    fn one_boolean_vocabulary_for_every_flag() {
+        for (word, value) in [
+            ("", true),
+            ("1", true),
+            ("TRUE", true),
+            ("yes", true),
+            ("On", true),
+            ("0", false),
+            ("false", false),
+            ("NO", false),
+            ("off", false),
+        ] {
+            let mut r = raw();
+            r.accept_plain = Some(word.into());
+            r.multicast_loop = Some(word.into());
+            r.ssl_verbose = Some(word.into());
+            let s = resolve(&r).unwrap().unwrap();
+            assert_eq!(
+                (s.replication.accept_plain, s.replication.multicast.loopback, s.verbose),
+                (value, value, value),
+                "{word:?}"
+            );
+        }
+        for option in ["multicast-loop", "ssl-verbose"] {
+            let mut r = raw();
+            match option {
+                "multicast-loop" => r.multicast_loop = Some("2".into()),
+                _ => r.ssl_verbose = Some("maybe".into()),
+            }
+            let e = resolve(&r).unwrap_err().0;
+            assert!(e.starts_with(option) && e.contains("expected true or false"), "{e}");
+        }
     }
 
     #[test]

@@ -1,0 +1,260 @@
+//! The option table: every option sslcache reads, in one place.
+//!
+//! From this one table follow: the options the plugin registers with uWSGI
+//! (`Owner::Plugin`; the host builds uWSGI's `uwsgi_option` array from it),
+//! the gathering of values from uWSGI's exported options into
+//! [`RawOptions`], and the README's option table (a test fails when they
+//! disagree). Adding an option: one entry here, then its meaning in
+//! [`resolve`](super::resolve).
+
+use std::ffi::CStr;
+
+/// How uWSGI takes an option's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arg {
+    Required,
+    /// May be given as a bare flag (the value is then empty).
+    Optional,
+}
+
+/// Who defines an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Registered by the plugin, under every one of its names.
+    Plugin(Arg),
+    /// uWSGI's own; the plugin reads its value.
+    Uwsgi,
+}
+
+/// One option, under all of its names.
+#[derive(Debug)]
+pub struct OptionSpec {
+    /// The [`RawOptions`] field that receives it.
+    pub field: &'static str,
+    /// The documented name first, then aliases.
+    pub names: &'static [&'static CStr],
+    pub owner: Owner,
+    /// Every value is kept, in order; otherwise the last one wins, as with
+    /// uWSGI's own string options.
+    pub repeats: bool,
+    /// uWSGI's `--help` line (plugin options).
+    pub help: &'static CStr,
+    /// The README's description.
+    pub readme: &'static str,
+}
+
+macro_rules! options {
+    ($(
+        $(#[doc = $doc:literal])*
+        $field:ident: $kind:ident, $owner:expr, [$($name:literal),+ $(,)?],
+        help: $help:literal,
+        readme: $readme:literal;
+    )*) => {
+        /// The option strings as uWSGI holds them; `None` (or empty) = not
+        /// given. A flag given without a value is `Some("")`.
+        #[derive(Debug, Default, Clone)]
+        pub struct RawOptions {
+            $( $(#[doc = $doc])* pub $field: options!(@type $kind), )*
+        }
+
+        /// Every option sslcache reads.
+        pub const OPTIONS: &[OptionSpec] = &[$(
+            OptionSpec {
+                field: stringify!($field),
+                names: &[$($name),+],
+                owner: $owner,
+                repeats: options!(@repeats $kind),
+                help: $help,
+                readme: $readme,
+            },
+        )*];
+
+        impl RawOptions {
+            fn store(&mut self, field: &str, value: String) {
+                match field {
+                    $( stringify!($field) => options!(@store self.$field, $kind, value), )*
+                    _ => unreachable!("a field of the table"),
+                }
+            }
+        }
+    };
+    (@type one) => { Option<String> };
+    (@type list) => { Vec<String> };
+    (@repeats one) => { false };
+    (@repeats list) => { true };
+    (@store $slot:expr, one, $value:expr) => { $slot = Some($value) };
+    (@store $slot:expr, list, $value:expr) => { $slot.push($value) };
+}
+
+use Arg::{Optional, Required};
+use Owner::{Plugin, Uwsgi};
+
+options! {
+    /// `ssl-sessions-use-cache`: the cache that stores sessions.
+    use_cache: one, Plugin(Optional), [c"ssl-sessions-use-cache", c"ssl-session-use-cache"],
+        help: c"store TLS sessions of the HTTPS/SSL routers in this cache, shared by all router processes \
+            (true or empty: the default cache made by --cache; a name: that --cache2) [sslcache]",
+        readme: "`true` (or empty, `1`, `yes`, `on`): the default cache made by `cache` + `cache-blocksize` \
+            (without `cache`, the first `cache2`, as uWSGI 1.9 did); a name: the `cache2` of that name. \
+            Not set: the plugin stays inactive.";
+    /// `ssl-sessions-timeout`: session lifetime, seconds.
+    timeout: one, Plugin(Required), [c"ssl-sessions-timeout", c"ssl-session-timeout"],
+        help: c"set the TLS session timeout in seconds (default 300) [sslcache]",
+        readme: "session lifetime in seconds (default 300)";
+    /// `cache`: items of the default cache.
+    cache: one, Uwsgi, [c"cache"],
+        help: c"",
+        readme: "capacity of the default cache, in sessions";
+    /// `cache-blocksize`.
+    cache_blocksize: one, Uwsgi, [c"cache-blocksize"],
+        help: c"",
+        readme: "largest session stored, in bytes (default 65535)";
+    /// Every `cache2` value, in order.
+    cache2: list, Uwsgi, [c"cache2"],
+        help: c"",
+        readme: "`name=`, `items=` (`max_items`, `maxitems`), `blocksize=`, `keysize=` (`key_size`, default \
+            2048, at least 32), `udp=`, `node=`, `udp_key=`";
+    /// `https-session-context`.
+    https_session_context: one, Uwsgi, [c"https-session-context"],
+        help: c"",
+        readme: "session id context of the `https`/`https2` and `https-socket`/`ssl-socket` contexts (at \
+            most 32 bytes)";
+    /// `sslrouter-session-context`.
+    sslrouter_session_context: one, Uwsgi, [c"sslrouter-session-context"],
+        help: c"",
+        readme: "session id context of the `sslrouter` contexts";
+    /// `cache-udp-server` values (default cache).
+    cache_udp_server: list, Uwsgi, [c"cache-udp-server"],
+        help: c"",
+        readme: "addresses receiving the default cache's replication (see Replication)";
+    /// `cache-udp-node` values (default cache).
+    cache_udp_node: list, Uwsgi, [c"cache-udp-node"],
+        help: c"",
+        readme: "peers the default cache replicates to (see Replication)";
+    /// `ssl-sessions-multicast-if`: interface address for multicast.
+    multicast_if: one, Plugin(Required), [c"ssl-sessions-multicast-if", c"ssl-session-multicast-if"],
+        help: c"send and receive multicast session updates on the interface with this IPv4 address \
+            (TTL and loop: --multicast-ttl, --multicast-loop) [sslcache]",
+        readme: "IPv4 address of the interface for multicast replication";
+    /// uWSGI's `multicast-ttl`.
+    multicast_ttl: one, Uwsgi, [c"multicast-ttl"],
+        help: c"",
+        readme: "uWSGI's option, used for multicast replication (default 1)";
+    /// uWSGI's `multicast-loop`.
+    multicast_loop: one, Uwsgi, [c"multicast-loop"],
+        help: c"",
+        readme: "uWSGI's option, used for multicast replication (default 1)";
+    /// `cache-udp-key`: key file of the default cache's replication.
+    cache_udp_key: one, Plugin(Required), [c"cache-udp-key"],
+        help: c"seal the default cache's session replication with the keys in this file (one per line, \
+            64 hex digits; the first seals, all open; mode 0600) [sslcache]",
+        readme: "key file sealing the default cache's replication; cache2: `udp_key=` (`udpkey`) (see \
+            Secure mode)";
+    /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
+    max_skew: one, Plugin(Required), [c"ssl-sessions-max-skew"],
+        help: c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]",
+        readme: "seconds of clock skew tolerated on sealed datagrams (default 30)";
+    /// `ssl-sessions-accept-plain`: also accept plain datagrams with a key.
+    accept_plain: one, Plugin(Optional), [c"ssl-sessions-accept-plain"],
+        help: c"with a replication key, still accept plain datagrams (while migrating a cluster) [sslcache]",
+        readme: "with a key, also accept plain datagrams (migration)";
+    /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
+    tls13_tickets: one, Plugin(Required), [c"ssl-sessions-tls13-tickets"],
+        help: c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored \
+            session [sslcache]",
+        readme: "TLS 1.3 tickets issued per full handshake, 0 to 8 (default 2, OpenSSL's): each is a stored \
+            and replicated session; 1 halves both per full handshake, but a client that uses each ticket \
+            once (RFC 8446) then resumes only one of two parallel connections (see Benchmarks)";
+    /// uWSGI's `ssl-verbose`.
+    ssl_verbose: one, Uwsgi, [c"ssl-verbose"],
+        help: c"",
+        readme: "also logs every session stored, found, missed, refused, removed, received";
+}
+
+/// The spec an option name belongs to.
+pub fn find(name: &str) -> Option<&'static OptionSpec> {
+    OPTIONS
+        .iter()
+        .find(|spec| spec.names.iter().any(|n| n.to_bytes() == name.as_bytes()))
+}
+
+impl RawOptions {
+    /// Gathers the values of every option in the table from uWSGI's
+    /// options as configured, in order (`None`: a flag without a value).
+    pub fn from_exported(options: impl IntoIterator<Item = (String, Option<String>)>) -> RawOptions {
+        let mut raw = RawOptions::default();
+        for (name, value) in options {
+            if let Some(spec) = find(&name) {
+                raw.store(spec.field, value.unwrap_or_default());
+            }
+        }
+        raw
+    }
+}
+
+fn shown(name: &CStr) -> String {
+    format!("`{}`", name.to_string_lossy())
+}
+
+/// The README's option table, in markdown.
+pub fn readme_table() -> String {
+    let mut out = String::from("| option | value |\n|---|---|\n");
+    for spec in OPTIONS {
+        let names: Vec<String> = spec.names.iter().map(|n| shown(n)).collect();
+        out.push_str(&format!("| {} | {} |\n", names.join(", "), spec.readme));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_table_is_the_code_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+        let readme = std::fs::read_to_string(path).expect("README.md at the top of the workspace");
+        let start = readme
+            .find("| option | value |")
+            .expect("the README has an option table");
+        let end = readme[start..].find("\n\n").map_or(readme.len(), |n| start + n + 1);
+        let expected = readme_table();
+        assert!(
+            readme[start..end] == expected,
+            "README.md's option table differs from config::options::OPTIONS; it should read:\n\n{expected}"
+        );
+    }
+
+    #[test]
+    fn every_name_is_unique_and_plugin_options_have_help() {
+        let mut seen = std::collections::HashSet::new();
+        for spec in OPTIONS {
+            for name in spec.names {
+                assert!(seen.insert(name.to_bytes()), "{name:?} twice");
+            }
+            assert_eq!(
+                matches!(spec.owner, Owner::Plugin(_)),
+                !spec.help.is_empty(),
+                "{}",
+                spec.field
+            );
+        }
+    }
+
+    #[test]
+    fn gathers_values_by_any_name_last_one_winning() {
+        let pairs = [
+            ("ssl-session-use-cache", Some("ssl")),
+            ("ssl-sessions-use-cache", None),
+            ("cache2", Some("name=a,items=1")),
+            ("cache2", Some("name=b,items=2")),
+            ("socket", Some("ignored")),
+            ("ssl-session-timeout", Some("60")),
+        ];
+        let raw = RawOptions::from_exported(pairs.map(|(k, v)| (k.to_string(), v.map(str::to_string))));
+        assert_eq!(raw.use_cache.as_deref(), Some(""));
+        assert_eq!(raw.cache2, ["name=a,items=1", "name=b,items=2"]);
+        assert_eq!(raw.timeout.as_deref(), Some("60"));
+        assert_eq!(raw.ssl_verbose, None);
+    }
+}

@@ -41,6 +41,11 @@ unsafe impl SharedPod for std::sync::atomic::AtomicU32 {}
 unsafe impl Concurrent for std::sync::atomic::AtomicU32 {}
 // SAFETY: arrays of plain data are plain data.
 unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
+// SAFETY: CachePadded is `repr(C)` with T as its only field, aligned to the
+// cache line (crossbeam-utils >= 0.8.22): plain data and zero-valid if T is.
+unsafe impl<T: SharedPod> SharedPod for crossbeam_utils::CachePadded<T> {}
+// SAFETY: only T's fields, used as T's.
+unsafe impl<T: Concurrent> Concurrent for crossbeam_utils::CachePadded<T> {}
 
 /// Owner of one mapping.
 pub struct Region {

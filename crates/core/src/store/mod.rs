@@ -28,6 +28,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::monotonic_ms;
+use crossbeam_utils::CachePadded;
+
 use crate::shm::{Concurrent, Locked, Region, RobustMutex, SharedPod};
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
 
@@ -80,7 +82,9 @@ unsafe impl SharedPod for Counters {}
 // SAFETY: atomics only.
 unsafe impl Concurrent for Counters {}
 
-/// The part of a shard that is shared without its lock.
+/// The part of a shard that is shared without its lock. Each sits on cache
+/// lines of its own ([`PaddedHead`]): processes locking different shards
+/// must not pull each other's lines back and forth.
 #[repr(C)]
 struct ShardHead {
     lock: RobustMutex,
@@ -96,6 +100,11 @@ struct ShardHead {
 unsafe impl SharedPod for ShardHead {}
 // SAFETY: a robust mutex (used only through pthread calls) and atomics.
 unsafe impl Concurrent for ShardHead {}
+
+/// A shard head padded to the platform's cache line pair.
+type PaddedHead = CachePadded<ShardHead>;
+/// Distance between consecutive shard heads in the region.
+const HEAD_STRIDE: usize = std::mem::size_of::<PaddedHead>();
 
 /// Where each array of each shard sits in the region.
 #[derive(Debug, Clone, Copy)]
@@ -157,8 +166,8 @@ impl Layout {
 
         let counters_at = 0;
         let lens_at = align(std::mem::size_of::<Counters>(), 64);
-        let heads_at = align(lens_at + shards * 4, 64);
-        let metas_at = align(heads_at + shards * std::mem::size_of::<ShardHead>(), 64);
+        let heads_at = align(lens_at + shards * 4, std::mem::align_of::<PaddedHead>());
+        let metas_at = align(heads_at + shards * HEAD_STRIDE, 64);
         let shard_base = align(metas_at + shards * std::mem::size_of::<ShardMeta>(), 4096);
         let entries_off = align(buckets * 4, 64);
         let next_off = align(entries_off + slots * std::mem::size_of::<Entry>(), 64);
@@ -239,12 +248,10 @@ impl Store {
             hasher: RandomState::new(),
         };
         for i in 0..layout.shards {
-            let head = store
-                .region
-                .ptr_at::<ShardHead>(layout.heads_at + i * std::mem::size_of::<ShardHead>(), 1);
+            let head = store.region.ptr_at::<PaddedHead>(layout.heads_at + i * HEAD_STRIDE, 1);
             // SAFETY: the region was just mapped by this process and is not
             // shared with anyone yet; `head` is in bounds and aligned.
-            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))? };
+            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((**head).lock))? };
         }
         Ok(store)
     }
@@ -283,7 +290,7 @@ impl Store {
 
     fn head(&self, shard: usize) -> &ShardHead {
         self.region
-            .shared_ref(self.layout.heads_at + shard * std::mem::size_of::<ShardHead>())
+            .shared_ref::<PaddedHead>(self.layout.heads_at + shard * HEAD_STRIDE)
     }
 
     fn shard_len(&self, shard: usize) -> &AtomicU32 {

@@ -6,6 +6,7 @@
 #   make test                 the whole test suite (installs what it needs)
 #   make demo                 a local cluster showing resumed sessions
 #   make bench                benchmarks (figures in the README)
+#   make unit-test            the core crate's tests alone (no uWSGI, no libclang)
 #   make fuzz                 fuzz the datagram decoder (needs cargo-fuzz)
 
 UWSGI ?= $(shell command -v uwsgi 2>/dev/null)
@@ -26,7 +27,7 @@ PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
 # The same uWSGI built without SSL: sslcache must refuse to build for it.
 PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
-.PHONY: all $(PLUGIN) install deps test unit-test demo bench fuzz pypi-uwsgi clean
+.PHONY: all $(PLUGIN) install deps test unit-test demo bench fuzz fuzz-build pypi-uwsgi clean
 
 all: $(PLUGIN)
 
@@ -71,7 +72,7 @@ pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
 unit-test:
 	$(CARGO) test --release -p sslcache-core
 
-test: deps $(PLUGIN) pypi-uwsgi
+test: deps $(PLUGIN) pypi-uwsgi fuzz-build
 	SSLCACHE_REQUIRE_ALL=1 \
 	SSLCACHE_PYPI_UWSGI=$(abspath $(PYPI_UWSGI)) \
 	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
@@ -92,6 +93,10 @@ bench: deps $(PLUGIN)
 # 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable
 # toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.
 FUZZ_RUNS ?= 12000000
+# The fuzz targets depend on the core crate only; built (not run) by `make test`.
+fuzz-build:
+	$(CARGO) build --release --manifest-path fuzz/Cargo.toml
+
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	mkdir -p fuzz/corpus/wire_decode fuzz/corpus/sealed_open

@@ -87,3 +87,32 @@ fn build_errors_are_one_clear_line() {
         _ => assert!(!require_all(), "SSLCACHE_NOSSL_UWSGI missing: run `make test`"),
     }
 }
+
+/// The core crate needs neither uWSGI nor libclang: nothing in its build
+/// graph generates bindings, and its tests pass with no uWSGI binary named
+/// and libclang pointed nowhere.
+#[test]
+fn the_core_builds_and_tests_without_uwsgi_or_libclang() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let tree = Command::new(&cargo)
+        .args(["tree", "-p", "sslcache-core", "-e", "normal,build,dev", "--prefix", "none"])
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo tree");
+    let tree = String::from_utf8_lossy(&tree.stdout);
+    assert!(tree.starts_with("sslcache-core "), "{tree}");
+    for needs_libclang in ["bindgen ", "clang-sys "] {
+        assert!(!tree.contains(needs_libclang), "{needs_libclang}in the core's graph:\n{tree}");
+    }
+    let out = Command::new(&cargo)
+        .args(["test", "-p", "sslcache-core", "--release", "--quiet"])
+        .current_dir(repo_root())
+        .env("CARGO_TARGET_DIR", repo_root().join("target/core-alone"))
+        .env("UWSGI", "/nonexistent/uwsgi")
+        .env("LIBCLANG_PATH", "/nonexistent")
+        .output()
+        .expect("cargo test");
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("test result: ok."), "{text}");
+}

@@ -90,13 +90,13 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 
-# 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable
-# toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.
-FUZZ_RUNS ?= 12000000
 # The fuzz targets depend on the core crate only; built (not run) by `make test`.
 fuzz-build:
 	$(CARGO) build --release --manifest-path fuzz/Cargo.toml
 
+# 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable
+# toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.
+FUZZ_RUNS ?= 12000000
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
 	mkdir -p fuzz/corpus/wire_decode fuzz/corpus/sealed_open

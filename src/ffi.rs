@@ -28,6 +28,10 @@ extern "C" {
     pub fn SSL_SESSION_get_ex_data(s: *const SSL_SESSION, idx: c_int) -> *mut c_void;
 }
 
+/// `UWSGI_HTTP_SSL` (uWSGI plugins/http/common.h, not in uwsgi.h): the mode
+/// of an `https` gateway socket.
+pub const UWSGI_HTTP_SSL: i32 = 1;
+
 /// `RTLD_DL_SYMENT` (glibc <dlfcn.h>): `dladdr1` returns the ELF symbol.
 pub const RTLD_DL_SYMENT: c_int = 1;
 /// `NT_GNU_BUILD_ID` (<elf.h>): the note type of a GNU build-id.

@@ -95,14 +95,25 @@ fn build_errors_are_one_clear_line() {
 fn the_core_builds_and_tests_without_uwsgi_or_libclang() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let tree = Command::new(&cargo)
-        .args(["tree", "-p", "sslcache-core", "-e", "normal,build,dev", "--prefix", "none"])
+        .args([
+            "tree",
+            "-p",
+            "sslcache-core",
+            "-e",
+            "normal,build,dev",
+            "--prefix",
+            "none",
+        ])
         .current_dir(repo_root())
         .output()
         .expect("cargo tree");
     let tree = String::from_utf8_lossy(&tree.stdout);
     assert!(tree.starts_with("sslcache-core "), "{tree}");
     for needs_libclang in ["bindgen ", "clang-sys "] {
-        assert!(!tree.contains(needs_libclang), "{needs_libclang}in the core's graph:\n{tree}");
+        assert!(
+            !tree.contains(needs_libclang),
+            "{needs_libclang}in the core's graph:\n{tree}"
+        );
     }
     let out = Command::new(&cargo)
         .args(["test", "-p", "sslcache-core", "--release", "--quiet"])

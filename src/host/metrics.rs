@@ -6,9 +6,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::sync::atomic::AtomicU64;
 
 use super::symbols;
-
-/// `UWSGI_METRIC_COUNTER`, the first value of its enum in uwsgi.h.
-const METRIC_COUNTER: u8 = 0;
+use super::sys::UWSGI_METRIC_COUNTER;
 
 /// Registers counters as uWSGI metrics `sslcache.<cache>.<name>` (read by
 /// uWSGI's metrics thread, shown by the stats server).
@@ -36,7 +34,7 @@ pub fn register(cache_name: &str, fields: &[(&'static str, &AtomicU64)]) -> usiz
             register(
                 name.as_ptr() as *mut c_char,
                 std::ptr::null_mut(),
-                METRIC_COUNTER,
+                UWSGI_METRIC_COUNTER as u8,
                 c"ptr".as_ptr() as *mut c_char,
                 counter.as_ptr().cast::<c_void>(),
                 0,

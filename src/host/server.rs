@@ -7,12 +7,11 @@ use std::ffi::{c_char, CStr};
 use sslcache_core::config::{CacheDef, CacheOrigin, RawOptions};
 
 use super::sys::{self, link_at, nodes};
+use crate::ffi::UWSGI_HTTP_SSL;
 
 /// Owner names that mark a gateway socket whose `ctx` is an `SSL_CTX`.
 const HTTP_OWNER: &[u8] = b"uWSGI http";
 const SSLROUTER_OWNER: &[u8] = b"uWSGI sslrouter";
-/// `UWSGI_HTTP_SSL` in plugins/http/common.h.
-const HTTP_MODE_SSL: i32 = 1;
 
 /// What kind of listener a context belongs to; decides its session id context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -162,7 +161,7 @@ impl Server {
         let (gateways, sockets) = unsafe { (nodes(s.gateway_sockets), nodes(s.sockets)) };
         for g in gateways {
             let owner = bytes(g.owner);
-            let kind = if owner == HTTP_OWNER && g.mode == HTTP_MODE_SSL {
+            let kind = if owner == HTTP_OWNER && g.mode == UWSGI_HTTP_SSL {
                 Some(ContextKind::Https)
             } else if owner == SSLROUTER_OWNER {
                 Some(ContextKind::SslRouter)

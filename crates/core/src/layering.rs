@@ -89,7 +89,11 @@ fn layers_point_inward() {
     let core = Path::new(env!("CARGO_MANIFEST_DIR"));
     for (src, layers) in [(core.join("src"), CORE), (core.join("../../src"), PLUGIN)] {
         let upward = upward_imports(&src, layers);
-        assert!(upward.is_empty(), "imports pointing up a layer in {}: {upward:#?}", src.display());
+        assert!(
+            upward.is_empty(),
+            "imports pointing up a layer in {}: {upward:#?}",
+            src.display()
+        );
     }
 }
 

@@ -248,10 +248,15 @@ impl Store {
             hasher: RandomState::new(),
         };
         for i in 0..layout.shards {
-            let head = store.region.ptr_at::<PaddedHead>(layout.heads_at + i * HEAD_STRIDE, 1);
+            // CachePadded is repr(C) around its one field: the head is at
+            // offset 0.
+            let head = store
+                .region
+                .ptr_at::<PaddedHead>(layout.heads_at + i * HEAD_STRIDE, 1)
+                .cast::<ShardHead>();
             // SAFETY: the region was just mapped by this process and is not
             // shared with anyone yet; `head` is in bounds and aligned.
-            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((**head).lock))? };
+            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))? };
         }
         Ok(store)
     }

@@ -8,6 +8,8 @@
 
 use std::ffi::{c_int, c_void};
 
+use sslcache_core::boundary::Boundary;
+
 use super::symbols::Symbols;
 use super::sys::{BUILT_FOR_BINARY, BUILT_FOR_BUILD_ID, BUILT_FOR_UWSGI_SIZE, BUILT_FOR_VERSION};
 
@@ -29,24 +31,27 @@ fn symbol_size(addr: *const c_void) -> Option<usize> {
 
 /// GNU build-id of the main executable, as lower-case hex ("" if none).
 fn main_build_id() -> String {
+    static FIRST_OBJECT: Boundary = Boundary::new("reading the build-id");
     unsafe extern "C" fn first_object(info: *mut libc::dl_phdr_info, _size: usize, data: *mut c_void) -> c_int {
-        // SAFETY: called by dl_iterate_phdr with a valid info; `data` is the
-        // &mut String passed below. The main program comes first.
-        unsafe {
-            let out = &mut *data.cast::<String>();
-            let info = &*info;
-            for i in 0..info.dlpi_phnum as usize {
-                let ph = &*info.dlpi_phdr.add(i);
-                if ph.p_type != libc::PT_NOTE {
-                    continue;
-                }
-                let start = (info.dlpi_addr + ph.p_vaddr) as *const u8;
-                let notes = std::slice::from_raw_parts(start, ph.p_memsz as usize);
-                if let Some(id) = find_build_id(notes) {
-                    *out = id;
+        FIRST_OBJECT.guard((), || {
+            // SAFETY: called by dl_iterate_phdr with a valid info; `data` is
+            // the &mut String passed below. The main program comes first.
+            unsafe {
+                let out = &mut *data.cast::<String>();
+                let info = &*info;
+                for i in 0..info.dlpi_phnum as usize {
+                    let ph = &*info.dlpi_phdr.add(i);
+                    if ph.p_type != libc::PT_NOTE {
+                        continue;
+                    }
+                    let start = (info.dlpi_addr + ph.p_vaddr) as *const u8;
+                    let notes = std::slice::from_raw_parts(start, ph.p_memsz as usize);
+                    if let Some(id) = find_build_id(notes) {
+                        *out = id;
+                    }
                 }
             }
-        }
+        });
         1 // stop after the main program
     }
     let mut id = String::new();

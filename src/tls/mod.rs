@@ -190,10 +190,11 @@ fn bump(counter: &AtomicU64) {
 
 /// The panic boundary of each callback: a panic is logged once and
 /// answered with "no session" / "nothing done".
-static CLIENT_HELLO: Boundary = Boundary::new("the client hello callback; the session is not cached");
-static INFO: Boundary = Boundary::new("the info callback; the session is not cached");
-static NEW_SESSION: Boundary = Boundary::new("the new session callback; the session is not cached");
-static GET_SESSION: Boundary = Boundary::new("the get session callback; the session is not resumed");
+static CLIENT_HELLO: Boundary = Boundary::new("the client hello callback");
+static SSL_FREE: Boundary = Boundary::new("the connection free hook");
+static INFO: Boundary = Boundary::new("the info callback");
+static NEW_SESSION: Boundary = Boundary::new("the new session callback");
+static GET_SESSION: Boundary = Boundary::new("the get session callback");
 static REMOVE_SESSION: Boundary = Boundary::new("the remove session callback");
 
 impl SessionCache {
@@ -355,17 +356,19 @@ unsafe extern "C" fn on_ssl_free(
     _argl: c_long,
     _argp: *mut c_void,
 ) {
-    if parent.is_null() || data.is_null() {
-        return;
-    }
-    let ssl = parent.cast::<SSL>();
-    // SAFETY: OpenSSL calls this with the SSL being freed, still intact;
-    // setting the shutdown flags only changes an int in it. `data` is the
-    // Box<Conn> leaked by on_client_hello, freed exactly once, here.
-    unsafe {
-        openssl_sys::SSL_set_shutdown(ssl, openssl_sys::SSL_get_shutdown(ssl) | openssl_sys::SSL_SENT_SHUTDOWN);
-        drop(Box::from_raw(data.cast::<Conn>()));
-    }
+    SSL_FREE.guard((), || {
+        if parent.is_null() || data.is_null() {
+            return;
+        }
+        let ssl = parent.cast::<SSL>();
+        // SAFETY: OpenSSL calls this with the SSL being freed, still intact;
+        // setting the shutdown flags only changes an int in it. `data` is the
+        // Box<Conn> leaked by on_client_hello, freed exactly once, here.
+        unsafe {
+            openssl_sys::SSL_set_shutdown(ssl, openssl_sys::SSL_get_shutdown(ssl) | openssl_sys::SSL_SENT_SHUTDOWN);
+            drop(Box::from_raw(data.cast::<Conn>()));
+        }
+    })
 }
 
 /// Handshake progress of a connection tagged by the ClientHello callback.

@@ -3,6 +3,8 @@
 //! node: every `extern "C"` entry point and every thread body runs its work
 //! through [`guard`], which turns a panic into the caller's fallback value
 //! and one log line per place (the first time it happens in the process).
+//! Only bodies that cannot panic go without (a constant return, a
+//! pthread call: uWSGI's hash stub, the option handler, the fork handlers).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};

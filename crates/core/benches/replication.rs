@@ -79,7 +79,7 @@ fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
     };
     let b = Arc::new(Replicator::new(&b_settings, keys(), store(200_000), 300, false, "b").unwrap());
     let a_settings = Replication {
-        nodes: b.receiving_on(),
+        nodes: b.receiving_on().iter().map(|a| a.parse().unwrap()).collect(),
         key_file,
         max_skew: 30,
         ..Replication::default()

@@ -8,7 +8,6 @@
 //! initial forks) and keep apart from later forks through
 //! [`fork_guard`](crate::os::fork_guard).
 
-use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +17,7 @@ use super::counters::{ReplicationCounters, SharedCounters};
 use super::keys::Key;
 use super::log_budget::{LogBudget, Verdict};
 use super::seal::{Opener, Sealer};
-use super::udp::{bind_receiver, UdpPeers};
+use super::udp::{bind_receiver, UdpInbound, UdpPeers};
 use super::wire;
 use crate::boundary::Boundary;
 use crate::clock;
@@ -33,6 +32,16 @@ pub trait Transport: Send + Sync {
     fn send(&self, datagram: &[u8], counters: &ReplicationCounters);
     /// Where it sends, for the startup line.
     fn describe(&self) -> String;
+}
+
+/// Where datagrams of other nodes come from (a bound UDP socket, today),
+/// read by a receiver thread of its own.
+pub trait Inbound: Send {
+    /// Waits for the next datagram, at most about a second; `Ok(None)` when
+    /// none came in that time.
+    fn next(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+    /// Where it listens (for logs and benchmarks).
+    fn local(&self) -> String;
 }
 
 /// Told what the receiver did with each datagram (stats, benchmarks).
@@ -51,8 +60,6 @@ const MAX_UDP_PAYLOAD: usize = 65_507;
 /// `ssl-verbose` logs datagrams, but never more lines than this a second:
 /// the senders choose how many arrive.
 const LOG_LINES_PER_SEC: u32 = 20;
-/// How often a receiver idle on its socket checks `keep_running`.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 static APPLYING: Boundary = Boundary::new("applying a replication datagram");
 static RECEIVER_THREAD: Boundary = Boundary::new("a replication receiver thread");
@@ -72,8 +79,8 @@ pub struct Replicator {
     /// Log every datagram (uWSGI's `ssl-verbose`), within a budget.
     verbose: bool,
     counters: SharedCounters,
-    /// Bound before fork, handed to their threads by `start_receivers`.
-    receivers: Mutex<Vec<(SocketAddr, UdpSocket)>>,
+    /// Made before fork, handed to their threads by `start_receivers`.
+    receivers: Mutex<Vec<Box<dyn Inbound>>>,
     started: AtomicBool,
 }
 
@@ -90,11 +97,11 @@ impl Replicator {
         cache: &str,
     ) -> Result<Replicator, String> {
         let mc = &settings.multicast;
-        let mut receivers = Vec::new();
+        let mut receivers: Vec<Box<dyn Inbound>> = Vec::new();
         for addr in &settings.servers {
             let socket = bind_receiver(*addr, mc)
                 .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
-            receivers.push((*addr, socket));
+            receivers.push(Box::new(UdpInbound::new(socket)));
         }
         let mut transports: Vec<Box<dyn Transport>> = Vec::new();
         if !settings.nodes.is_empty() {
@@ -140,14 +147,11 @@ impl Replicator {
         Some((self.sealer.as_ref()?.sender(), self.opener.as_ref()?.key_count()))
     }
 
-    /// The addresses the receivers are bound to (the port the kernel chose
-    /// for `:0`), before they start.
-    pub fn receiving_on(&self) -> Vec<SocketAddr> {
+    /// Where the receivers listen (the port the kernel chose for `:0`),
+    /// before they start.
+    pub fn receiving_on(&self) -> Vec<String> {
         let receivers = self.receivers.lock().unwrap_or_else(|e| e.into_inner());
-        receivers
-            .iter()
-            .map(|(addr, socket)| socket.local_addr().unwrap_or(*addr))
-            .collect()
+        receivers.iter().map(|r| r.local()).collect()
     }
 
     /// Sends a session just stored here to every peer.
@@ -198,25 +202,25 @@ impl Replicator {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        let sockets = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
-        if !sockets.is_empty() {
+        let inbounds = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
+        if !inbounds.is_empty() {
             fork_guard::install();
         }
-        for (addr, socket) in sockets {
+        for inbound in inbounds {
             let (this, observer) = (Arc::clone(self), Arc::clone(&observer));
+            let local = inbound.local();
             let spawned = std::thread::Builder::new()
                 .name("sslcache-recv".into())
-                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(socket, &*observer)));
+                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(inbound, &*observer)));
             if let Err(e) = spawned {
-                log::error!("cannot start the receiver thread for {addr}: {e}");
+                log::error!("cannot start the receiver thread for {local}: {e}");
             }
         }
     }
 
     /// The receiver loop, until `observer.keep_running()` says stop.
-    fn receive(&self, socket: UdpSocket, observer: &dyn Observer) {
+    fn receive(&self, mut inbound: Box<dyn Inbound>, observer: &dyn Observer) {
         os::block_signals();
-        let _ = socket.set_read_timeout(Some(IDLE_CHECK));
         let applier = Applier {
             store: &self.store,
             timeout: self.timeout,
@@ -229,9 +233,9 @@ impl Replicator {
         let mut key = Vec::with_capacity(64);
         let mut budget = LogBudget::new(LOG_LINES_PER_SEC, 1000);
         while observer.keep_running() {
-            let n = match socket.recv_from(&mut buf) {
-                Ok((n, _)) => n,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => continue,
+            let n = match inbound.next(&mut buf) {
+                Ok(Some(n)) => n,
+                Ok(None) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
                     std::thread::sleep(Duration::from_millis(10));
@@ -353,7 +357,7 @@ mod tests {
             let b_store = store();
             let b = Arc::new(Replicator::new(&receiving, keys(), b_store.clone(), 300, true, "b").unwrap());
             let sending = Replication {
-                nodes: b.receiving_on(),
+                nodes: b.receiving_on().iter().map(|a| a.parse().unwrap()).collect(),
                 key_file,
                 max_skew: 30,
                 ..Replication::default()

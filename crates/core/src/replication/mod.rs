@@ -5,10 +5,10 @@
 //! sync packet), seals it when a cluster key is configured ([`seal`],
 //! [`keys`]) and gives the datagram to every [`Transport`] (today
 //! [`udp::UdpPeers`]: unicast peers or a multicast group), never waiting.
-//! In each node's master a receiver thread per bound address runs
-//! [`Replicator::receive`]: it opens and decodes what arrives and applies it
-//! to the local store ([`apply`]), counted in shared memory ([`counters`]),
-//! logged within a [`log_budget`].
+//! In each node's master a receiver thread per [`Inbound`] (today
+//! [`udp::UdpInbound`], a bound address) opens and decodes what arrives and
+//! applies it to the local store ([`apply`]), counted in shared memory
+//! ([`counters`]), logged within a [`log_budget`].
 
 pub mod apply;
 pub mod counters;
@@ -21,5 +21,5 @@ pub mod wire;
 
 pub use apply::{Applied, Applier};
 pub use counters::{ReplicationCounters, SharedCounters};
-pub use engine::{Observer, Replicator, Transport, PLAIN_WARNING};
+pub use engine::{Inbound, Observer, Replicator, Transport, PLAIN_WARNING};
 pub use wire::{encode_delete, encode_set};

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::counters::ReplicationCounters;
-use super::engine::Transport;
+use super::engine::{Inbound, Transport};
 use crate::config::Multicast;
 
 /// The UDP transport: sends each datagram to every peer (unicast or a
@@ -72,6 +72,38 @@ impl Transport for UdpPeers {
                 }
                 Err(_) => ReplicationCounters::bump(&counters.send_errors),
             }
+        }
+    }
+}
+
+/// A bound receiving socket as the engine's [`Inbound`].
+pub struct UdpInbound {
+    socket: UdpSocket,
+}
+
+/// How long a receive waits before the receiver looks up (`keep_running`).
+const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl UdpInbound {
+    pub fn new(socket: UdpSocket) -> UdpInbound {
+        let _ = socket.set_read_timeout(Some(IDLE_WAIT));
+        UdpInbound { socket }
+    }
+}
+
+impl Inbound for UdpInbound {
+    fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        match self.socket.recv_from(buf) {
+            Ok((n, _)) => Ok(Some(n)),
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn local(&self) -> String {
+        match self.socket.local_addr() {
+            Ok(addr) => addr.to_string(),
+            Err(_) => "an unbound socket".to_string(),
         }
     }
 }

@@ -7,6 +7,7 @@
 #   make demo                 a local cluster showing resumed sessions
 #   make bench                benchmarks (figures in the README)
 #   make unit-test            the core crate's tests alone (no uWSGI, no libclang)
+#   make core-alone           ... with uWSGI and libclang hidden (root; a mount namespace)
 #   make fuzz                 fuzz the datagram decoder (needs cargo-fuzz)
 
 UWSGI ?= $(shell command -v uwsgi 2>/dev/null)
@@ -27,7 +28,7 @@ PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
 # The same uWSGI built without SSL: sslcache must refuse to build for it.
 PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
-.PHONY: all $(PLUGIN) install deps test unit-test demo bench fuzz fuzz-build pypi-uwsgi clean
+.PHONY: all $(PLUGIN) install deps test unit-test core-alone demo bench fuzz fuzz-build pypi-uwsgi clean
 
 all: $(PLUGIN)
 
@@ -71,6 +72,9 @@ pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
 # The core crate alone: no uWSGI, no libclang needed.
 unit-test:
 	$(CARGO) test --release -p sslcache-core
+
+core-alone:
+	tests/core-alone.sh
 
 test: deps $(PLUGIN) pypi-uwsgi fuzz-build
 	SSLCACHE_REQUIRE_ALL=1 \

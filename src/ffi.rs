@@ -1,6 +1,6 @@
 //! C declarations and constants that neither uWSGI's generated bindings nor
-//! openssl-sys nor the libc crate provide, in one place, each with the
-//! header it comes from. The OpenSSL ones exist in 1.1.1 and 3.x (the
+//! openssl-sys nor the libc crate provide, in one place, each with where it
+//! comes from. The OpenSSL ones exist in 1.1.1 and 3.x (the
 //! host's libssl). The core crate's own (glibc) ones are in
 //! `sslcache_core::os`.
 
@@ -8,6 +8,25 @@ use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_void};
 
 use openssl_sys::{SSL, SSL_CTX, SSL_SESSION, X509};
 
+// uWSGI's functions (uwsgi.h), called through addresses found with dlsym
+// (`host::symbols`): the bindings hold types only, the plugin links no
+// uWSGI symbol.
+
+/// `void uwsgi_log(const char *fmt, ...)`.
+pub type LogFn = unsafe extern "C" fn(*const c_char, ...);
+/// `uwsgi_regexp_match(pcre *, pcre_extra *, char *subject, int len)` up to
+/// uWSGI 2.0.2x; build.rs tells which from the bindings.
+#[cfg(uwsgi_regexp = "split")]
+pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_char, c_int) -> c_int;
+/// `uwsgi_regexp_match(uwsgi_pcre *, const char *subject, int len)` since.
+#[cfg(uwsgi_regexp = "wrapped")]
+pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
+/// `uwsgi_register_metric(name, oid, type, collector, ptr, freq, custom)`
+/// (core/metrics.c, since 1.9.19).
+pub type RegisterMetricFn =
+    unsafe extern "C" fn(*mut c_char, *mut c_char, u8, *mut c_char, *mut c_void, u32, *mut c_void) -> *mut c_void;
+
+// OpenSSL (<openssl/ssl.h>).
 extern "C" {
     pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
     pub fn SSL_CTX_get_verify_depth(ctx: *const SSL_CTX) -> c_int;

@@ -46,7 +46,9 @@ const OPTION_ENTRIES: usize = {
 /// every name of every plugin-owned option, then an all-zero end marker.
 /// uWSGI reads it through `sslcache_plugin.options`.
 static mut UWSGI_OPTIONS: [uwsgi_option; OPTION_ENTRIES + 1] = {
-    // SAFETY: an all-zero uwsgi_option (null name) is the end marker.
+    // SAFETY: every field of uwsgi_option is a pointer, an optional function
+    // pointer or an integer, for which all-zero is valid; an all-zero entry
+    // (null name) is the end marker uWSGI looks for.
     let mut table: [uwsgi_option; OPTION_ENTRIES + 1] = unsafe { std::mem::zeroed() };
     let (mut i, mut k) = (0, 0);
     while i < OPTIONS.len() {
@@ -112,7 +114,8 @@ fn hook(boundary: &Boundary, body: impl FnOnce() -> Result<(), String>) {
     match boundary.guard(Err(None), || body().map_err(Some)) {
         Ok(()) => {}
         Err(Some(msg)) => logger::fatal(&msg),
-        Err(None) => logger::fatal("exiting after an internal error"),
+        // The boundary logged the panic.
+        Err(None) => std::process::exit(1),
     }
 }
 

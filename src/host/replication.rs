@@ -6,7 +6,7 @@
 //! are uWSGI metrics, and each applied datagram refreshes the stats entry.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, Once, OnceLock};
 
 use sslcache_core::config::Replication;
 use sslcache_core::os;
@@ -50,8 +50,10 @@ pub fn setup(
     if replicator.sealed_with().is_none() {
         log::warn!("{PLAIN_WARNING}");
     }
+    // Registered from the engine that stays: uWSGI's metrics thread reads
+    // these counters for the life of the process.
+    let replicator = REPLICATOR.get_or_init(|| Arc::new(replicator));
     metrics::register(cache, &replicator.counters().fields());
-    let _ = REPLICATOR.set(Arc::new(replicator));
     Ok(())
 }
 
@@ -66,7 +68,8 @@ impl Observer for StatsEntry {
 
 /// Starts the receiver threads, once (master, after the first fork).
 pub fn start_receivers(store: &Arc<Store>) {
+    static STARTED: Once = Once::new();
     if let Some(replicator) = get() {
-        replicator.start_receivers(Arc::new(StatsEntry(Arc::clone(store))));
+        STARTED.call_once(|| replicator.start_receivers(Arc::new(StatsEntry(Arc::clone(store)))));
     }
 }

@@ -122,9 +122,10 @@ impl Server {
                 // fork; the unlinked node's memory stays the core's (it
                 // never frees it).
                 unsafe {
-                    let link = link_at(&mut s.cache2, index);
-                    if let Some(node) = link.as_ref() {
-                        *link = node.next;
+                    let link = link_at(&raw mut s.cache2, index);
+                    let node = *link;
+                    if !node.is_null() {
+                        *link = (*node).next;
                         return Ok(());
                     }
                 }
@@ -202,8 +203,8 @@ impl Server {
     }
 
     /// Pointer to the head of `uwsgi.caches`, for the stats entry.
-    pub fn caches_head(&mut self) -> &mut *mut sys::uwsgi_cache {
-        &mut self.get_mut().caches
+    pub fn caches_head(&mut self) -> *mut *mut sys::uwsgi_cache {
+        &raw mut self.get_mut().caches
     }
 
     /// `uwsgi.lock_ops.rwlock_init`, available once the core set up locking.

@@ -13,7 +13,7 @@ use super::sys::{self, nodes};
 use crate::tls::{SniResolver, SniTarget};
 
 #[cfg(any(uwsgi_regexp = "split", uwsgi_regexp = "wrapped"))]
-use super::symbols::RegexpMatch;
+use crate::ffi::RegexpMatch;
 
 /// uWSGI's SNI lists in this process.
 pub struct UwsgiSni {

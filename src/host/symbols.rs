@@ -4,26 +4,11 @@
 //! linkable without uWSGI (unit tests, benches) and lets the ABI check run
 //! before anything reads `struct uwsgi_server`.
 
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_void, CStr};
 use std::sync::OnceLock;
 
 use super::sys::uwsgi_server;
-
-// The prototypes of the uWSGI functions called through these addresses
-// (uwsgi.h; the bindings hold types only, the plugin links no uWSGI symbol).
-
-/// `void uwsgi_log(const char *fmt, ...)`.
-type LogFn = unsafe extern "C" fn(*const c_char, ...);
-/// `uwsgi_regexp_match(pcre *, pcre_extra *, char *subject, int len)` up to
-/// uWSGI 2.0.2x; build.rs tells which from the bindings.
-#[cfg(uwsgi_regexp = "split")]
-pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_char, c_int) -> c_int;
-/// `uwsgi_regexp_match(uwsgi_pcre *, const char *subject, int len)` since.
-#[cfg(uwsgi_regexp = "wrapped")]
-pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
-/// `uwsgi_register_metric(name, oid, type, collector, ptr, freq, custom)`.
-pub type RegisterMetricFn =
-    unsafe extern "C" fn(*mut c_char, *mut c_char, u8, *mut c_char, *mut c_void, u32, *mut c_void) -> *mut c_void;
+use crate::ffi::{LogFn, RegisterMetricFn};
 
 /// Addresses of the host's symbols.
 #[derive(Clone, Copy)]

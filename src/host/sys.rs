@@ -22,20 +22,28 @@ pub use generated::*;
 // of `struct uwsgi_server` there (its `uwsgi` symbol) and here agree.
 const _: () = assert!(std::mem::size_of::<uwsgi_server>() == BUILT_FOR_UWSGI_SIZE);
 
-/// A node of one of uWSGI's linked lists.
-pub trait Linked {
-    fn next_node(&self) -> *mut Self;
-    fn next_link(&mut self) -> &mut *mut Self;
+/// A node of one of uWSGI's singly linked lists.
+///
+/// # Safety
+/// `NEXT` must point at the node's own link to the next node (its `next`
+/// field): the walks below follow it.
+pub unsafe trait Linked: Sized {
+    /// The address of the `next` field of `node`, without a reference to the
+    /// whole node (which other processes or threads may be reading).
+    ///
+    /// # Safety
+    /// `node` must point at a valid node.
+    unsafe fn next_link(node: *mut Self) -> *mut *mut Self;
 }
 
 macro_rules! linked {
     ($($t:ty),*) => {$(
-        impl Linked for $t {
-            fn next_node(&self) -> *mut Self {
-                self.next
-            }
-            fn next_link(&mut self) -> &mut *mut Self {
-                &mut self.next
+        // SAFETY: `next` is the list link of this uWSGI struct.
+        unsafe impl Linked for $t {
+            unsafe fn next_link(node: *mut Self) -> *mut *mut Self {
+                // SAFETY: per the contract, `node` is valid; only the field's
+                // address is taken.
+                unsafe { std::ptr::addr_of_mut!((*node).next) }
             }
         }
     )*};
@@ -57,28 +65,34 @@ linked!(
 pub unsafe fn nodes<'a, T: Linked + 'a>(head: *mut T) -> impl Iterator<Item = &'a T> {
     let mut at = head;
     std::iter::from_fn(move || {
-        // SAFETY: per the contract, `at` is null or a valid node.
-        let node = unsafe { at.as_ref()? };
-        at = node.next_node();
-        Some(node)
+        if at.is_null() {
+            return None;
+        }
+        let node = at;
+        // SAFETY: per the contract, `node` is a valid node; its link is read.
+        at = unsafe { *T::next_link(node) };
+        // SAFETY: as above; nobody changes it while the iterator is used.
+        Some(unsafe { &*node })
     })
 }
 
-/// The link (the head pointer, or a node's `next`) that points at the node
-/// at `index`, or the last link (null) when the list is shorter: write it
-/// to insert there, or to unlink the node it points at.
+/// The link (the list head, or a node's `next`) that points at the node at
+/// `index`, or the last link (null) when the list is shorter: write it to
+/// insert there, or to unlink the node it points at.
 ///
 /// # Safety
-/// `head` must point to the head of a list of valid nodes, and nobody else
+/// `head` must point at the head of a list of valid nodes, and nobody else
 /// may read or change the list while the link is used.
-pub unsafe fn link_at<'a, T: Linked + 'a>(head: &'a mut *mut T, index: usize) -> &'a mut *mut T {
+pub unsafe fn link_at<T: Linked>(head: *mut *mut T, index: usize) -> *mut *mut T {
     let mut link = head;
     for _ in 0..index {
-        // SAFETY: per the contract, a non-null link points at a valid node.
-        match unsafe { link.as_mut() } {
-            Some(node) => link = node.next_link(),
-            None => break,
+        // SAFETY: per the contract, a link holds null or a valid node.
+        let node = unsafe { *link };
+        if node.is_null() {
+            break;
         }
+        // SAFETY: as above.
+        link = unsafe { T::next_link(node) };
     }
     link
 }

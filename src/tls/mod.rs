@@ -846,7 +846,7 @@ pub unsafe fn hook_listener(
 /// an `sni` context's options onto the connection: so an SNI context needs
 /// server caching on and tickets off, like its listener. The master does
 /// this for every context it knows before fork; contexts made at run time
-/// are prepared by [`on_info`] before their first ServerHello.
+/// are prepared by the info callback before their first ServerHello.
 ///
 /// # Safety
 /// `ctx` must be a valid `SSL_CTX` (or null) that no other thread uses.

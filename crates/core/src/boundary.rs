@@ -1,7 +1,7 @@
 //! The one panic boundary of sslcache. A panic must never unwind into C
 //! (uWSGI's hooks, OpenSSL's callbacks) or end a thread that serves the
 //! node: every `extern "C"` entry point and every thread body runs its work
-//! through [`guard`], which turns a panic into the caller's fallback value
+//! through [`Boundary::guard`], which turns a panic into the caller's fallback value
 //! and one log line per place (the first time it happens in the process).
 //! Only bodies that cannot panic go without (a constant return, a
 //! pthread call: uWSGI's hash stub, the option handler, the fork handlers).

@@ -1,12 +1,12 @@
-//! Layers point inward: inside each crate of the workspace, a module
-//! imports only from layers below its own (see each crate's docs), so there
-//! are no cycles either. Cargo enforces the same between the crates (the
-//! core cannot name the plugin crate). Runs here, without uWSGI, over both. Cargo enforces the same between
-//! the crates; this test does it between the modules of this one.
+//! Layers point inward. Cargo enforces it between the crates (the core
+//! cannot name the plugin crate); this test enforces it inside them: a
+//! module names only modules of layers below its own, so there are no
+//! cycles either. It reads the sources of both crates as text, so it runs
+//! here, without uWSGI.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// The core's top-level modules by layer, lowest first.
+/// The core's top-level modules by layer, lowest first (see lib.rs).
 const CORE: &[&[&str]] = &[
     &["os", "clock", "boundary"],
     &["shm"],
@@ -16,93 +16,161 @@ const CORE: &[&[&str]] = &[
     &["replication"],
 ];
 
+/// The replication engine's modules: formats, keys and counters, then
+/// sealing and the transport traits, then what uses them, then the engine.
+const REPLICATION: &[&[&str]] = &[
+    &["counters", "keys", "log_budget", "wire"],
+    &["seal", "transport"],
+    &["apply", "udp"],
+    &["engine"],
+];
+
 /// The plugin crate's (the workspace root's `src/`).
 const PLUGIN: &[&[&str]] = &[&["ffi"], &["tls"], &["host"]];
 
-fn layer_of(layers: &[&[&str]], module: &str) -> usize {
-    layers
-        .iter()
-        .position(|layer| layer.contains(&module))
-        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS"))
+/// One tree of modules to check: its directory, its layers, and how its
+/// modules name each other.
+struct Tree {
+    dir: PathBuf,
+    layers: &'static [&'static [&'static str]],
+    prefixes: &'static [&'static str],
 }
 
-/// Every `crate::<module>` named in `text`.
-fn crate_imports(text: &str) -> Vec<String> {
+fn layer_of(layers: &[&[&str]], module: &str) -> Option<usize> {
+    layers.iter().position(|layer| layer.contains(&module))
+}
+
+/// Every name that follows one of `prefixes` in `text`.
+fn named_after(text: &str, prefixes: &[&str]) -> Vec<String> {
     let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("crate::") {
-        rest = &rest[at + "crate::".len()..];
-        let name: String = rest
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        if !name.is_empty() {
-            out.push(name);
+    for prefix in prefixes {
+        let mut rest = text;
+        while let Some(at) = rest.find(prefix) {
+            rest = &rest[at + prefix.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if !name.is_empty() {
+                out.push(name);
+            }
         }
     }
     out
 }
 
-fn visit(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+fn sources(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.is_dir() {
-            visit(&path, files);
+            sources(&path, files);
         } else if path.extension().is_some_and(|e| e == "rs") {
             files.push(path);
         }
     }
 }
 
-/// Every import of a module from its own or a higher layer under `src`.
-fn upward_imports(src: &Path, layers: &[&[&str]]) -> Vec<String> {
+/// Every module of `tree` that names its own or a higher layer's module.
+fn upward_imports(tree: &Tree) -> Vec<String> {
     let mut files = Vec::new();
-    visit(src, &mut files);
+    sources(&tree.dir, &mut files);
     let mut upward = Vec::new();
     for file in &files {
-        let relative = file.strip_prefix(src).unwrap();
-        let top = relative
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy()
-            .trim_end_matches(".rs")
-            .to_string();
-        if top == "lib" || top == "layering" {
+        let relative = file.strip_prefix(&tree.dir).unwrap();
+        let first = relative.components().next().unwrap().as_os_str().to_string_lossy();
+        let module = first.trim_end_matches(".rs");
+        if ["lib", "mod", "layering"].contains(&module) {
             continue;
         }
-        let own = layer_of(layers, &top);
+        let own = layer_of(tree.layers, module)
+            .unwrap_or_else(|| panic!("{} is in no layer: add it to the layers in layering.rs", file.display()));
         let text = std::fs::read_to_string(file).unwrap();
-        for import in crate_imports(&text) {
-            // Strictly lower layers only (or itself): no cycles either.
-            if import != top && layer_of(layers, &import) >= own {
-                upward.push(format!("{} imports crate::{import}", relative.display()));
+        for named in named_after(&text, tree.prefixes) {
+            // Names that are not modules of this tree (items, `*`) are
+            // someone else's business.
+            let Some(layer) = layer_of(tree.layers, &named) else {
+                continue;
+            };
+            if named != module && layer >= own {
+                upward.push(format!("{} names {named}", relative.display()));
             }
         }
     }
     upward
 }
 
+fn trees() -> Vec<Tree> {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR"));
+    vec![
+        Tree {
+            dir: core.join("src"),
+            layers: CORE,
+            prefixes: &["crate::"],
+        },
+        Tree {
+            dir: core.join("src/replication"),
+            layers: REPLICATION,
+            prefixes: &["super::", "crate::replication::"],
+        },
+        Tree {
+            dir: core.join("../../src"),
+            layers: PLUGIN,
+            prefixes: &["crate::"],
+        },
+    ]
+}
+
 #[test]
 fn layers_point_inward() {
-    let core = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (src, layers) in [(core.join("src"), CORE), (core.join("../../src"), PLUGIN)] {
-        let upward = upward_imports(&src, layers);
+    for tree in trees() {
+        let upward = upward_imports(&tree);
         assert!(
             upward.is_empty(),
-            "imports pointing up a layer in {}: {upward:#?}",
-            src.display()
+            "modules naming their own or a higher layer in {}: {upward:#?}",
+            tree.dir.display()
         );
+    }
+}
+
+#[test]
+fn every_top_level_module_has_a_layer() {
+    let core = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for entry in std::fs::read_dir(&core).unwrap() {
+        let name = entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .trim_end_matches(".rs")
+            .to_string();
+        if !["lib", "layering"].contains(&name.as_str()) {
+            assert!(layer_of(CORE, &name).is_some(), "{name} is in no layer");
+        }
     }
 }
 
 #[test]
 fn the_check_sees_an_upward_import() {
     assert_eq!(
-        crate_imports("use crate::replication::wire;\nx crate::store"),
+        named_after("use crate::replication::wire;\nx crate::store", &["crate::"]),
         ["replication", "store"]
     );
-    assert!(layer_of(CORE, "replication") > layer_of(CORE, "store"));
-    assert!(layer_of(PLUGIN, "host") > layer_of(PLUGIN, "tls"));
+    let tree = Tree {
+        dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("src/replication"),
+        layers: &[
+            &[
+                "engine",
+                "apply",
+                "udp",
+                "seal",
+                "counters",
+                "keys",
+                "log_budget",
+                "transport",
+            ],
+            &["wire"],
+        ],
+        prefixes: &["super::"],
+    };
+    // With wire on top, seal's use of it points up.
+    assert!(upward_imports(&tree).iter().any(|u| u == "seal.rs names wire"));
 }

@@ -3,7 +3,7 @@
 //! The plugin crate (the host layer) builds on this one; nothing here knows
 //! uWSGI's structs, so it builds and tests with plain `cargo test -p
 //! sslcache-core`. Modules form layers, lowest first; a module imports only
-//! from layers below it (checked by `layers_point_inward` in this file):
+//! from layers below it (the test in `layering.rs` checks it):
 //!
 //! 1. [`os`], [`clock`], [`boundary`]: C calls the `libc` crate lacks, the
 //!    one clock, the one panic boundary of every `extern "C"` entry point

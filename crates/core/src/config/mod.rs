@@ -149,9 +149,10 @@ pub fn positive(what: &str, value: &str, max: u64) -> Result<u64, ConfigError> {
     }
 }
 
-/// uWSGI's words for a boolean (its `uwsgi_opt_true`, case-insensitive):
-/// `Some(true)` for empty (a bare flag), `1`, `true`, `yes`, `on`;
-/// `Some(false)` for `0`, `false`, `no`, `off`; `None` for anything else.
+/// The words of a boolean, case-insensitive: `Some(false)` for the words
+/// uWSGI reads as false (`uwsgi_opt_true`: `0`, `false`, `no`, `off`),
+/// `Some(true)` for empty (a bare flag), `1`, `true`, `yes`, `on`, `None`
+/// for any other word.
 pub fn boolean(value: &str) -> Option<bool> {
     match value.trim().to_ascii_lowercase().as_str() {
         "" | "1" | "true" | "yes" | "on" => Some(true),
@@ -160,8 +161,8 @@ pub fn boolean(value: &str) -> Option<bool> {
     }
 }
 
-/// A boolean option; a word that is not one of uWSGI's is an error naming
-/// the option (uWSGI itself would silently read it as true).
+/// A boolean option of sslcache's: a word outside [`boolean`]'s is an error
+/// naming the option (a typo must not turn `ssl-sessions-accept-plain` on).
 pub fn flag(option: &str, value: &str) -> Result<bool, ConfigError> {
     boolean(value).ok_or_else(|| {
         ConfigError(format!(
@@ -169,6 +170,12 @@ pub fn flag(option: &str, value: &str) -> Result<bool, ConfigError> {
             value.trim()
         ))
     })
+}
+
+/// A boolean option of uWSGI's, read exactly as uWSGI reads it
+/// (`uwsgi_opt_true`): false for its false words, true for anything else.
+pub fn uwsgi_true(value: &str) -> bool {
+    boolean(value) != Some(false)
 }
 
 /// Whether an `ssl-sessions-use-cache` value selects the default cache
@@ -390,7 +397,12 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         };
     }
     if let Some(v) = &raw.multicast_loop {
-        multicast.loopback = flag("multicast-loop", v)?;
+        // uWSGI reads a number here (`uwsgi_opt_set_int`): a word would
+        // mean 0 to it, whatever it says.
+        multicast.loopback = match v.trim().parse::<i64>() {
+            Ok(n) => n != 0,
+            Err(_) => return err(format!("multicast-loop = {v}: uWSGI reads a number here: 0 or 1")),
+        };
     }
     let key_option = match cache.origin {
         CacheOrigin::Default => "cache-udp-key".to_string(),
@@ -511,10 +523,7 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             }
         },
     };
-    let verbose = match &raw.ssl_verbose {
-        Some(v) => flag("ssl-verbose", v)?,
-        None => false,
-    };
+    let verbose = raw.ssl_verbose.as_deref().is_some_and(uwsgi_true);
     Ok(Some(Settings {
         cache,
         timeout,
@@ -786,8 +795,8 @@ mod tests {
     }
 
     #[test]
-    fn one_boolean_vocabulary_for_every_flag() {
-        for (word, value) in [
+    fn one_boolean_vocabulary() {
+        let words = [
             ("", true),
             ("1", true),
             ("TRUE", true),
@@ -797,27 +806,38 @@ mod tests {
             ("false", false),
             ("NO", false),
             ("off", false),
-        ] {
+        ];
+        for (word, value) in words {
             let mut r = raw();
             r.accept_plain = Some(word.into());
-            r.multicast_loop = Some(word.into());
             r.ssl_verbose = Some(word.into());
             let s = resolve(&r).unwrap().unwrap();
-            assert_eq!(
-                (s.replication.accept_plain, s.replication.multicast.loopback, s.verbose),
-                (value, value, value),
-                "{word:?}"
-            );
+            assert_eq!((s.replication.accept_plain, s.verbose), (value, value), "{word:?}");
         }
-        for option in ["multicast-loop", "ssl-verbose"] {
+        // sslcache's own flags refuse other words; uWSGI's own read them
+        // as uWSGI does (true).
+        let mut r = raw();
+        r.accept_plain = Some("flase".into());
+        let e = resolve(&r).unwrap_err().0;
+        assert!(
+            e.starts_with("ssl-sessions-accept-plain = flase: expected true or false"),
+            "{e}"
+        );
+        let mut r = raw();
+        r.ssl_verbose = Some("2".into());
+        assert!(resolve(&r).unwrap().unwrap().verbose);
+        // multicast-loop is a number to uWSGI.
+        for (v, on) in [("0", false), ("1", true), ("2", true)] {
             let mut r = raw();
-            match option {
-                "multicast-loop" => r.multicast_loop = Some("2".into()),
-                _ => r.ssl_verbose = Some("maybe".into()),
-            }
-            let e = resolve(&r).unwrap_err().0;
-            assert!(e.starts_with(option) && e.contains("expected true or false"), "{e}");
+            r.multicast_loop = Some(v.into());
+            assert_eq!(resolve(&r).unwrap().unwrap().replication.multicast.loopback, on);
         }
+        let mut r = raw();
+        r.multicast_loop = Some("true".into());
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .contains("multicast-loop = true: uWSGI reads a number"));
     }
 
     #[test]

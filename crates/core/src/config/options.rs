@@ -34,9 +34,6 @@ pub struct OptionSpec {
     /// The documented name first, then aliases.
     pub names: &'static [&'static CStr],
     pub owner: Owner,
-    /// Every value is kept, in order; otherwise the last one wins, as with
-    /// uWSGI's own string options.
-    pub repeats: bool,
     /// uWSGI's `--help` line (plugin options).
     pub help: &'static CStr,
     /// The README's description.
@@ -50,8 +47,10 @@ macro_rules! options {
         help: $help:literal,
         readme: $readme:literal;
     )*) => {
-        /// The option strings as uWSGI holds them; `None` (or empty) = not
-        /// given. A flag given without a value is `Some("")`.
+        /// The option strings as uWSGI holds them: `one` options keep the
+        /// last value given (as uWSGI's own string options), `list` options
+        /// every value in order; `None` (or empty) = not given. A flag given
+        /// without a value is `Some("")`.
         #[derive(Debug, Default, Clone)]
         pub struct RawOptions {
             $( $(#[doc = $doc])* pub $field: options!(@type $kind), )*
@@ -63,7 +62,6 @@ macro_rules! options {
                 field: stringify!($field),
                 names: &[$($name),+],
                 owner: $owner,
-                repeats: options!(@repeats $kind),
                 help: $help,
                 readme: $readme,
             },
@@ -80,8 +78,6 @@ macro_rules! options {
     };
     (@type one) => { Option<String> };
     (@type list) => { Vec<String> };
-    (@repeats one) => { false };
-    (@repeats list) => { true };
     (@store $slot:expr, one, $value:expr) => { $slot = Some($value) };
     (@store $slot:expr, list, $value:expr) => { $slot.push($value) };
 }

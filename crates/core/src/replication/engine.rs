@@ -17,32 +17,14 @@ use super::counters::{ReplicationCounters, SharedCounters};
 use super::keys::Key;
 use super::log_budget::{LogBudget, Verdict};
 use super::seal::{Opener, Sealer};
-use super::udp::{bind_receiver, UdpInbound, UdpPeers};
+use super::transport::{Inbound, Links, Transport};
+use super::udp;
 use super::wire;
 use crate::boundary::Boundary;
 use crate::clock;
 use crate::config::Replication;
 use crate::os::{self, fork_guard};
 use crate::store::Store;
-
-/// A way to reach the other nodes. Sending never waits: a datagram that
-/// cannot be handed over at once is dropped and counted.
-pub trait Transport: Send + Sync {
-    /// Hands one datagram (plain or sealed) to every peer it reaches.
-    fn send(&self, datagram: &[u8], counters: &ReplicationCounters);
-    /// Where it sends, for the startup line.
-    fn describe(&self) -> String;
-}
-
-/// Where datagrams of other nodes come from (a bound UDP socket, today),
-/// read by a receiver thread of its own.
-pub trait Inbound: Send {
-    /// Waits for the next datagram, at most about a second; `Ok(None)` when
-    /// none came in that time.
-    fn next(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
-    /// Where it listens (for logs and benchmarks).
-    fn local(&self) -> String;
-}
 
 /// Told what the receiver did with each datagram (stats, benchmarks).
 pub trait Observer: Send + Sync {
@@ -96,19 +78,11 @@ impl Replicator {
         verbose: bool,
         cache: &str,
     ) -> Result<Replicator, String> {
-        let mc = &settings.multicast;
-        let mut receivers: Vec<Box<dyn Inbound>> = Vec::new();
-        for addr in &settings.servers {
-            let socket = bind_receiver(*addr, mc)
-                .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
-            receivers.push(Box::new(UdpInbound::new(socket)));
-        }
-        let mut transports: Vec<Box<dyn Transport>> = Vec::new();
-        if !settings.nodes.is_empty() {
-            let udp = UdpPeers::new(settings.nodes.clone(), mc)
-                .map_err(|e| format!("cannot make the socket that sends session updates: {e}"))?;
-            transports.push(Box::new(udp));
-        }
+        // Every transport configured: UDP peers and multicast groups.
+        let Links {
+            transports,
+            inbounds: receivers,
+        } = udp::links(settings, cache)?;
         let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
         let (sealer, opener) = match (&settings.key_file, keys) {
             (Some(_), Some(keys)) if !keys.is_empty() => (

@@ -16,10 +16,12 @@ mod engine;
 pub mod keys;
 pub mod log_budget;
 pub mod seal;
+pub mod transport;
 pub mod udp;
 pub mod wire;
 
 pub use apply::{Applied, Applier};
 pub use counters::{ReplicationCounters, SharedCounters};
-pub use engine::{Inbound, Observer, Replicator, Transport, PLAIN_WARNING};
+pub use engine::{Observer, Replicator, PLAIN_WARNING};
+pub use transport::{Inbound, Links, Transport};
 pub use wire::{encode_delete, encode_set};

@@ -42,7 +42,7 @@ use openssl::sign::Signer;
 
 use super::keys::Key;
 
-pub const MAGIC: u8 = b'S';
+use super::wire::SEALED_MAGIC as MAGIC;
 pub const VERSION: u8 = 1;
 const HEADER: usize = 30;
 const TAG: usize = 16;
@@ -243,7 +243,7 @@ pub struct Opener {
     max_skew_ms: u64,
     /// When this receiver started (unix ms): no sender window before it.
     started_ms: u64,
-    senders: Mutex<HashMap<u64, PeerWindow>>,
+    windows: Mutex<HashMap<u64, PeerWindow>>,
 }
 
 impl Opener {
@@ -253,7 +253,7 @@ impl Opener {
             keys,
             max_skew_ms: max_skew_secs * 1000,
             started_ms,
-            senders: Mutex::new(HashMap::new()),
+            windows: Mutex::new(HashMap::new()),
         }
     }
 
@@ -274,7 +274,7 @@ impl Opener {
         let (header, rest) = datagram.split_at(HEADER);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
 
-        let mut senders = self.senders.lock().unwrap_or_else(|e| e.into_inner());
+        let mut senders = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let mut fresh = None;
         let gcm = match senders.get_mut(&sender).filter(|s| s.key_id == key_id) {
             Some(known) => &mut known.gcm,

@@ -8,8 +8,27 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::counters::ReplicationCounters;
-use super::engine::{Inbound, Transport};
-use crate::config::Multicast;
+use super::transport::{Inbound, Links, Transport};
+use crate::config::{Multicast, Replication};
+
+/// The UDP transports and inbounds the settings ask for: one sender for
+/// every peer and group (if any), a bound socket per receiving address.
+/// `cache` names the cache in errors.
+pub fn links(settings: &Replication, cache: &str) -> Result<Links, String> {
+    let mc = &settings.multicast;
+    let mut links = Links::default();
+    for addr in &settings.servers {
+        let socket = bind_receiver(*addr, mc)
+            .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
+        links.inbounds.push(Box::new(UdpInbound::new(socket)));
+    }
+    if !settings.nodes.is_empty() {
+        let peers = UdpPeers::new(settings.nodes.clone(), mc)
+            .map_err(|e| format!("cannot make the socket that sends session updates: {e}"))?;
+        links.transports.push(Box::new(peers));
+    }
+    Ok(links)
+}
 
 /// The UDP transport: sends each datagram to every peer (unicast or a
 /// multicast group), never waiting.

@@ -19,6 +19,9 @@
 
 use std::fmt;
 
+/// First byte of a sealed datagram (the sealed format); never a modifier1
+/// uWSGI sends.
+pub const SEALED_MAGIC: u8 = b'S';
 /// uWSGI's modifier1 for cache sync packets.
 pub const MODIFIER1_CACHE: u8 = 111;
 /// modifier2 of a set and of a delete.
@@ -111,7 +114,7 @@ impl Format {
     pub fn of(datagram: &[u8]) -> Format {
         match datagram.first() {
             Some(&MODIFIER1_CACHE) => Format::Plain,
-            Some(&super::seal::MAGIC) => Format::Sealed,
+            Some(&SEALED_MAGIC) => Format::Sealed,
             Some(&b) => Format::Unknown(b),
             None => Format::Unknown(0),
         }

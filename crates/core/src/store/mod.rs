@@ -13,8 +13,8 @@
 //! hashing key lives in the [`Store`] handle, which every process inherits
 //! from the master through `fork()`.
 //!
-//! A holder killed at any instant leaves its shard repairable (see
-//! [`shard`]); the next locker repairs it. A holder that is alive but stuck
+//! A holder killed at any instant leaves its shard repairable (see the
+//! `shard` module); the next locker repairs it. A holder that is alive but stuck
 //! costs one of the other processes [`LOCK_TIMEOUT`] once a second; the
 //! other attempts on that shard wait a few milliseconds (lookups miss,
 //! inserts are dropped) until it answers again.

@@ -1,0 +1,33 @@
+//! What the engine needs of a way to reach other nodes: a [`Transport`]
+//! sends datagrams, an [`Inbound`] receives them. UDP peers and multicast
+//! groups (the `udp` module) are the ones today; anything that carries opaque
+//! datagrams (Redis pub/sub) fits the same two traits, and encoding,
+//! sealing, opening and applying stay the engine's.
+
+use super::counters::ReplicationCounters;
+
+/// The ways in and out of a node, as configured.
+#[derive(Default)]
+pub struct Links {
+    pub transports: Vec<Box<dyn Transport>>,
+    pub inbounds: Vec<Box<dyn Inbound>>,
+}
+
+/// A way to reach the other nodes. Sending never waits: a datagram that
+/// cannot be handed over at once is dropped and counted.
+pub trait Transport: Send + Sync {
+    /// Hands one datagram (plain or sealed) to every peer it reaches.
+    fn send(&self, datagram: &[u8], counters: &ReplicationCounters);
+    /// Where it sends, for the startup line.
+    fn describe(&self) -> String;
+}
+
+/// Where datagrams of other nodes come from (a bound UDP socket, today),
+/// read by a receiver thread of its own.
+pub trait Inbound: Send {
+    /// Waits for the next datagram, at most about a second; `Ok(None)` when
+    /// none came in that time.
+    fn next(&mut self, buf: &mut [u8]) -> std::io::Result<Option<usize>>;
+    /// Where it listens (for logs and benchmarks).
+    fn local(&self) -> String;
+}

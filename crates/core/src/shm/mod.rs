@@ -7,7 +7,9 @@
 //! only when first touched, so resident memory follows what is actually
 //! written, not the reserved size.
 
+use std::ffi::CStr;
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 mod lock;
@@ -70,19 +72,64 @@ impl Region {
         Self::map(len, libc::MAP_PRIVATE)
     }
 
+    /// Maps `len` bytes of a new memory file (`memfd_create`, close-on-exec)
+    /// shared with future children: like [`Region::shared`], and its
+    /// descriptor can hand the same memory to a new process image (the
+    /// caller clears close-on-exec just before that exec). Nothing of it
+    /// reaches a disk: the file lives in memory, and only while someone
+    /// holds the descriptor or a mapping.
+    pub fn memory_file(name: &CStr, len: usize) -> io::Result<(Region, OwnedFd)> {
+        // SAFETY: a NUL-terminated name and known flags; the result is
+        // checked before use.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor just returned to us and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let size = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        // SAFETY: resizes our own memory file (sparse: nothing is allocated).
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let region = Self::map_fd(len, libc::MAP_SHARED, fd.as_raw_fd())?;
+        Ok((region, fd))
+    }
+
+    /// Maps the whole of a memory file made by [`Region::memory_file`]
+    /// (possibly by an earlier process image).
+    pub fn map_file(fd: BorrowedFd<'_>) -> io::Result<Region> {
+        let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+        // SAFETY: fstat fills `st` for a descriptor the caller owns.
+        if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fstat succeeded, so `st` is initialised.
+        let st = unsafe { st.assume_init() };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size <= 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a memory file"));
+        }
+        Self::map_fd(st.st_size as usize, libc::MAP_SHARED, fd.as_raw_fd())
+    }
+
     fn map(len: usize, sharing: libc::c_int) -> io::Result<Self> {
+        Self::map_fd(len, sharing | libc::MAP_ANONYMOUS, -1)
+    }
+
+    fn map_fd(len: usize, flags: libc::c_int, fd: libc::c_int) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty region"));
         }
-        // SAFETY: a null hint never replaces an existing mapping; the result
-        // is checked against MAP_FAILED before use.
+        // SAFETY: a null hint never replaces an existing mapping; `fd` is -1
+        // with MAP_ANONYMOUS or a descriptor the caller holds; the result is
+        // checked against MAP_FAILED before use.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                sharing | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
+                flags | libc::MAP_NORESERVE,
+                fd,
                 0,
             )
         };

@@ -21,14 +21,17 @@
 
 mod shard;
 
-use std::hash::{BuildHasher, RandomState};
+use std::ffi::CStr;
+use std::hash::Hasher;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::monotonic_ms;
 use crossbeam_utils::CachePadded;
+use siphasher::sip::SipHasher13;
 
 use crate::shm::{Concurrent, Locked, Region, RobustMutex, SharedPod};
 use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
@@ -106,6 +109,109 @@ type PaddedHead = CachePadded<ShardHead>;
 /// Distance between consecutive shard heads in the region.
 const HEAD_STRIDE: usize = std::mem::size_of::<PaddedHead>();
 
+/// What sits at the start of a store's region: what it is, how it is laid
+/// out and how it hashes, so that a store handed from one process image to
+/// the next (across uWSGI's reload exec) is recognised before any use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Header {
+    magic: [u8; 8],
+    /// [`FORMAT`]: changes with the layout code.
+    format: u64,
+    /// Sizes of the structs in the region, as this build lays them out.
+    shapes: u64,
+    capacity: u64,
+    keysize: u64,
+    blocksize: u64,
+    shards: u64,
+    total: u64,
+    /// SipHash keys of the index: the same keys find the same buckets.
+    hash_keys: [u64; 2],
+    /// SipHash (fixed keys) of everything above: a damaged header is
+    /// refused.
+    check: u64,
+}
+
+// SAFETY: repr(C), integers only, all-zero is a (refused) header.
+unsafe impl SharedPod for Header {}
+
+const MAGIC: [u8; 8] = *b"SSLCSTOR";
+/// Version of the region's layout; bump when it changes meaning.
+const FORMAT: u64 = 1;
+
+/// The sizes that decide the layout, packed: a build whose structs differ
+/// does not take over the store.
+fn shapes() -> u64 {
+    let sizes = [
+        std::mem::size_of::<Entry>(),
+        std::mem::size_of::<ShardMeta>(),
+        HEAD_STRIDE,
+        std::mem::size_of::<Counters>(),
+        CHUNK,
+    ];
+    sizes.iter().fold(0u64, |acc, s| acc.rotate_left(12) ^ *s as u64)
+}
+
+impl Header {
+    fn new(limits: Limits, layout: &Layout, hash_keys: [u64; 2]) -> Header {
+        let mut h = Header {
+            magic: MAGIC,
+            format: FORMAT,
+            shapes: shapes(),
+            capacity: limits.capacity,
+            keysize: limits.keysize as u64,
+            blocksize: limits.blocksize as u64,
+            shards: layout.shards as u64,
+            total: layout.total as u64,
+            hash_keys,
+            check: 0,
+        };
+        h.check = h.checksum();
+        h
+    }
+
+    fn checksum(&self) -> u64 {
+        let mut hasher = SipHasher13::new_with_keys(0x7373_6c63_6163_6865, FORMAT);
+        for word in [
+            u64::from_le_bytes(self.magic),
+            self.format,
+            self.shapes,
+            self.capacity,
+            self.keysize,
+            self.blocksize,
+            self.shards,
+            self.total,
+            self.hash_keys[0],
+            self.hash_keys[1],
+        ] {
+            hasher.write_u64(word);
+        }
+        hasher.finish()
+    }
+
+    /// Why a header found in a region is not this store's, if it is not.
+    fn refusal(&self, expected: &Header) -> Option<String> {
+        if self.magic != MAGIC {
+            return Some("not a session store".into());
+        }
+        if self.check != self.checksum() {
+            return Some("its header is damaged".into());
+        }
+        if self.format != FORMAT || self.shapes != expected.shapes {
+            return Some(format!("made by another version of sslcache (format {})", self.format));
+        }
+        let sizes = |h: &Header| (h.capacity, h.keysize, h.blocksize);
+        if sizes(self) != sizes(expected) {
+            let (c, k, b) = sizes(self);
+            return Some(format!("made for items={c}, keysize={k}, blocksize={b}"));
+        }
+        if (self.shards, self.total) != (expected.shards, expected.total) {
+            return Some("laid out differently".into());
+        }
+        None
+    }
+}
+
 /// Where each array of each shard sits in the region.
 #[derive(Debug, Clone, Copy)]
 struct Layout {
@@ -164,8 +270,8 @@ impl Layout {
             .ok_or_else(|| invalid("items * blocksize is too large"))? as usize;
         let buckets = slots.next_power_of_two();
 
-        let counters_at = 0;
-        let lens_at = align(std::mem::size_of::<Counters>(), 64);
+        let counters_at = align(std::mem::size_of::<Header>(), 64);
+        let lens_at = align(counters_at + std::mem::size_of::<Counters>(), 64);
         let heads_at = align(lens_at + shards * 4, std::mem::align_of::<PaddedHead>());
         let metas_at = align(heads_at + shards * HEAD_STRIDE, 64);
         let shard_base = align(metas_at + shards * std::mem::size_of::<ShardMeta>(), 4096);
@@ -233,32 +339,110 @@ pub struct Store {
     region: Region,
     layout: Layout,
     limits: Limits,
-    hasher: RandomState,
+    /// SipHash-1-3 keys of the index, also in the region's header.
+    hash_keys: [u64; 2],
 }
+
+/// Name of the memory file of a store that can be handed over
+/// (`/proc/<pid>/fd` shows it as `/memfd:sslcache-store`).
+pub const MEMORY_FILE_NAME: &CStr = c"sslcache-store";
 
 impl Store {
     /// Creates an empty store in a new shared mapping.
     pub fn create(limits: Limits) -> io::Result<Store> {
         let layout = Layout::new(limits)?;
-        let region = Region::shared(layout.total)?;
+        Store::format(Region::shared(layout.total)?, layout, limits)
+    }
+
+    /// Creates an empty store in a memory file (see
+    /// [`Region::memory_file`]) whose descriptor can hand it to a new
+    /// process image, which takes it over with [`Store::adopt`].
+    pub fn create_handed_over(limits: Limits) -> io::Result<(Store, OwnedFd)> {
+        let layout = Layout::new(limits)?;
+        let (region, fd) = Region::memory_file(MEMORY_FILE_NAME, layout.total)?;
+        Ok((Store::format(region, layout, limits)?, fd))
+    }
+
+    /// Writes a fresh header and initialises the locks of a zeroed region.
+    fn format(region: Region, layout: Layout, limits: Limits) -> io::Result<Store> {
+        let mut keys = [0u8; 16];
+        openssl::rand::rand_bytes(&mut keys).map_err(io::Error::other)?;
+        let hash_keys = [
+            u64::from_le_bytes(keys[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(keys[8..].try_into().expect("8 bytes")),
+        ];
         let store = Store {
             region,
             layout,
             limits,
-            hasher: RandomState::new(),
+            hash_keys,
         };
-        for i in 0..layout.shards {
+        store.init_locks()?;
+        // SAFETY: the region is ours alone (not shared with anyone yet), the
+        // header is in bounds and aligned (ptr_at), and Header is SharedPod.
+        unsafe {
+            store
+                .region
+                .ptr_at::<Header>(0, 1)
+                .write(Header::new(limits, &layout, hash_keys))
+        };
+        Ok(store)
+    }
+
+    fn init_locks(&self) -> io::Result<()> {
+        for i in 0..self.layout.shards {
             // CachePadded is repr(C) around its one field: the head is at
             // offset 0.
-            let head = store
+            let head = self
                 .region
-                .ptr_at::<PaddedHead>(layout.heads_at + i * HEAD_STRIDE, 1)
+                .ptr_at::<PaddedHead>(self.layout.heads_at + i * HEAD_STRIDE, 1)
                 .cast::<ShardHead>();
-            // SAFETY: the region was just mapped by this process and is not
-            // shared with anyone yet; `head` is in bounds and aligned.
-            unsafe { RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))? };
+            // SAFETY: no other process or thread uses the region yet (a new
+            // one, or one taken over before any fork); `head` is in bounds
+            // and aligned.
+            unsafe {
+                RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))?;
+                (*head).stalled_until.store(0, Ordering::Relaxed);
+            }
         }
-        Ok(store)
+        Ok(())
+    }
+
+    /// Takes over the store a previous process image made with
+    /// [`Store::create_handed_over`] and handed over as `fd`: only if it was
+    /// made by this format for the same `limits`; its locks are made anew
+    /// (their holders are gone) and every shard is repaired (anything left
+    /// half-done is dropped) before use. `Err` says, in a few words, why the
+    /// store was not taken (the caller then makes a new one).
+    pub fn adopt(limits: Limits, fd: OwnedFd) -> Result<(Store, OwnedFd), String> {
+        let layout = Layout::new(limits).map_err(|e| e.to_string())?;
+        let region = Region::map_file(fd.as_fd()).map_err(|e| format!("cannot map it: {e}"))?;
+        if region.size() < std::mem::size_of::<Header>() {
+            return Err("not a session store".into());
+        }
+        // SAFETY: in bounds and aligned (ptr_at); a plain copy of integers,
+        // any bit pattern of which is a Header (SharedPod).
+        let found = unsafe { region.ptr_at::<Header>(0, 1).read() };
+        let expected = Header::new(limits, &layout, found.hash_keys);
+        if let Some(why) = found.refusal(&expected) {
+            return Err(why);
+        }
+        if region.size() != layout.total {
+            return Err("laid out differently".into());
+        }
+        let store = Store {
+            region,
+            layout,
+            limits,
+            hash_keys: found.hash_keys,
+        };
+        store.init_locks().map_err(|e| e.to_string())?;
+        for shard in 0..layout.shards {
+            store
+                .with_shard(shard, |view| view.repair())
+                .ok_or("a lock of it cannot be taken")?;
+        }
+        Ok((store, fd))
     }
 
     pub fn limits(&self) -> Limits {
@@ -321,7 +505,9 @@ impl Store {
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
-        self.hasher.hash_one(key)
+        let mut hasher = SipHasher13::new_with_keys(self.hash_keys[0], self.hash_keys[1]);
+        hasher.write(key);
+        hasher.finish()
     }
 
     fn shard_of(&self, hash: u64) -> usize {

@@ -492,3 +492,91 @@ fn insert_unless_keeps_what_the_caller_protects_under_one_lock() {
         Insert::Stored { .. }
     ));
 }
+
+/// A store handed over through its memory file (as across uWSGI's reload
+/// exec) comes back whole, with the same hash keys.
+#[test]
+fn a_handed_over_store_is_taken_over_whole() {
+    let (store, fd) = Store::create_handed_over(limits(2000)).unwrap();
+    for i in 0..1000 {
+        assert!(matches!(
+            store.insert(&key(i), &value_for(&key(i), 150), NOW + 100, NOW),
+            Insert::Stored { .. }
+        ));
+    }
+    drop(store);
+    let (store, _fd) = Store::adopt(limits(2000), fd).unwrap();
+    assert_eq!(store.len(), 1000);
+    for i in 0..1000 {
+        assert_eq!(get(&store, &key(i)), Some(value_for(&key(i), 150)), "{i}");
+    }
+    assert!(matches!(
+        store.insert(b"new", b"v", NOW + 100, NOW),
+        Insert::Stored { .. }
+    ));
+}
+
+fn handed_over_with(limits: Limits, damage: impl FnOnce(&mut [u8])) -> OwnedFd {
+    let (store, fd) = Store::create_handed_over(limits).unwrap();
+    store.insert(b"k", b"v", NOW + 100, NOW);
+    let len = store.reserved_bytes();
+    drop(store);
+    let region = Region::map_file(fd.as_fd()).unwrap();
+    // SAFETY: the only mapping in use of this memory file.
+    damage(unsafe { std::slice::from_raw_parts_mut(region.ptr_at::<u8>(0, len), len) });
+    fd
+}
+
+#[test]
+fn another_layout_or_damage_is_refused_with_a_reason() {
+    let refused = |fd, wanted: Limits| Store::adopt(wanted, fd).err().expect("refused");
+    let e = refused(handed_over_with(limits(2000), |_| {}), limits(3000));
+    assert!(e.contains("made for items=2000"), "{e}");
+    let e = refused(handed_over_with(limits(2000), |b| b[40] ^= 1), limits(2000));
+    assert_eq!(e, "its header is damaged");
+    let e = refused(handed_over_with(limits(2000), |b| b[0] = b'X'), limits(2000));
+    assert_eq!(e, "not a session store");
+    let e = refused(
+        handed_over_with(limits(2000), |b| {
+            let mut x = 7u64;
+            b.iter_mut().take(4096).for_each(|v| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                *v = (x >> 33) as u8;
+            })
+        }),
+        limits(2000),
+    );
+    assert_eq!(e, "not a session store");
+    // A format of another version: its header's own checksum is right.
+    let fd = handed_over_with(limits(2000), |b| {
+        // SAFETY: the header at the start of the region, aligned.
+        let header = unsafe { &mut *b.as_mut_ptr().cast::<Header>() };
+        header.format = FORMAT + 1;
+        header.check = header.checksum();
+    });
+    let e = refused(fd, limits(2000));
+    assert!(e.contains("another version of sslcache"), "{e}");
+}
+
+/// Damage behind a valid header (a writer killed mid-way, or worse) is
+/// repaired before use: what cannot be trusted is dropped, the rest stays.
+#[test]
+fn damage_behind_the_header_is_repaired_on_takeover() {
+    let (store, fd) = Store::create_handed_over(limits(100)).unwrap();
+    for i in 0..50 {
+        store.insert(&key(i), &value_for(&key(i), 150), NOW + 100, NOW);
+    }
+    let layout = store.layout;
+    drop(store);
+    let region = Region::map_file(fd.as_fd()).unwrap();
+    // Scribble over the bucket array and the LRU links of the only shard.
+    let buckets = region.ptr_at::<u32>(layout.shard_base, layout.buckets);
+    // SAFETY: the only mapping in use; in bounds.
+    unsafe { std::slice::from_raw_parts_mut(buckets, layout.buckets).fill(0xdead_beef) };
+    drop(region);
+    let (store, _fd) = Store::adopt(limits(100), fd).unwrap();
+    assert_eq!(store.len(), 50);
+    for i in 0..50 {
+        assert_eq!(get(&store, &key(i)), Some(value_for(&key(i), 150)), "{i}");
+    }
+}

@@ -32,7 +32,11 @@ fn big_anon_rss(pid: i32) -> u64 {
             let (a, b) = first.split_once('-').unwrap();
             let size = u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
             let path = line.split_whitespace().nth(5).unwrap_or("");
-            take = size >= 1 << 20 && (path.is_empty() || path.starts_with("/dev/zero") || path.starts_with("[anon"));
+            take = size >= 1 << 20
+                && (path.is_empty()
+                    || path.starts_with("/dev/zero")
+                    || path.starts_with("[anon")
+                    || path.starts_with("/memfd:"));
         } else if let Some(kb) = line.strip_prefix("Rss:") {
             if take {
                 total += kb.trim().trim_end_matches(" kB").trim().parse::<u64>().unwrap() * 1024;

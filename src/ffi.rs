@@ -21,6 +21,9 @@ pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_cha
 /// `uwsgi_regexp_match(uwsgi_pcre *, const char *subject, int len)` since.
 #[cfg(uwsgi_regexp = "wrapped")]
 pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -> c_int;
+/// `void uwsgi_add_safe_fd(int fd)` (core/io.c): a descriptor uWSGI's reload
+/// keeps open.
+pub type AddSafeFdFn = unsafe extern "C" fn(c_int);
 /// `uwsgi_register_metric(name, oid, type, collector, ptr, freq, custom)`
 /// (core/metrics.c, since 1.9.19).
 pub type RegisterMetricFn =

@@ -10,6 +10,7 @@
 //! the SNI lists `sni` reads during handshakes, as uWSGI's callback does.
 
 mod abi;
+mod handover;
 mod logger;
 mod metrics;
 mod plugin;

@@ -19,12 +19,13 @@ use sslcache_core::config::{self, Settings};
 use sslcache_core::shm::Shared;
 use sslcache_core::store::{Limits, Store};
 
+use super::handover::{self, Origin};
 use super::server::{ContextKind, Server};
 use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
 use super::{abi, logger, metrics, replication, stats_entry, symbols};
 use crate::tls::fingerprint::{self, Verify};
-use crate::tls::{self, SessionCache, SessionEvents};
+use crate::tls::{self, SessionCache, SessionCounters, SessionEvents};
 
 /// How often the master drops expired sessions (as uWSGI's cache sweeper).
 const SWEEP_EVERY_SECS: u64 = 3;
@@ -90,6 +91,7 @@ pub static mut sslcache_plugin: uwsgi_plugin = {
     p.init = Some(init);
     p.post_init = Some(post_init);
     p.master_cycle = Some(master_cycle);
+    p.master_cleanup = Some(master_cleanup);
     p
 };
 
@@ -124,6 +126,7 @@ static JAIL: Boundary = Boundary::new("the jail hook");
 static INIT: Boundary = Boundary::new("the init hook");
 static POST_INIT: Boundary = Boundary::new("the post_init hook");
 static MASTER_CYCLE: Boundary = Boundary::new("the master_cycle hook");
+static MASTER_CLEANUP: Boundary = Boundary::new("the master_cleanup hook");
 
 unsafe extern "C" fn on_load() {
     hook(&ON_LOAD, || {
@@ -175,14 +178,14 @@ fn setup() -> Result<(), String> {
     }
     let cache = &settings.cache;
     server.take_cache(cache)?;
-    let store = Arc::new(
-        Store::create(Limits {
-            capacity: cache.items,
-            keysize: cache.keysize,
-            blocksize: cache.blocksize,
-        })
-        .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?,
-    );
+    let limits = Limits {
+        capacity: cache.items,
+        keysize: cache.keysize,
+        blocksize: cache.blocksize,
+    };
+    let (store, origin) = handover::store(limits)
+        .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
+    let store = Arc::new(store);
 
     let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
@@ -250,7 +253,26 @@ fn setup() -> Result<(), String> {
     if contexts.is_empty() {
         log::warn!("no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
-    let counters = Shared::create().map_err(|e| format!("cannot map the session counters: {e}"))?;
+    let counters: Shared<SessionCounters> =
+        Shared::create().map_err(|e| format!("cannot map the session counters: {e}"))?;
+    match origin {
+        Origin::New => {}
+        Origin::TakenOver(sessions) => {
+            counters.get().restored.store(sessions, Ordering::Relaxed);
+            log::info!(
+                "TLS session cache \"{}\": {sessions} sessions came back from before the reload",
+                cache.name
+            );
+        }
+        Origin::Discarded(why) => {
+            counters.get().restore_discarded.store(1, Ordering::Relaxed);
+            log::warn!(
+                "TLS session cache \"{}\": the store of the previous process image was discarded ({why}); \
+                 starting empty",
+                cache.name
+            );
+        }
+    }
     tls::install(SessionCache {
         store,
         timeout: settings.timeout,
@@ -318,6 +340,11 @@ unsafe extern "C" fn master_cycle() {
         cache.store.sweep(now);
         stats_entry::publish(&cache.store);
     });
+}
+
+/// Runs in the master just before a reload's exec (and at exit).
+unsafe extern "C" fn master_cleanup() {
+    MASTER_CLEANUP.guard((), handover::before_exec);
 }
 
 /// ELF section uWSGI reads before loading a plugin: load the HTTP router

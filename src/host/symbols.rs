@@ -8,7 +8,7 @@ use std::ffi::{c_void, CStr};
 use std::sync::OnceLock;
 
 use super::sys::uwsgi_server;
-use crate::ffi::{LogFn, RegisterMetricFn};
+use crate::ffi::{AddSafeFdFn, LogFn, RegisterMetricFn};
 
 /// Addresses of the host's symbols.
 #[derive(Clone, Copy)]
@@ -16,6 +16,7 @@ pub struct Symbols {
     pub server: *mut uwsgi_server,
     pub log: LogFn,
     pub register_metric: Option<RegisterMetricFn>,
+    pub add_safe_fd: Option<AddSafeFdFn>,
 }
 
 // SAFETY: plain addresses inside the process image, valid for its lifetime.
@@ -45,6 +46,7 @@ pub fn get() -> Option<Symbols> {
             return None;
         }
         let register_metric = lookup(c"uwsgi_register_metric");
+        let add_safe_fd = lookup(c"uwsgi_add_safe_fd");
         Some(Symbols {
             server: server.cast(),
             // SAFETY: `uwsgi_log` is `void uwsgi_log(const char *, ...)` in
@@ -54,6 +56,9 @@ pub fn get() -> Option<Symbols> {
             // uWSGI 1.9.19 (core/metrics.c).
             register_metric: (!register_metric.is_null())
                 .then(|| unsafe { std::mem::transmute::<*mut c_void, RegisterMetricFn>(register_metric) }),
+            // SAFETY: `void uwsgi_add_safe_fd(int)` since uWSGI 1.9 (core/io.c).
+            add_safe_fd: (!add_safe_fd.is_null())
+                .then(|| unsafe { std::mem::transmute::<*mut c_void, AddSafeFdFn>(add_safe_fd) }),
         })
     })
 }

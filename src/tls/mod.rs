@@ -88,6 +88,10 @@ pub struct SessionCounters {
     /// TLS 1.2 sessions stored as soon as the client's Finished verified,
     /// before the server's Finished went out.
     pub stored_early: AtomicU64,
+    /// Sessions that came back with the store at the last reload.
+    pub restored: AtomicU64,
+    /// Stores of a previous process image that could not be taken over.
+    pub restore_discarded: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -96,12 +100,14 @@ unsafe impl SharedPod for SessionCounters {}
 unsafe impl Concurrent for SessionCounters {}
 
 impl SessionCounters {
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 4] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 6] {
         [
             ("refused_context", &self.refused_context),
             ("refused_plain_identity", &self.refused_plain_identity),
             ("kept_unproven", &self.kept_unproven),
             ("stored_early", &self.stored_early),
+            ("restored", &self.restored),
+            ("restore_discarded", &self.restore_discarded),
         ]
     }
 }

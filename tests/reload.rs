@@ -54,7 +54,7 @@ fn wait_reloaded(node: &Uwsgi, https: u16, n: usize, marker: &str) {
 
 enum Reload {
     Sighup,
-    TouchReload,
+    Touch,
     FifoGraceful,
     FifoBrutal,
 }
@@ -63,7 +63,7 @@ fn trigger(reload: &Reload, node: &Uwsgi, dir: &std::path::Path, round: u64) {
     match reload {
         // SAFETY: signals the test's own child process by pid.
         Reload::Sighup => assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0),
-        Reload::TouchReload => {
+        Reload::Touch => {
             let file = std::fs::File::options()
                 .write(true)
                 .open(dir.join("reload.touch"))
@@ -100,7 +100,7 @@ fn sessions_survive_every_kind_of_reload() {
     let marker = "sessions came back from before the reload";
     let reloads = [
         ("SIGHUP", Reload::Sighup),
-        ("touch-reload", Reload::TouchReload),
+        ("touch-reload", Reload::Touch),
         ("master FIFO r", Reload::FifoGraceful),
         ("master FIFO R (brutal)", Reload::FifoBrutal),
     ];

@@ -1,6 +1,7 @@
 //! Sessions survive every reload uWSGI has (seed Setup 1, 4 router
 //! processes): SIGHUP, touch-reload, the master FIFO's `r` (graceful) and
-//! `R` (brutal). Stock uWSGI, resuming by tickets, loses them all.
+//! `R` (brutal), SIGTERM (brutal in uWSGI 2.0). Stock uWSGI, resuming by
+//! tickets, loses them all. Sealed replication goes on across a reload.
 
 mod support;
 
@@ -54,6 +55,7 @@ fn wait_reloaded(node: &Uwsgi, https: u16, n: usize, marker: &str) {
 
 enum Reload {
     Sighup,
+    Sigterm,
     Touch,
     FifoGraceful,
     FifoBrutal,
@@ -63,6 +65,8 @@ fn trigger(reload: &Reload, node: &Uwsgi, dir: &std::path::Path, round: u64) {
     match reload {
         // SAFETY: signals the test's own child process by pid.
         Reload::Sighup => assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0),
+        // SAFETY: as above.
+        Reload::Sigterm => assert_eq!(unsafe { libc::kill(node.pid, libc::SIGTERM) }, 0),
         Reload::Touch => {
             let file = std::fs::File::options()
                 .write(true)
@@ -103,6 +107,8 @@ fn sessions_survive_every_kind_of_reload() {
         ("touch-reload", Reload::Touch),
         ("master FIFO r", Reload::FifoGraceful),
         ("master FIFO R (brutal)", Reload::FifoBrutal),
+        // uWSGI 2.0 without die-on-term: SIGTERM is a brutal reload.
+        ("SIGTERM", Reload::Sigterm),
     ];
     for (round, (name, reload)) in reloads.iter().enumerate() {
         trigger(reload, &node, &dir, round as u64 + 1);
@@ -186,4 +192,54 @@ fn a_store_of_other_sizes_is_discarded_in_one_line() {
             .resumption_rate()
             >= 0.9
     );
+}
+
+/// Two sealed nodes; node B reloads. What B had comes back, and sessions
+/// still travel both ways afterwards: B's new process image seals under a
+/// new sender id (new nonces), A's receiver takes it, B's takes A's.
+#[test]
+fn sealed_replication_goes_on_across_a_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let _heavy = heavy();
+    let dir = test_dir("reload-sealed");
+    let keys = dir.join("keys");
+    std::fs::write(
+        &keys,
+        "2222222222222222222222222222222222222222222222222222222222222222\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (udp_a, udp_b) = (free_port(), free_port());
+    let node = |name: &str, udp: u16, peer: u16| {
+        let (https, stats_port) = (free_port(), free_port());
+        let ini = seed_setup1(&plugin_dir(), https, stats_port, 2, DEFAULT_CACHE)
+            + &format!(
+                "cache-udp-server = 127.0.0.1:{udp}\ncache-udp-node = 127.0.0.1:{peer}\ncache-udp-key = {}\n",
+                keys.display()
+            );
+        (Uwsgi::start(&dir, name, &ini, &[https, stats_port]), https, stats_port)
+    };
+    let (_a, https_a, stats_a) = node("a", udp_a, udp_b);
+    let (b, https_b, stats_b) = node("b", udp_b, udp_a);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let resumed_on = |port: u16, sessions: &mut Vec<SslSession>| resume_all(&client, port, sessions);
+
+    let mut before = make_sessions(&client, https_a, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signals the test's own child process by pid.
+    assert_eq!(unsafe { libc::kill(b.pid, libc::SIGHUP) }, 0);
+    wait_reloaded(&b, https_b, 1, "sessions came back from before the reload");
+    assert!(resumed_on(https_b, &mut before) >= 49, "{}", b.log());
+
+    let mut from_a = make_sessions(&client, https_a, 50);
+    let mut from_b = make_sessions(&client, https_b, 50);
+    std::thread::sleep(Duration::from_millis(500));
+    let (on_b, on_a) = (resumed_on(https_b, &mut from_a), resumed_on(https_a, &mut from_b));
+    println!("after B reloaded: A's new sessions {on_b}/50 on B, B's new sessions {on_a}/50 on A");
+    assert!(on_b >= 49 && on_a >= 49, "{on_b} {on_a}\n{}", b.log());
+    for port in [stats_a, stats_b] {
+        for refused in ["forged", "replayed", "out_of_window", "skewed"] {
+            assert_eq!(metric(port, &format!("sslcache.default.{refused}")), 0, "{refused}");
+        }
+    }
 }

@@ -124,7 +124,10 @@ fn sessions_survive_every_kind_of_reload() {
         );
     }
     let log = node.log();
-    assert!(!log.contains("was discarded"), "{log}");
+    assert!(!log.contains("discarded the store"), "{log}");
+    // In memory only: the store is a memory file, nothing under a disk.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", node.pid)).unwrap();
+    assert!(maps.contains("/memfd:sslcache-store"), "{maps}");
     // The counter says what came back at the last reload.
     assert!(metric(stats_port, "sslcache.default.restored") >= SESSIONS as u64);
 }
@@ -176,9 +179,9 @@ fn a_store_of_other_sizes_is_discarded_in_one_line() {
     // The reload reads the ini again: the cache is now smaller.
     std::fs::write(&node.ini_path, ini(10000)).unwrap();
     std::fs::write(dir.join("master.fifo"), "r").unwrap();
-    wait_reloaded(&node, https, 1, "was discarded");
+    wait_reloaded(&node, https, 1, "discarded the store");
     let log = node.log();
-    assert_eq!(log.matches("was discarded").count(), 1, "{log}");
+    assert_eq!(log.matches("discarded the store").count(), 1, "{log}");
     assert!(
         log.contains("made for items=20000, keysize=2048, blocksize=4096"),
         "{log}"
@@ -242,4 +245,99 @@ fn sealed_replication_goes_on_across_a_reload() {
             assert_eq!(metric(port, &format!("sslcache.default.{refused}")), 0, "{refused}");
         }
     }
+}
+
+/// `cache2 ... store=`: the cache lives in that file (0600), and a full
+/// stop and start of the node keeps its sessions.
+#[test]
+fn a_store_file_keeps_sessions_across_a_stop_and_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let _heavy = heavy();
+    let dir = test_dir("persist");
+    let (https, stats_port) = (free_port(), free_port());
+    let store = dir.join("sessions.store");
+    let cache = format!(
+        "cache2 = name=ssl,items=20000,keysize=128,blocksize=4096,store={}\nssl-sessions-use-cache = ssl",
+        store.display()
+    );
+    let ini = seed_setup1(&plugin_dir(), https, stats_port, 4, &cache);
+    let mut node = Uwsgi::start(&dir, "node", &ini, &[https]);
+    assert!(
+        node.log().contains("that file holds the master secrets"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
+    let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
+    let mut sessions12 = make_sessions(&tls12, https, SESSIONS);
+    let mut sessions13 = make_sessions(&tls13, https, SESSIONS);
+    node.stop();
+    let node = Uwsgi::start(&dir, "node-again", &ini, &[https]);
+    assert!(
+        node.log().contains("sessions came back from its store file"),
+        "{}",
+        node.log()
+    );
+    let r12 = resume_all(&tls12, https, &mut sessions12);
+    let r13 = resume_all(&tls13, https, &mut sessions13);
+    println!("after a stop and start: TLS 1.2 {r12}/{SESSIONS}, TLS 1.3 {r13}/{SESSIONS} resumed");
+    let least = SESSIONS * 99 / 100;
+    assert!(
+        r12 >= least && r13 >= least,
+        "{r12} and {r13} of {SESSIONS}\n{}",
+        node.log()
+    );
+}
+
+/// A store file others may read is refused (uWSGI does not start); random
+/// bytes, or a store of other cache sizes, are discarded in one line.
+#[test]
+fn bad_store_files_are_refused_or_discarded_in_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    let _heavy = heavy();
+    let dir = test_dir("persist-bad");
+    let (https, stats_port) = (free_port(), free_port());
+    let store = dir.join("sessions.store");
+    let ini = |items: u32| {
+        let cache = format!(
+            "cache = {items}\ncache-blocksize = 4096\ncache-store = {}\nssl-sessions-use-cache = true",
+            store.display()
+        );
+        seed_setup1(&plugin_dir(), https, stats_port, 2, &cache)
+    };
+    // Readable by others: refused.
+    std::fs::write(&store, "").unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (status, log) = run_to_exit(&dir, "shared", &ini(20000));
+    assert!(!status.expect("exits").success(), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cache-store = ") && l.contains("(mode 0644): chmod 600 it")),
+        "{log}"
+    );
+    // Random bytes: discarded, and the cache works.
+    let noise: Vec<u8> = (0..100_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&store, noise).unwrap();
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut node = Uwsgi::start(&dir, "noise", &ini(20000), &[https]);
+    let log = node.log();
+    assert_eq!(log.matches("discarded the store file").count(), 1, "{log}");
+    assert!(log.contains("not a session store"), "{log}");
+    let client = Client::new(Proto::Tls12NoTickets);
+    let mut sessions = make_sessions(&client, https, 20);
+    node.stop();
+    // Other cache sizes: discarded, saying what it was made for.
+    let node = Uwsgi::start(&dir, "smaller", &ini(10000), &[https]);
+    let log = node.log();
+    assert_eq!(log.matches("discarded the store file").count(), 1, "{log}");
+    assert!(
+        log.contains("made for items=20000, keysize=2048, blocksize=4096"),
+        "{log}"
+    );
+    assert_eq!(resume_all(&client, https, &mut sessions), 0);
+    assert!(client.reconnects(https, 10, &[]).resumption_rate() >= 0.9);
 }

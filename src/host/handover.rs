@@ -11,11 +11,20 @@
 //! ([`ENV`]). The new image takes the store over only if it is the same
 //! memory file, made by this format for the same cache sizes; otherwise it
 //! says why in one line and starts empty.
+//!
+//! A persistent store (`cache-store`, cache2 `store=`) is a mapping of that
+//! file instead, handed over the same way (so a master that dropped its
+//! privileges keeps it across a reload), and taken over from the file
+//! itself at a fresh start.
 
 use std::ffi::c_int;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
+use std::path::Path;
+
+use sslcache_core::os;
+use sslcache_core::store::file::{self, StoreFile};
 use sslcache_core::store::{Limits, Store, MEMORY_FILE_NAME};
 
 use super::symbols;
@@ -33,26 +42,59 @@ pub enum Origin {
     New,
     /// The previous process image's store, with this many sessions.
     TakenOver(u64),
-    /// The previous image's store could not be taken, for this reason.
+    /// The store file's sessions, this many, at a fresh start.
+    FromFile(u64),
+    /// What could not be taken over, and why.
     Discarded(String),
 }
 
 /// The store of this process image: the one the previous image handed
-/// over when it fits, else a new one (master, in `jail`, before any fork).
-pub fn store(limits: Limits) -> Result<(Store, Origin), String> {
-    let (store, fd, origin) = match inherited() {
-        Some(fd) => match Store::adopt(limits, fd) {
+/// over when it fits, else the store file's (if `persist` names one: the
+/// option and the path), else a new one (master, in `jail`, before any
+/// fork).
+pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, Origin), String> {
+    let expected = match persist {
+        Some((_, path)) => path.canonicalize().ok().map(|p| p.to_string_lossy().into_owned()),
+        None => Some(format!("/memfd:{}", MEMORY_FILE_NAME.to_string_lossy())),
+    };
+    let inherited = expected.as_deref().and_then(inherited);
+    let (store, fd, origin) = match (inherited, persist) {
+        (Some(fd), _) => match Store::adopt(limits, fd) {
             Ok((store, fd)) => {
                 let count = store.len();
                 (store, Some(fd), Origin::TakenOver(count))
             }
             Err(why) => {
-                let (store, fd) = new_store(limits)?;
-                (store, fd, Origin::Discarded(why))
+                let (store, fd) = new_store(limits, persist)?;
+                (
+                    store,
+                    fd,
+                    Origin::Discarded(format!("the store of the previous process image ({why})")),
+                )
             }
         },
-        None => {
-            let (store, fd) = new_store(limits)?;
+        (None, Some((option, path))) => match file::open_private(option, path, os::effective_uid())? {
+            StoreFile::Existing(fd) => match Store::adopt(limits, fd) {
+                Ok((store, fd)) => {
+                    let count = store.len();
+                    (store, Some(fd), Origin::FromFile(count))
+                }
+                Err(why) => {
+                    let (store, fd) = new_store(limits, persist)?;
+                    (
+                        store,
+                        fd,
+                        Origin::Discarded(format!("the store file {} ({why})", path.display())),
+                    )
+                }
+            },
+            StoreFile::Created(fd) => {
+                let (store, fd) = Store::create_in_file(limits, fd).map_err(|e| e.to_string())?;
+                (store, Some(fd), Origin::New)
+            }
+        },
+        (None, None) => {
+            let (store, fd) = new_store(limits, None)?;
             (store, fd, Origin::New)
         }
     };
@@ -63,9 +105,17 @@ pub fn store(limits: Limits) -> Result<(Store, Origin), String> {
     Ok((store, origin))
 }
 
-/// A store in a memory file; in anonymous memory (not handed over) if the
+/// An empty store: in the store file if one is configured (cleared), else
+/// in a memory file, else in anonymous memory (not handed over) if the
 /// kernel has no memory files.
-fn new_store(limits: Limits) -> Result<(Store, Option<OwnedFd>), String> {
+fn new_store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, Option<OwnedFd>), String> {
+    if let Some((option, path)) = persist {
+        let fd = match file::open_private(option, path, os::effective_uid())? {
+            StoreFile::Existing(fd) | StoreFile::Created(fd) => fd,
+        };
+        let (store, fd) = Store::create_in_file(limits, fd).map_err(|e| e.to_string())?;
+        return Ok((store, Some(fd)));
+    }
     match Store::create_handed_over(limits) {
         Ok((store, fd)) => Ok((store, Some(fd))),
         Err(_) => Store::create(limits)
@@ -74,16 +124,22 @@ fn new_store(limits: Limits) -> Result<(Store, Option<OwnedFd>), String> {
     }
 }
 
-/// The descriptor named by [`ENV`], if it is a store's memory file of
-/// ours: a number that names anything else is left alone.
-fn inherited() -> Option<OwnedFd> {
+/// The descriptor named by [`ENV`], if it is the store this image would
+/// use (the memory file, or the configured store file: `expected` is what
+/// its /proc link shows); a number that names anything else is left alone.
+fn inherited(expected: &str) -> Option<OwnedFd> {
     let value = std::env::var(ENV).ok()?;
     std::env::remove_var(ENV);
     let fd: RawFd = value.trim().parse().ok().filter(|fd| *fd > 2)?;
     let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    let expected = format!("/memfd:{}", MEMORY_FILE_NAME.to_string_lossy());
-    if !target.to_string_lossy().starts_with(&expected) {
-        log::warn!("{ENV}={value} does not name a session store's memory file: ignored");
+    let target = target.to_string_lossy();
+    let ours = if expected.starts_with("/memfd:") {
+        target.starts_with(expected)
+    } else {
+        target == expected
+    };
+    if !ours {
+        log::warn!("{ENV}={value} does not name this cache's session store ({target}): ignored");
         return None;
     }
     // SAFETY: the descriptor is open (its /proc link resolved) and is the
@@ -111,7 +167,11 @@ fn keep_for_reload(fd: OwnedFd) {
 
 /// Lets the store's descriptor through the exec that follows (uWSGI's
 /// `master_cleanup` hook: the master, just before a reload exec or exit).
-pub fn before_exec() {
+/// A store file is also written back.
+pub fn before_exec(store: Option<&Store>) {
+    if let Some(store) = store {
+        store.flush();
+    }
     let fd = HANDED_OVER.load(Ordering::Relaxed);
     if fd >= 0 {
         set_close_on_exec(fd, false);

@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::ffi::{c_char, c_int, c_void};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -108,6 +109,7 @@ struct Active {
 
 static ACTIVE: OnceLock<Active> = OnceLock::new();
 static NEXT_SWEEP: AtomicU64 = AtomicU64::new(0);
+static NEXT_STORE_SYNC: AtomicU64 = AtomicU64::new(0);
 
 /// Runs a hook body; an error ends the process with one line, as uWSGI
 /// does for configuration errors, and so does a panic (a bug: logged by
@@ -183,7 +185,11 @@ fn setup() -> Result<(), String> {
         keysize: cache.keysize,
         blocksize: cache.blocksize,
     };
-    let (store, origin) = handover::store(limits)
+    let persist = cache
+        .store
+        .as_ref()
+        .map(|(option, path)| (option.as_str(), Path::new(path)));
+    let (store, origin) = handover::store(limits, persist)
         .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
     let store = Arc::new(store);
 
@@ -264,13 +270,16 @@ fn setup() -> Result<(), String> {
                 cache.name
             );
         }
-        Origin::Discarded(why) => {
-            counters.get().restore_discarded.store(1, Ordering::Relaxed);
-            log::warn!(
-                "TLS session cache \"{}\": the store of the previous process image was discarded ({why}); \
-                 starting empty",
+        Origin::FromFile(sessions) => {
+            counters.get().restored.store(sessions, Ordering::Relaxed);
+            log::info!(
+                "TLS session cache \"{}\": {sessions} sessions came back from its store file",
                 cache.name
             );
+        }
+        Origin::Discarded(why) => {
+            counters.get().restore_discarded.store(1, Ordering::Relaxed);
+            log::warn!("TLS session cache \"{}\": discarded {why}; starting empty", cache.name);
         }
     }
     tls::install(SessionCache {
@@ -329,7 +338,9 @@ unsafe extern "C" fn post_init() {
 
 unsafe extern "C" fn master_cycle() {
     MASTER_CYCLE.guard((), || {
-        let Some(cache) = tls::installed() else { return };
+        let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
+            return;
+        };
         // After the first fork: threads never live across the initial forks.
         replication::start_receivers(&cache.store);
         let now = unix_secs();
@@ -339,12 +350,18 @@ unsafe extern "C" fn master_cycle() {
         NEXT_SWEEP.store(now + SWEEP_EVERY_SECS, Ordering::Relaxed);
         cache.store.sweep(now);
         stats_entry::publish(&cache.store);
+        if let Some(every) = active.settings.cache.store_sync {
+            if now >= NEXT_STORE_SYNC.load(Ordering::Relaxed) {
+                NEXT_STORE_SYNC.store(now + every, Ordering::Relaxed);
+                cache.store.flush();
+            }
+        }
     });
 }
 
 /// Runs in the master just before a reload's exec (and at exit).
 unsafe extern "C" fn master_cleanup() {
-    MASTER_CLEANUP.guard((), handover::before_exec);
+    MASTER_CLEANUP.guard((), || handover::before_exec(tls::installed().map(|c| &*c.store)));
 }
 
 /// ELF section uWSGI reads before loading a plugin: load the HTTP router

@@ -46,6 +46,12 @@ pub struct CacheDef {
     pub udp_servers: Vec<String>,
     /// Key file sealing replication (`cache-udp-key`, `udp_key=`).
     pub key_file: Option<String>,
+    /// File the store lives in (`cache-store`, `store=`), and the option
+    /// that named it: the cache survives a stop and start.
+    pub store: Option<(String, String)>,
+    /// Seconds between write-backs of that file (`cache-store-sync`,
+    /// `store_sync=`); `None`: at each reload and stop only.
+    pub store_sync: Option<u64>,
     /// Stock keys given that mean nothing for a session store.
     pub ignored_keys: Vec<String>,
 }
@@ -234,6 +240,9 @@ const KEYS_USED: &[&str] = &[
     "udpserver",
     "udp_key",
     "udpkey",
+    "store",
+    "store_sync",
+    "storesync",
     // The session store always evicts the least recently used entry.
     "purge_lru",
     "lru",
@@ -243,9 +252,6 @@ const KEYS_IGNORED: &[&str] = &[
     "hash",
     "hashsize",
     "hash_size",
-    "store",
-    "store_sync",
-    "storesync",
     "store_delete",
     "storedelete",
     "sync",
@@ -305,6 +311,14 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     let mut nodes = Vec::new();
     let mut udp_servers = Vec::new();
     let key_file = get(&["udp_key", "udpkey"]);
+    let store = get(&["store"])
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .map(|v| (what("store"), v));
+    let store_sync = match get(&["store_sync", "storesync"]) {
+        Some(v) => Some(positive(&what("store_sync"), &v, 86_400)?),
+        None => None,
+    };
     let mut ignored_keys = Vec::new();
     for (k, v) in &kv {
         match k.as_str() {
@@ -324,6 +338,8 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         nodes,
         udp_servers,
         key_file,
+        store,
+        store_sync,
         ignored_keys,
     })
 }
@@ -343,6 +359,16 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
         nodes: raw.cache_udp_node.clone(),
         udp_servers: raw.cache_udp_server.clone(),
         key_file: raw.cache_udp_key.clone(),
+        store: raw
+            .cache_store
+            .as_ref()
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .map(|v| ("cache-store".to_string(), v)),
+        store_sync: match &raw.cache_store_sync {
+            Some(v) => Some(positive("cache-store-sync", v, 86_400)?),
+            None => None,
+        },
         ignored_keys: Vec::new(),
     })
 }
@@ -497,6 +523,13 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             cache.ignored_keys.join(", ")
         ));
     }
+    if let Some((option, path)) = &cache.store {
+        warnings.push(format!(
+            "cache \"{}\" lives in {path} ({option}): that file holds the master secrets of live TLS sessions; \
+             keep it on a private, local filesystem",
+            cache.name
+        ));
+    }
     if cache.blocksize < SMALL_BLOCKSIZE {
         warnings.push(format!(
             "cache \"{}\" blocksize = {} is small: sessions larger than that are not cached",
@@ -613,14 +646,37 @@ mod tests {
     }
 
     #[test]
+    fn store_files_and_their_sync() {
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,store=/var/lib/x.store,store_sync=30".into()];
+        let c = resolve(&r).unwrap().unwrap().cache;
+        assert_eq!(c.store, Some(("cache2 \"s\" store".into(), "/var/lib/x.store".into())));
+        assert_eq!(c.store_sync, Some(30));
+        let mut r = raw();
+        r.cache_store = Some("/x".into());
+        r.cache_store_sync = Some("0".into());
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .contains("cache-store-sync must be greater than 0"));
+        r.cache_store_sync = None;
+        let c = resolve(&r).unwrap().unwrap().cache;
+        assert_eq!(
+            (c.store, c.store_sync),
+            (Some(("cache-store".into(), "/x".into())), None)
+        );
+    }
+
+    #[test]
     fn meaningless_keys_warn_once() {
         let mut r = raw();
         r.use_cache = Some("s".into());
-        r.cache2 = vec!["name=s,items=5,bitmap=1,store=/tmp/x,hash=murmur2,frobnicate=2".into()];
+        r.cache2 = vec!["name=s,items=5,bitmap=1,store_delete=1,hash=murmur2,frobnicate=2".into()];
         let s = resolve(&r).unwrap().unwrap();
         assert_eq!(s.warnings.len(), 1);
         assert!(
-            s.warnings[0].contains("bitmap, store, hash, frobnicate (unknown)"),
+            s.warnings[0].contains("bitmap, store_delete, hash, frobnicate (unknown)"),
             "{}",
             s.warnings[0]
         );

@@ -109,7 +109,17 @@ options! {
     cache2: list, Uwsgi, [c"cache2"],
         help: c"",
         readme: "`name=`, `items=` (`max_items`, `maxitems`), `blocksize=`, `keysize=` (`key_size`, default \
-            2048, at least 32), `udp=`, `node=`, `udp_key=`";
+            2048, at least 32), `udp=`, `node=`, `udp_key=`, `store=`, `store_sync=`";
+    /// `cache-store`: file of the default cache.
+    cache_store: one, Uwsgi, [c"cache-store"],
+        help: c"",
+        readme: "file the default cache lives in, so that it survives a stop and start (mode 0600; it holds \
+            session secrets); cache2: `store=`";
+    /// `cache-store-sync`: seconds between write-backs of that file.
+    cache_store_sync: one, Uwsgi, [c"cache-store-sync"],
+        help: c"",
+        readme: "seconds between write-backs of the store file (default: at each reload and stop); cache2: \
+            `store_sync=`";
     /// `https-session-context`.
     https_session_context: one, Uwsgi, [c"https-session-context"],
         help: c"",

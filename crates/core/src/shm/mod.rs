@@ -140,6 +140,13 @@ impl Region {
         Ok(Region { base, len })
     }
 
+    /// Starts writing a file-backed region back to its file (`msync`
+    /// with `MS_ASYNC`: the caller does not wait for the disk).
+    pub fn flush(&self) {
+        // SAFETY: base/len are exactly our mapping.
+        unsafe { libc::msync(self.base.as_ptr().cast(), self.len, libc::MS_ASYNC) };
+    }
+
     /// Reserved size in bytes (never zero).
     pub fn size(&self) -> usize {
         self.len

@@ -19,12 +19,13 @@
 //! other attempts on that shard wait a few milliseconds (lookups miss,
 //! inserts are dropped) until it answers again.
 
+pub mod file;
 mod shard;
 
 use std::ffi::CStr;
 use std::hash::Hasher;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
@@ -361,6 +362,28 @@ impl Store {
         let layout = Layout::new(limits)?;
         let (region, fd) = Region::memory_file(MEMORY_FILE_NAME, layout.total)?;
         Ok((Store::format(region, layout, limits)?, fd))
+    }
+
+    /// Creates an empty store in the file behind `fd` (a persistent store,
+    /// see [`file::open_private`]); whatever it held is cleared first.
+    pub fn create_in_file(limits: Limits, fd: OwnedFd) -> io::Result<(Store, OwnedFd)> {
+        let layout = Layout::new(limits)?;
+        let len = libc::off_t::try_from(layout.total).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        for size in [0, len] {
+            // SAFETY: resizes the file the caller handed us: to nothing, then
+            // to the store's size (sparse zeros).
+            if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        let region = Region::map_file(fd.as_fd())?;
+        Ok((Store::format(region, layout, limits)?, fd))
+    }
+
+    /// Asks the kernel to write the region back to its file now (a
+    /// persistent store), without waiting for it.
+    pub fn flush(&self) {
+        self.region.flush();
     }
 
     /// Writes a fresh header and initialises the locks of a zeroed region.

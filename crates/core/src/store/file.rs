@@ -1,0 +1,108 @@
+//! The file of a persistent store (`cache-store`, cache2 `store=`): the
+//! region is a shared mapping of it, so it holds every session (master
+//! secrets included) and must stay private to the user who runs uWSGI.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+/// A store file, opened read-write.
+pub enum StoreFile {
+    /// It was there: its contents are taken over if they fit.
+    Existing(OwnedFd),
+    /// Made just now, empty, mode 0600.
+    Created(OwnedFd),
+}
+
+/// Opens (or creates, mode 0600) the store file at `path` without following
+/// a symbolic link, and checks on the open descriptor that it is a regular
+/// file, owned by `owner` or root, that neither group nor others may read or
+/// write. `option` names the setting in errors.
+pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, String> {
+    let shown = format!("{option} = {}", path.display());
+    let open = |create: bool| {
+        let mut o = OpenOptions::new();
+        o.read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+        if create {
+            o.create_new(true).mode(0o600);
+        }
+        o.open(path)
+    };
+    let (file, created) = match open(false) {
+        Ok(file) => (file, false),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match open(true) {
+            Ok(file) => (file, true),
+            Err(e) => return Err(format!("{shown}: cannot create the store file: {e}")),
+        },
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(format!(
+                "{shown}: the store file is a symbolic link; name the file itself"
+            ))
+        }
+        Err(e) => return Err(format!("{shown}: cannot open the store file: {e}")),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("{shown}: cannot read the store file: {e}"))?;
+    if !meta.is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown}: the store file holds TLS session secrets and is readable or writable by group or \
+             others (mode {mode:04o}): chmod 600 it"
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != owner {
+        return Err(format!(
+            "{shown}: the store file belongs to uid {}, not to root or the user running uWSGI ({owner})",
+            meta.uid()
+        ));
+    }
+    let fd = OwnedFd::from(file);
+    Ok(if created {
+        StoreFile::Created(fd)
+    } else {
+        StoreFile::Existing(fd)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sslcache-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn creates_private_files_and_refuses_shared_ones() {
+        let d = dir("open");
+        let path = d.join("s.store");
+        let uid = crate::os::effective_uid();
+        assert!(matches!(open_private("store", &path, uid), Ok(StoreFile::Created(_))));
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert!(matches!(open_private("store", &path, uid), Ok(StoreFile::Existing(_))));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = open_private("cache2 \"ssl\" store", &path, uid).err().unwrap();
+        assert!(
+            e.contains("mode 0640): chmod 600 it") && e.starts_with("cache2 \"ssl\" store = "),
+            "{e}"
+        );
+        let link = d.join("link.store");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let e = open_private("store", &link, uid).err().unwrap();
+        assert!(e.contains("symbolic link"), "{e}");
+        let e = open_private("store", &d.join("no/such/dir/x"), uid).err().unwrap();
+        assert!(e.contains("cannot create the store file"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

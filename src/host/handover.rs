@@ -18,7 +18,7 @@
 //! itself at a fresh start.
 
 use std::ffi::c_int;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 
 use std::path::Path;
@@ -74,7 +74,7 @@ pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, O
             }
         },
         (None, Some((option, path))) => match file::open_private(option, path, os::effective_uid())? {
-            StoreFile::Existing(fd) => match Store::adopt(limits, fd) {
+            StoreFile::Existing(fd) => match reserved(fd, path).and_then(|fd| Store::adopt(limits, fd)) {
                 Ok((store, fd)) => {
                     let count = store.len();
                     (store, Some(fd), Origin::FromFile(count))
@@ -103,6 +103,16 @@ pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, O
         None => std::env::remove_var(ENV),
     }
     Ok((store, origin))
+}
+
+/// The store file with all its blocks allocated (see `file::reserve`).
+fn reserved(fd: OwnedFd, path: &Path) -> Result<OwnedFd, String> {
+    let len = std::fs::File::from(fd.try_clone().map_err(|e| e.to_string())?)
+        .metadata()
+        .map_err(|e| e.to_string())?
+        .len();
+    file::reserve(fd.as_fd(), len).map_err(|e| format!("cannot reserve the disk space of {}: {e}", path.display()))?;
+    Ok(fd)
 }
 
 /// An empty store: in the store file if one is configured (cleared), else

@@ -3,7 +3,7 @@
 //! secrets included) and must stay private to the user who runs uWSGI.
 
 use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -69,6 +69,18 @@ pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, 
     } else {
         StoreFile::Existing(fd)
     })
+}
+
+/// Gives the whole file its disk blocks now (`posix_fallocate`): a
+/// shared mapping of a sparse file would raise SIGBUS in whichever router
+/// process first writes a page the full disk cannot hold.
+pub fn reserve(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: allocates blocks of a file the caller holds open read-write.
+    match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
 }
 
 #[cfg(test)]

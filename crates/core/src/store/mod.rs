@@ -376,6 +376,7 @@ impl Store {
                 return Err(io::Error::last_os_error());
             }
         }
+        file::reserve(fd.as_fd(), layout.total as u64)?;
         let region = Region::map_file(fd.as_fd())?;
         Ok((Store::format(region, layout, limits)?, fd))
     }

@@ -172,7 +172,8 @@ fn order_of_lines_does_not_matter() {
 fn meaningless_cache2_keys_warn_once() {
     let dir = test_dir("keys");
     let (https, stats_port) = (free_port(), free_port());
-    let lines = "cache2 = name=ssl,items=100,blocksize=4096,bitmap=1,store_delete=1,hashsize=99\nssl-sessions-use-cache = ssl";
+    let lines =
+        "cache2 = name=ssl,items=100,blocksize=4096,bitmap=1,store_delete=1,hashsize=99\nssl-sessions-use-cache = ssl";
     let node = Uwsgi::start(
         &dir,
         "node",
@@ -186,7 +187,11 @@ fn meaningless_cache2_keys_warn_once() {
         .map(String::from)
         .collect();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert!(warnings[0].contains("bitmap, store_delete, hashsize"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("bitmap, store_delete, hashsize"),
+        "{}",
+        warnings[0]
+    );
 }
 
 /// The options and their help texts are visible in `uwsgi --help`.

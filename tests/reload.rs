@@ -341,3 +341,38 @@ fn bad_store_files_are_refused_or_discarded_in_one_line() {
     assert_eq!(resume_all(&client, https, &mut sessions), 0);
     assert!(client.reconnects(https, 10, &[]).resumption_rate() >= 0.9);
 }
+
+/// A store file made by root before uWSGI drops privileges stays the
+/// cache's across a reload of the (then unprivileged) master: it is handed
+/// over as a descriptor, never opened again.
+#[test]
+fn a_root_owned_store_file_survives_a_reload_with_dropped_privileges() {
+    use std::os::unix::fs::MetadataExt;
+    let _heavy = heavy();
+    let dir = test_dir("persist-nobody");
+    let (https, stats_port) = (free_port(), free_port());
+    let store = dir.join("sessions.store");
+    let cache = format!(
+        "cache = 20000\ncache-blocksize = 4096\ncache-store = {}\nssl-sessions-use-cache = true\n\
+         uid = nobody\ngid = nogroup",
+        store.display()
+    );
+    // uWSGI itself reads the certificate's key again after the reload exec,
+    // as nobody by then: let it (the store file stays root's, 0600).
+    let (_, key) = cert("localhost");
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let node = Uwsgi::start(
+        &dir,
+        "node",
+        &seed_setup1(&plugin_dir(), https, stats_port, 2, &cache),
+        &[https],
+    );
+    assert_eq!(std::fs::metadata(&store).unwrap().uid(), 0);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let mut sessions = make_sessions(&client, https, 100);
+    // SAFETY: signals the test's own child process by pid.
+    assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
+    wait_reloaded(&node, https, 1, "sessions came back from before the reload");
+    let resumed = resume_all(&client, https, &mut sessions);
+    assert!(resumed >= 99, "{resumed}/100\n{}", node.log());
+}

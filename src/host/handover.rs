@@ -59,20 +59,31 @@ pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, O
     };
     let inherited = expected.as_deref().and_then(inherited);
     let (store, fd, origin) = match (inherited, persist) {
-        (Some(fd), _) => match Store::adopt(limits, fd) {
-            Ok((store, fd)) => {
-                let count = store.len();
-                (store, Some(fd), Origin::TakenOver(count))
+        (Some(fd), _) => {
+            // A store file is cleared through this very descriptor if it does
+            // not fit: a master that dropped its privileges cannot open it.
+            let spare = persist.and_then(|_| fd.try_clone().ok());
+            match Store::adopt(limits, fd) {
+                Ok((store, fd)) => {
+                    let count = store.len();
+                    (store, Some(fd), Origin::TakenOver(count))
+                }
+                Err(why) => {
+                    let (store, fd) = match spare {
+                        Some(fd) => {
+                            let (store, fd) = Store::create_in_file(limits, fd).map_err(|e| e.to_string())?;
+                            (store, Some(fd))
+                        }
+                        None => new_store(limits, persist)?,
+                    };
+                    (
+                        store,
+                        fd,
+                        Origin::Discarded(format!("the store of the previous process image ({why})")),
+                    )
+                }
             }
-            Err(why) => {
-                let (store, fd) = new_store(limits, persist)?;
-                (
-                    store,
-                    fd,
-                    Origin::Discarded(format!("the store of the previous process image ({why})")),
-                )
-            }
-        },
+        }
         (None, Some((option, path))) => match file::open_private(option, path, os::effective_uid())? {
             StoreFile::Existing(fd) => match reserved(fd, path).and_then(|fd| Store::adopt(limits, fd)) {
                 Ok((store, fd)) => {

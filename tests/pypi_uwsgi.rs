@@ -33,7 +33,7 @@ fn resumes_on_pypi_uwsgi(cache_lines: &str, cache_name: &str) {
     let ini = seed_setup1(&plugins, https, stats_port, 4, cache_lines);
     let node = Uwsgi::start_with(&binary, &dir, "node", &ini, &[https, stats_port]);
     assert!(node.log().contains("uWSGI 2.0.31"), "{}", node.log());
-    let routers = node.children();
+    let routers = node.routers(4);
     let tls12 = Client::new(Proto::Tls12NoTickets).reconnects(https, 200, &routers);
     assert!(tls12.resumption_rate() >= 0.99, "TLS 1.2: {tls12:?}");
     assert!(tls12.owners.len() > 1, "one router process only: {:?}", tls12.owners);

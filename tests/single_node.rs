@@ -35,7 +35,7 @@ fn resumes_across_router_processes(cache_lines: &str, cache_name: &str) {
         &seed_setup1(&plugin_dir(), https, stats_port, 4, cache_lines),
         &[https, stats_port],
     );
-    let routers = node.children();
+    let routers = node.routers(4);
     assert_eq!(routers.len(), 4, "router processes: {routers:?}");
 
     let tls12 = Client::new(Proto::Tls12NoTickets).reconnects(https, RECONNECTS, &routers);

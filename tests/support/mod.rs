@@ -217,6 +217,13 @@ impl Uwsgi {
         out
     }
 
+    /// The router processes, once at least `n` of them run (the master
+    /// forks them after the ports accept; bounded wait).
+    pub fn routers(&self, n: usize) -> Vec<i32> {
+        eventually(Duration::from_secs(20), || self.children().len() >= n);
+        self.children()
+    }
+
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;

@@ -268,6 +268,12 @@ fn a_store_file_keeps_sessions_across_a_stop_and_start() {
         node.log()
     );
     assert_eq!(std::fs::metadata(&store).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second instance on the same file is refused: it would pull the
+    // store from under the first one.
+    let other = seed_setup1(&plugin_dir(), free_port(), free_port(), 1, &cache);
+    let (status, log) = run_to_exit(&dir, "second", &other);
+    assert!(!status.expect("exits").success(), "{log}");
+    assert!(log.contains("another uWSGI instance uses this store file"), "{log}");
     let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
     let mut sessions12 = make_sessions(&tls12, https, SESSIONS);
     let mut sessions13 = make_sessions(&tls13, https, SESSIONS);

@@ -5,10 +5,12 @@
 //!
 //! In memory only: the file is a `memfd`, never on a disk. Its descriptor is
 //! close-on-exec for every other program the master may run; uWSGI's
-//! `master_cleanup` hook, which runs just before the reload exec, clears
-//! that flag, and the descriptor is one of uWSGI's "safe" ones, which the
-//! reload does not close. Its number travels in the environment
-//! ([`ENV`]). The new image takes the store over only if it is the same
+//! `master_cleanup` hook, which runs just before a reload's exec, clears
+//! that flag when uWSGI is reloading (so `exec-as-user-atexit` commands of
+//! a reload, which uWSGI runs after that hook, inherit it too; those of a
+//! stop do not), and the descriptor is one of uWSGI's "safe" ones, which
+//! the reload does not close. Its number, device and inode travel in the
+//! environment ([`ENV`]). The new image takes the store over only if it is the same
 //! memory file, made by this format for the same cache sizes; otherwise it
 //! says why in one line and starts empty.
 //!
@@ -19,7 +21,7 @@
 
 use std::ffi::c_int;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use std::path::Path;
 
@@ -35,6 +37,8 @@ pub const ENV: &str = "SSLCACHE_STORE_FD";
 
 /// The descriptor of this image's store; -1 when it cannot be handed over.
 static HANDED_OVER: AtomicI32 = AtomicI32::new(-1);
+/// Whether that descriptor is a store file (not the memory file).
+static FILE_BACKED: AtomicBool = AtomicBool::new(false);
 
 /// Where this image's store came from.
 pub enum Origin {
@@ -53,11 +57,7 @@ pub enum Origin {
 /// option and the path), else a new one (master, in `jail`, before any
 /// fork).
 pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, Origin), String> {
-    let expected = match persist {
-        Some((_, path)) => path.canonicalize().ok().map(|p| p.to_string_lossy().into_owned()),
-        None => Some(format!("/memfd:{}", MEMORY_FILE_NAME.to_string_lossy())),
-    };
-    let inherited = expected.as_deref().and_then(inherited);
+    let inherited = inherited(persist.is_some());
     let (store, fd, origin) = match (inherited, persist) {
         (Some(fd), _) => {
             // A store file is cleared through this very descriptor if it does
@@ -109,6 +109,7 @@ pub fn store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, O
             (store, fd, Origin::New)
         }
     };
+    FILE_BACKED.store(persist.is_some(), Ordering::Relaxed);
     match fd {
         Some(fd) => keep_for_reload(fd),
         None => std::env::remove_var(ENV),
@@ -145,30 +146,46 @@ fn new_store(limits: Limits, persist: Option<(&str, &Path)>) -> Result<(Store, O
     }
 }
 
-/// The descriptor named by [`ENV`], if it is the store this image would
-/// use (the memory file, or the configured store file: `expected` is what
-/// its /proc link shows); a number that names anything else is left alone.
-fn inherited(expected: &str) -> Option<OwnedFd> {
+/// The descriptor named by [`ENV`] (`fd:device:inode`), if it is still the
+/// very file the previous image left, of the kind this image uses (a store
+/// file when `file`, else the memory file); anything else is left alone.
+/// Nothing is resolved by path: a master that dropped its privileges may
+/// not be able to.
+fn inherited(file: bool) -> Option<OwnedFd> {
     let value = std::env::var(ENV).ok()?;
     std::env::remove_var(ENV);
-    let fd: RawFd = value.trim().parse().ok().filter(|fd| *fd > 2)?;
-    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    let target = target.to_string_lossy();
-    let ours = if expected.starts_with("/memfd:") {
-        target.starts_with(expected)
-    } else {
-        target == expected
+    let mut parts = value.trim().split(':').map(|p| p.parse::<u64>().ok());
+    let (Some(Some(fd)), Some(Some(dev)), Some(Some(ino))) = (parts.next(), parts.next(), parts.next()) else {
+        log::warn!("{ENV}={value} is not a descriptor this plugin set: ignored");
+        return None;
     };
-    if !ours {
-        log::warn!("{ENV}={value} does not name this cache's session store ({target}): ignored");
+    let fd = RawFd::try_from(fd).ok().filter(|fd| *fd > 2)?;
+    if identity(fd) != Some((dev, ino)) {
+        log::warn!("{ENV}={value} no longer names the store it named: ignored");
         return None;
     }
-    // SAFETY: the descriptor is open (its /proc link resolved) and is the
-    // memory file the previous image left us; nothing else in this process
-    // owns it.
+    let memory = format!("/memfd:{}", MEMORY_FILE_NAME.to_string_lossy());
+    let is_memory = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .is_ok_and(|target| target.to_string_lossy().starts_with(&memory));
+    // SAFETY: the descriptor is open (fstat answered), is the file the
+    // previous image left us, and nothing else in this process owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     set_close_on_exec(fd.as_raw_fd(), true);
-    Some(fd)
+    // The configuration changed between memory and a store file: start
+    // from what it says now (dropping `fd` closes it).
+    (is_memory != file).then_some(fd)
+}
+
+/// Device and inode of an open descriptor.
+fn identity(fd: RawFd) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat fills `st`; a closed or foreign number just fails.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: fstat succeeded.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Keeps the descriptor open for the life of this image, tells uWSGI not
@@ -180,22 +197,43 @@ fn keep_for_reload(fd: OwnedFd) {
         // reload consults; called from the master's only thread.
         unsafe { add_safe_fd(raw as c_int) };
     }
-    std::env::set_var(ENV, raw.to_string());
+    if let Some((dev, ino)) = identity(raw) {
+        std::env::set_var(ENV, format!("{raw}:{dev}:{ino}"));
+    }
     HANDED_OVER.store(raw, Ordering::Relaxed);
     // Open as long as the image lives: the next one inherits it.
     std::mem::forget(fd);
 }
 
-/// Lets the store's descriptor through the exec that follows (uWSGI's
-/// `master_cleanup` hook: the master, just before a reload exec or exit).
-/// A store file is also written back.
-pub fn before_exec(store: Option<&Store>) {
-    if let Some(store) = store {
-        store.flush();
-    }
+/// Before uWSGI's reload exec or its exit (the `master_cleanup` hook):
+/// writes a store file back to disk, and, only when `reloading`, lets the
+/// store's descriptor through the exec that follows.
+pub fn before_exec(reloading: bool) {
     let fd = HANDED_OVER.load(Ordering::Relaxed);
-    if fd >= 0 {
+    if fd < 0 {
+        return;
+    }
+    write_back(true);
+    if reloading {
         set_close_on_exec(fd, false);
+    }
+}
+
+/// Writes a store file's changed pages to disk: waiting for them
+/// (`fdatasync`), or only starting the writes (`sync_file_range`), which
+/// never blocks the master for long. Nothing to do for the memory file.
+pub fn write_back(wait: bool) {
+    let fd = HANDED_OVER.load(Ordering::Relaxed);
+    if fd < 0 || !FILE_BACKED.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: syncs a descriptor this module keeps open for the image's life.
+    unsafe {
+        if wait {
+            libc::fdatasync(fd);
+        } else {
+            libc::sync_file_range(fd, 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
     }
 }
 

@@ -353,7 +353,7 @@ unsafe extern "C" fn master_cycle() {
         if let Some(every) = active.settings.cache.store_sync {
             if now >= NEXT_STORE_SYNC.load(Ordering::Relaxed) {
                 NEXT_STORE_SYNC.store(now + every, Ordering::Relaxed);
-                cache.store.flush();
+                handover::write_back(false);
             }
         }
     });
@@ -361,7 +361,13 @@ unsafe extern "C" fn master_cycle() {
 
 /// Runs in the master just before a reload's exec (and at exit).
 unsafe extern "C" fn master_cleanup() {
-    MASTER_CLEANUP.guard((), || handover::before_exec(tls::installed().map(|c| &*c.store)));
+    MASTER_CLEANUP.guard((), || {
+        let Some(host) = symbols::get() else { return };
+        // SAFETY: the checked `uwsgi` symbol; the master's own thread reads
+        // its status flags.
+        let reloading = unsafe { Server::new(host.server) }.is_reloading();
+        handover::before_exec(reloading);
+    });
 }
 
 /// ELF section uWSGI reads before loading a plugin: load the HTTP router

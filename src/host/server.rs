@@ -147,6 +147,13 @@ impl Server {
         !was
     }
 
+    /// Whether the master is reloading (graceful or brutal), as opposed to
+    /// stopping.
+    pub fn is_reloading(&self) -> bool {
+        let status = &self.get().status;
+        status.gracefully_reloading != 0 || status.brutally_reloading != 0
+    }
+
     /// Whether the core still creates a default cache (it comes first).
     pub fn has_core_default_cache(&self) -> bool {
         self.get().cache_max_items > 0

@@ -1,4 +1,4 @@
-//! Shared memory: anonymous mappings reserved up front and paid for as they are touched.
+//! Shared memory: mappings (anonymous, or of a memory or store file) reserved up front and paid for as they are touched.
 //!
 //! A shared region (`MAP_SHARED | MAP_ANONYMOUS`) is made before `fork()` and
 //! inherited by every child: all processes see the same bytes. A private one
@@ -97,7 +97,7 @@ impl Region {
     }
 
     /// Maps the whole of a memory file made by [`Region::memory_file`]
-    /// (possibly by an earlier process image).
+    /// (possibly by an earlier process image), or of a store file.
     pub fn map_file(fd: BorrowedFd<'_>) -> io::Result<Region> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
         // SAFETY: fstat fills `st` for a descriptor the caller owns.
@@ -138,13 +138,6 @@ impl Region {
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
         Ok(Region { base, len })
-    }
-
-    /// Starts writing a file-backed region back to its file (`msync`
-    /// with `MS_ASYNC`: the caller does not wait for the disk).
-    pub fn flush(&self) {
-        // SAFETY: base/len are exactly our mapping.
-        unsafe { libc::msync(self.base.as_ptr().cast(), self.len, libc::MS_ASYNC) };
     }
 
     /// Reserved size in bytes (never zero).

@@ -63,6 +63,18 @@ pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, 
             meta.uid()
         ));
     }
+    if meta.nlink() != 1 {
+        return Err(format!(
+            "{shown}: the store file has other names (hard links); give it one of its own"
+        ));
+    }
+    // One instance per file: another uWSGI using it would see its mapping
+    // truncated or its locks re-made under it. The lock belongs to the open
+    // file, so it goes along with the descriptor through a reload's exec.
+    // SAFETY: flock on the descriptor just opened.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!("{shown}: another uWSGI instance uses this store file"));
+    }
     let fd = OwnedFd::from(file);
     Ok(if created {
         StoreFile::Created(fd)
@@ -75,6 +87,9 @@ pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, 
 /// shared mapping of a sparse file would raise SIGBUS in whichever router
 /// process first writes a page the full disk cannot hold.
 pub fn reserve(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
     let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: allocates blocks of a file the caller holds open read-write.
     match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {

@@ -381,12 +381,6 @@ impl Store {
         Ok((Store::format(region, layout, limits)?, fd))
     }
 
-    /// Asks the kernel to write the region back to its file now (a
-    /// persistent store), without waiting for it.
-    pub fn flush(&self) {
-        self.region.flush();
-    }
-
     /// Writes a fresh header and initialises the locks of a zeroed region.
     fn format(region: Region, layout: Layout, limits: Limits) -> io::Result<Store> {
         let mut keys = [0u8; 16];

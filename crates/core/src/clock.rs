@@ -26,11 +26,7 @@ pub fn monotonic_ms() -> u64 {
 
 /// `CLOCK_MONOTONIC` as a timespec, for absolute lock deadlines.
 pub fn monotonic() -> libc::timespec {
-    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec into `t`; CLOCK_MONOTONIC
-    // always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
-    t
+    crate::os::monotonic()
 }
 
 #[cfg(test)]

@@ -5,9 +5,10 @@
 //! sslcache-core`. Modules form layers, lowest first; a module imports only
 //! from layers below it (the test in `layering.rs` checks it):
 //!
-//! 1. [`os`], [`clock`], [`boundary`]: C calls the `libc` crate lacks, the
-//!    one clock, the one panic boundary of every `extern "C"` entry point
-//!    and thread body.
+//! 1. [`os`]: every system call of the core outside the shared-memory
+//!    primitives, and the C declaration the `libc` crate lacks; then
+//!    [`clock`] and [`boundary`]: the one clock, the one panic boundary of
+//!    every `extern "C"` entry point and thread body.
 //! 2. [`shm`]: shared mappings, locked secret pages, robust mutexes.
 //! 3. [`store`]: the shared-memory session store.
 //! 4. [`record`], [`client_hello`]: what a stored value holds; the server

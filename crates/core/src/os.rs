@@ -3,6 +3,7 @@
 //! of threads that run beside uWSGI's forks, and thread signal masks.
 
 use std::cell::UnsafeCell;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::Once;
 
 extern "C" {
@@ -14,6 +15,57 @@ extern "C" {
         clock: libc::clockid_t,
         abstime: *const libc::timespec,
     ) -> libc::c_int;
+}
+
+/// Checks, on the metadata of an opened descriptor, that a file holding
+/// secrets (a key file, a store file: `what`) is a regular file that
+/// neither group nor others may read or write, owned by root or by `owner`.
+/// `shown` names the setting in the error.
+pub fn check_private(meta: &std::fs::Metadata, shown: &str, what: &str, owner: u32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    if !meta.is_file() {
+        return Err(format!("{shown}: not a regular file"));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{shown}: the {what} is readable or writable by group or others (mode {mode:04o}): chmod 600 it"
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != owner {
+        return Err(format!(
+            "{shown}: the {what} belongs to uid {}, neither root nor this process (uid {owner}): chown it",
+            meta.uid()
+        ));
+    }
+    Ok(())
+}
+
+/// `CLOCK_MONOTONIC` now.
+pub fn monotonic() -> libc::timespec {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into `t`; CLOCK_MONOTONIC
+    // always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t
+}
+
+/// Takes an exclusive `flock` on an open file without waiting; false when
+/// someone else holds one.
+pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: flock on a descriptor the caller holds open.
+    unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Gives the first `len` bytes of a file their disk blocks now
+/// (`posix_fallocate`).
+pub fn allocate(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: allocates blocks of a file the caller holds open read-write.
+    match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
+        0 => Ok(()),
+        errno => Err(std::io::Error::from_raw_os_error(errno)),
+    }
 }
 
 /// The effective user id of this process.

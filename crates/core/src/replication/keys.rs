@@ -9,7 +9,7 @@
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use crate::shm::SecretPage;
@@ -117,21 +117,7 @@ pub fn load(option: &str, path: &Path, reader: u32) -> Result<Vec<Key>, String> 
     let meta = file
         .metadata()
         .map_err(|e| format!("{shown}: cannot read the key file: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown}: not a regular file"));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown}: the key file is readable or writable by group or others (mode {mode:04o}): chmod 600 it"
-        ));
-    }
-    if meta.uid() != 0 && meta.uid() != reader {
-        return Err(format!(
-            "{shown}: the key file belongs to uid {}, neither root nor this process (uid {reader}): chown it",
-            meta.uid()
-        ));
-    }
+    crate::os::check_private(&meta, &shown, "key file", reader)?;
     if meta.len() > MAX_FILE {
         return Err(format!("{shown}: the key file is larger than {MAX_FILE} bytes"));
     }

@@ -3,7 +3,7 @@
 //! secrets included) and must stay private to the user who runs uWSGI.
 
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -47,22 +47,7 @@ pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, 
     let meta = file
         .metadata()
         .map_err(|e| format!("{shown}: cannot read the store file: {e}"))?;
-    if !meta.is_file() {
-        return Err(format!("{shown}: not a regular file"));
-    }
-    let mode = meta.mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{shown}: the store file holds TLS session secrets and is readable or writable by group or \
-             others (mode {mode:04o}): chmod 600 it"
-        ));
-    }
-    if meta.uid() != 0 && meta.uid() != owner {
-        return Err(format!(
-            "{shown}: the store file belongs to uid {}, not to root or the user running uWSGI ({owner})",
-            meta.uid()
-        ));
-    }
+    crate::os::check_private(&meta, &shown, "store file", owner)?;
     if meta.nlink() != 1 {
         return Err(format!(
             "{shown}: the store file has other names (hard links); give it one of its own"
@@ -71,8 +56,7 @@ pub fn open_private(option: &str, path: &Path, owner: u32) -> Result<StoreFile, 
     // One instance per file: another uWSGI using it would see its mapping
     // truncated or its locks re-made under it. The lock belongs to the open
     // file, so it goes along with the descriptor through a reload's exec.
-    // SAFETY: flock on the descriptor just opened.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    if !crate::os::try_lock_exclusive(file.as_fd()) {
         return Err(format!("{shown}: another uWSGI instance uses this store file"));
     }
     let fd = OwnedFd::from(file);
@@ -90,12 +74,7 @@ pub fn reserve(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
     if len == 0 {
         return Ok(());
     }
-    let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: allocates blocks of a file the caller holds open read-write.
-    match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
-        0 => Ok(()),
-        errno => Err(std::io::Error::from_raw_os_error(errno)),
-    }
+    crate::os::allocate(fd, len)
 }
 
 #[cfg(test)]

@@ -105,6 +105,8 @@ unsafe extern "C" fn option_seen(_key: *mut c_char, _value: *mut c_char, _data: 
 struct Active {
     settings: Settings,
     hashsize: u32,
+    /// No sessions were handed over by a reload: ask the peers for theirs.
+    warm_start: bool,
 }
 
 static ACTIVE: OnceLock<Active> = OnceLock::new();
@@ -261,6 +263,7 @@ fn setup() -> Result<(), String> {
     }
     let counters: Shared<SessionCounters> =
         Shared::create().map_err(|e| format!("cannot map the session counters: {e}"))?;
+    let warm_start = !matches!(origin, Origin::TakenOver(_));
     match origin {
         Origin::New => {}
         Origin::TakenOver(sessions) => {
@@ -294,7 +297,11 @@ fn setup() -> Result<(), String> {
         digests,
         runtime_prepared: Mutex::new(HashSet::new()),
     });
-    let _ = ACTIVE.set(Active { settings, hashsize });
+    let _ = ACTIVE.set(Active {
+        settings,
+        hashsize,
+        warm_start,
+    });
     Ok(())
 }
 
@@ -342,7 +349,7 @@ unsafe extern "C" fn master_cycle() {
             return;
         };
         // After the first fork: threads never live across the initial forks.
-        replication::start_receivers(&cache.store);
+        replication::start_receivers(&cache.store, active.warm_start);
         let now = unix_secs();
         if now < NEXT_SWEEP.load(Ordering::Relaxed) {
             return;

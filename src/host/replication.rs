@@ -66,10 +66,11 @@ impl Observer for StatsEntry {
     }
 }
 
-/// Starts the receiver threads, once (master, after the first fork).
-pub fn start_receivers(store: &Arc<Store>) {
+/// Starts the receiver and sync threads, once (master, after the first
+/// fork); `warm_start`: pull the peers' sessions first.
+pub fn start_receivers(store: &Arc<Store>, warm_start: bool) {
     static STARTED: Once = Once::new();
     if let Some(replicator) = get() {
-        STARTED.call_once(|| replicator.start_receivers(Arc::new(StatsEntry(Arc::clone(store)))));
+        STARTED.call_once(|| replicator.start_receivers(Arc::new(StatsEntry(Arc::clone(store))), warm_start));
     }
 }

@@ -93,7 +93,7 @@ fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
         latencies: Mutex::new(Vec::with_capacity(total)),
         stop: AtomicBool::new(false),
     });
-    b.start_receivers(observer.clone());
+    b.start_receivers(observer.clone(), false);
 
     let per_batch = (rate / 1000).max(1);
     let expires = clock::unix_secs() + 300;

@@ -21,8 +21,8 @@ const CORE: &[&[&str]] = &[
 /// sealing and the transport traits, then what uses them, then the engine.
 const REPLICATION: &[&[&str]] = &[
     &["counters", "keys", "log_budget", "wire"],
-    &["seal", "transport"],
-    &["apply", "udp"],
+    &["seal", "transport", "digest"],
+    &["apply", "udp", "sync"],
     &["engine"],
 ];
 
@@ -167,6 +167,8 @@ fn the_check_sees_an_upward_import() {
                 "keys",
                 "log_budget",
                 "transport",
+                "digest",
+                "sync",
             ],
             &["wire"],
         ],

@@ -5,7 +5,7 @@
 
 use super::counters::ReplicationCounters;
 use super::seal::{Opener, SealError};
-use super::wire::{self, Format, Frame, FrameLimits, WireError};
+use super::wire::{self, Format, Frame, FrameLimits, Via, WireError};
 use crate::record::{self, Origin};
 use crate::store::{Insert, Store};
 
@@ -25,6 +25,8 @@ pub enum Applied {
     Refused(SealError),
     /// A plain datagram on a node that requires sealing.
     PlainRefused,
+    /// A sync message (warm start, repair): for the sync worker.
+    Sync,
 }
 
 /// Applies peers' datagrams to the local store.
@@ -54,12 +56,12 @@ impl Applier<'_> {
     /// Decodes and applies one datagram received at `now_ms` (unix time in
     /// milliseconds).
     pub fn apply(&self, datagram: &[u8], now_ms: u64) -> Applied {
-        self.apply_with(datagram, now_ms, |_| {})
+        self.apply_with(datagram, now_ms, |_, _| {})
     }
 
     /// As [`apply`](Self::apply), also showing `seen` the frame that was
-    /// decoded (after opening, before applying).
-    pub fn apply_with(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>)) -> Applied {
+    /// decoded (after opening, before applying) and where it came from.
+    pub fn apply_with(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>, Origin)) -> Applied {
         ReplicationCounters::bump(&self.counters.received);
         let outcome = self.open_and_apply(datagram, now_ms, seen);
         let counters = self.counters;
@@ -67,6 +69,7 @@ impl Applier<'_> {
             Applied::Stored => &counters.applied,
             Applied::Removed => &counters.removed,
             Applied::Absent => return outcome,
+            Applied::Sync => &counters.sync_received,
             Applied::Stale => &counters.stale,
             Applied::NotStored => &counters.not_stored,
             Applied::Rejected(_) => &counters.rejected,
@@ -80,7 +83,7 @@ impl Applier<'_> {
         outcome
     }
 
-    fn open_and_apply(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>)) -> Applied {
+    fn open_and_apply(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>, Origin)) -> Applied {
         let now = now_ms / 1000;
         let opened;
         let (plain, origin) = match (Format::of(datagram), self.opener) {
@@ -97,7 +100,7 @@ impl Applier<'_> {
         };
         match wire::decode_plain(plain, self.limits()) {
             Ok(frame) => {
-                seen(&frame);
+                seen(&frame, origin);
                 self.apply_frame(frame, origin, now)
             }
             Err(e) => Applied::Rejected(e),
@@ -106,7 +109,13 @@ impl Applier<'_> {
 
     fn apply_frame(&self, frame: Frame<'_>, origin: Origin, now: u64) -> Applied {
         match frame {
-            Frame::Set { key, value, expires } => {
+            Frame::Sync { .. } => Applied::Sync,
+            Frame::Set {
+                key,
+                value,
+                expires,
+                via,
+            } => {
                 let local_limit = now + self.timeout as u64;
                 let expires = match expires {
                     0 => local_limit,
@@ -118,7 +127,14 @@ impl Applier<'_> {
                     .store
                     .insert_unless(key, &record::encode(origin, value), expires, now, is_tombstone)
                 {
-                    Insert::Stored { .. } => Applied::Stored,
+                    Insert::Stored { .. } => {
+                        match via {
+                            Via::Live => {}
+                            Via::Pulled => ReplicationCounters::bump(&self.counters.pulled),
+                            Via::Repaired => ReplicationCounters::bump(&self.counters.repaired),
+                        }
+                        Applied::Stored
+                    }
                     Insert::Expired | Insert::Kept => Applied::Stale,
                     Insert::TooBig | Insert::Busy => Applied::NotStored,
                 }

@@ -44,6 +44,22 @@ pub struct ReplicationCounters {
     pub skewed: AtomicU64,
     /// Plain datagrams refused by a node that requires sealing.
     pub plain_refused: AtomicU64,
+    /// Bytes of the datagrams counted in `sent`.
+    pub sent_bytes: AtomicU64,
+    /// Sync datagrams sent (pulls, digests, keys, wants, and the sessions
+    /// sent in answer), and their bytes.
+    pub sync_sent: AtomicU64,
+    pub sync_sent_bytes: AtomicU64,
+    /// Sync messages received, and those left unanswered (not from a peer,
+    /// malformed, too frequent, or more than the queue holds).
+    pub sync_received: AtomicU64,
+    pub sync_ignored: AtomicU64,
+    /// Sessions stored from peers' answers to a warm-start pull.
+    pub pulled: AtomicU64,
+    /// Sessions stored from peers' answers to a repair.
+    pub repaired: AtomicU64,
+    /// Sessions deleted here because a repair showed a peer deleted them.
+    pub repair_deleted: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -53,7 +69,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 16] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 24] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -71,11 +87,23 @@ impl ReplicationCounters {
             ("out_of_window", &self.out_of_window),
             ("skewed", &self.skewed),
             ("plain_refused", &self.plain_refused),
+            ("sent_bytes", &self.sent_bytes),
+            ("sync_sent", &self.sync_sent),
+            ("sync_sent_bytes", &self.sync_sent_bytes),
+            ("sync_received", &self.sync_received),
+            ("sync_ignored", &self.sync_ignored),
+            ("pulled", &self.pulled),
+            ("repaired", &self.repaired),
+            ("repair_deleted", &self.repair_deleted),
         ]
     }
 
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -8,7 +8,9 @@
 //! initial forks) and keep apart from later forks through
 //! [`fork_guard`](crate::os::fork_guard).
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,9 +19,10 @@ use super::counters::{ReplicationCounters, SharedCounters};
 use super::keys::Key;
 use super::log_budget::{LogBudget, Verdict};
 use super::seal::{Opener, Sealer};
+use super::sync::{Request, Worker};
 use super::transport::{Inbound, Links, Transport};
 use super::udp;
-use super::wire;
+use super::wire::{self, Frame};
 use crate::boundary::Boundary;
 use crate::clock;
 use crate::config::Replication;
@@ -45,6 +48,9 @@ const LOG_LINES_PER_SEC: u32 = 20;
 
 static APPLYING: Boundary = Boundary::new("applying a replication datagram");
 static RECEIVER_THREAD: Boundary = Boundary::new("a replication receiver thread");
+static SYNC_THREAD: Boundary = Boundary::new("the sync thread");
+/// Sync messages waiting for the sync thread, at most.
+const SYNC_QUEUE: usize = 256;
 
 /// Replication state of one node's process image.
 pub struct Replicator {
@@ -58,6 +64,9 @@ pub struct Replicator {
     accept_plain: bool,
     /// Clock skew tolerated on sealed datagrams, seconds.
     max_skew: u64,
+    /// Unicast peers: where warm starts pull from and digests go.
+    sync_peers: Vec<SocketAddr>,
+    cache: String,
     /// Log every datagram (uWSGI's `ssl-verbose`), within a budget.
     verbose: bool,
     counters: SharedCounters,
@@ -104,6 +113,13 @@ impl Replicator {
             opener,
             accept_plain: settings.accept_plain,
             max_skew: settings.max_skew,
+            sync_peers: settings
+                .nodes
+                .iter()
+                .filter(|n| !n.ip().is_multicast())
+                .copied()
+                .collect(),
+            cache: cache.to_string(),
             verbose,
             counters,
             receivers: Mutex::new(receivers),
@@ -170,9 +186,11 @@ impl Replicator {
         }
     }
 
-    /// Starts one receiver thread per bound address, once (in the master,
-    /// after the router processes forked).
-    pub fn start_receivers(self: &Arc<Self>, observer: Arc<dyn Observer>) {
+    /// Starts one receiver thread per bound address and the sync thread,
+    /// once (in the master, after the router processes forked). `pull`:
+    /// this node starts without the sessions of a previous process image,
+    /// so it asks its peers for theirs.
+    pub fn start_receivers(self: &Arc<Self>, observer: Arc<dyn Observer>, pull: bool) {
         if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
@@ -180,20 +198,62 @@ impl Replicator {
         if !inbounds.is_empty() {
             fork_guard::install();
         }
+        let requests = self.start_sync(&inbounds, &observer, pull);
         for inbound in inbounds {
-            let (this, observer) = (Arc::clone(self), Arc::clone(&observer));
+            let (this, observer, requests) = (Arc::clone(self), Arc::clone(&observer), requests.clone());
             let local = inbound.local();
             let spawned = std::thread::Builder::new()
                 .name("sslcache-recv".into())
-                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(inbound, &*observer)));
+                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(inbound, &*observer, requests)));
             if let Err(e) = spawned {
                 log::error!("cannot start the receiver thread for {local}: {e}");
             }
         }
     }
 
-    /// The receiver loop, until `observer.keep_running()` says stop.
-    fn receive(&self, mut inbound: Box<dyn Inbound>, observer: &dyn Observer) {
+    /// Starts the sync thread when this node has unicast peers and an
+    /// address they can answer to; returns where to hand it requests.
+    fn start_sync(
+        self: &Arc<Self>,
+        inbounds: &[Box<dyn Inbound>],
+        observer: &Arc<dyn Observer>,
+        pull: bool,
+    ) -> Option<SyncSender<Request>> {
+        let repliers: Vec<_> = inbounds.iter().filter_map(|i| i.replier()).collect();
+        if repliers.is_empty() {
+            return None;
+        }
+        let (sender, requests) = mpsc::sync_channel(SYNC_QUEUE);
+        let (this, observer) = (Arc::clone(self), Arc::clone(observer));
+        let spawned = std::thread::Builder::new().name("sslcache-sync".into()).spawn(move || {
+            SYNC_THREAD.guard((), || {
+                let worker = Worker::new(
+                    &this.store,
+                    this.timeout,
+                    this.max_skew + 1,
+                    this.sealer.as_ref(),
+                    this.counters(),
+                    repliers,
+                    &this.sync_peers,
+                    pull,
+                    this.verbose,
+                    &this.cache,
+                );
+                worker.run(requests, &|| observer.keep_running());
+            })
+        });
+        match spawned {
+            Ok(_) => Some(sender),
+            Err(e) => {
+                log::error!("cannot start the sync thread (warm start, repair): {e}");
+                None
+            }
+        }
+    }
+
+    /// The receiver loop, until `observer.keep_running()` says stop. Sync
+    /// messages go to the sync thread through `requests`.
+    fn receive(&self, mut inbound: Box<dyn Inbound>, observer: &dyn Observer, requests: Option<SyncSender<Request>>) {
         os::block_signals();
         let applier = Applier {
             store: &self.store,
@@ -205,10 +265,12 @@ impl Replicator {
         };
         let mut buf = vec![0u8; 65536];
         let mut key = Vec::with_capacity(64);
+        let mut sync_body = Vec::new();
+        let mut sync_origin = None;
         let mut budget = LogBudget::new(LOG_LINES_PER_SEC, 1000);
         while observer.keep_running() {
-            let n = match inbound.next(&mut buf) {
-                Ok(Some(n)) => n,
+            let (n, from) = match inbound.next(&mut buf) {
+                Ok(Some(received)) => received,
                 Ok(None) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -221,12 +283,35 @@ impl Replicator {
             let held = fork_guard::hold();
             let applied = APPLYING.guard(None, || {
                 key.clear();
-                let outcome =
-                    applier.apply_with(&buf[..n], clock::unix_ms(), |frame| key.extend_from_slice(frame.key()));
-                observer.applied(&key, outcome);
+                sync_origin = None;
+                let outcome = applier.apply_with(&buf[..n], clock::unix_ms(), |frame, origin| {
+                    key.extend_from_slice(frame.key());
+                    if let Frame::Sync { body } = frame {
+                        sync_body.clear();
+                        sync_body.extend_from_slice(body);
+                        sync_origin = Some(origin);
+                    }
+                });
+                if outcome != Applied::Sync {
+                    observer.applied(&key, outcome);
+                }
                 Some(outcome)
             });
             drop(held);
+            if let (Some(Applied::Sync), Some(origin), Some(from)) = (applied, sync_origin, from) {
+                let request = Request {
+                    from,
+                    origin,
+                    body: std::mem::take(&mut sync_body),
+                };
+                let handed = requests.as_ref().map(|r| r.try_send(request));
+                if !matches!(handed, Some(Ok(()))) {
+                    ReplicationCounters::bump(&self.counters().sync_ignored);
+                }
+                if let Some(Err(TrySendError::Disconnected(_))) = handed {
+                    log::error!("the sync thread stopped; sync messages are ignored from now on");
+                }
+            }
             if let (Some(outcome), true) = (applied, self.verbose) {
                 match budget.check(clock::monotonic_ms()) {
                     Verdict::Log { suppressed: 0 } => log::info!("replication datagram of {n} bytes: {outcome:?}"),
@@ -267,8 +352,13 @@ impl Replicator {
             ),
             None => "plain stock uWSGI cache datagrams".to_string(),
         };
+        let sync = if self.sync_peers.is_empty() || settings.servers.iter().all(|s| s.ip().is_multicast()) {
+            "no warm start or repair (they need a unicast peer and a unicast receiving address)".to_string()
+        } else {
+            "warm start and repair with the unicast peers".to_string()
+        };
         format!(
-            "replication of cache \"{cache}\": receiving on {receiving}; sending to {sending}; {mode}; \
+            "replication of cache \"{cache}\": receiving on {receiving}; sending to {sending}; {mode}; {sync}; \
              counters in the stats server's metrics sslcache.{cache}.*"
         )
     }
@@ -289,9 +379,13 @@ mod tests {
     use std::time::Instant;
 
     fn store() -> Arc<Store> {
+        store_of(100)
+    }
+
+    fn store_of(capacity: u64) -> Arc<Store> {
         Arc::new(
             Store::create(Limits {
-                capacity: 100,
+                capacity,
                 keysize: 64,
                 blocksize: 1024,
             })
@@ -343,7 +437,7 @@ mod tests {
                 applied: AtomicU64::new(0),
                 stop: AtomicBool::new(false),
             });
-            b.start_receivers(observer.clone());
+            b.start_receivers(observer.clone(), false);
             a.stored(b"session-id", b"der", clock::unix_secs() + 100);
             let started = Instant::now();
             while observer.applied.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(5) {
@@ -357,6 +451,133 @@ mod tests {
             ));
             assert_eq!(a.counters().sent.load(Ordering::Relaxed), 1);
             assert_eq!(b.counters().applied.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    struct Running(AtomicBool);
+
+    impl Observer for Running {
+        fn keep_running(&self) -> bool {
+            self.0.load(Ordering::Relaxed)
+        }
+    }
+
+    fn free_udp_port() -> u16 {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn wait_for(what: impl Fn() -> bool) -> bool {
+        let started = Instant::now();
+        while !what() && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        what()
+    }
+
+    /// Whether `store` holds a session (not a deletion) under `key`.
+    fn holds(store: &Store, key: &[u8]) -> bool {
+        let mut value = Vec::new();
+        matches!(store.get(key, clock::unix_secs(), &mut value), Lookup::Hit { .. })
+            && matches!(crate::record::read(&value), Some(crate::record::Record::Session(..)))
+    }
+
+    /// Two nodes, plain and sealed: one that starts empty pulls the other's
+    /// sessions; sessions that never reached a peer (as if every datagram
+    /// was lost) get there by repair, both ways; a node that is not a peer
+    /// gets nothing when replication is plain.
+    #[test]
+    fn warm_start_and_repair_between_two_nodes() {
+        for sealed in [false, true] {
+            let (port_a, port_b) = (free_udp_port(), free_udp_port());
+            let addr = |port: u16| -> std::net::SocketAddr { format!("127.0.0.1:{port}").parse().unwrap() };
+            let key_file = sealed.then(|| ("test".to_string(), "-".to_string()));
+            let settings = |me: u16, peer: u16| Replication {
+                servers: vec![addr(me)],
+                nodes: vec![addr(peer)],
+                key_file: key_file.clone(),
+                max_skew: 30,
+                ..Replication::default()
+            };
+            let keys = || sealed.then(|| vec![Key::new([5; 32])]);
+            let now = clock::unix_secs();
+            let timeout = 300;
+            let (a_store, b_store) = (store_of(3000), store_of(3000));
+            // B holds 1000 sessions before A starts; A starts empty.
+            for i in 0..1000u32 {
+                b_store.insert(
+                    format!("b-{i}").as_bytes(),
+                    &crate::record::encode(crate::record::Origin::Local, b"der"),
+                    now + 100,
+                    now,
+                );
+            }
+            let b = Arc::new(
+                Replicator::new(&settings(port_b, port_a), keys(), b_store.clone(), timeout, false, "b").unwrap(),
+            );
+            let a = Arc::new(
+                Replicator::new(&settings(port_a, port_b), keys(), a_store.clone(), timeout, false, "a").unwrap(),
+            );
+            let running = Arc::new(Running(AtomicBool::new(true)));
+            b.start_receivers(running.clone(), false);
+            a.start_receivers(running.clone(), true);
+            assert!(
+                wait_for(|| a_store.len() == 1000),
+                "sealed {sealed}: A pulled {} of 1000",
+                a_store.len()
+            );
+            assert_eq!(a.counters().pulled.load(Ordering::Relaxed), 1000);
+            assert!(holds(&a_store, b"b-999"));
+
+            // Sessions each node stored and never sent: repair brings them
+            // over, both ways.
+            for i in 0..200u32 {
+                let value = crate::record::encode(crate::record::Origin::Local, b"der");
+                a_store.insert(format!("a-only-{i}").as_bytes(), &value, now + 200, now);
+                b_store.insert(format!("b-only-{i}").as_bytes(), &value, now + 200, now);
+            }
+            assert!(
+                wait_for(|| a_store.len() == 1400 && b_store.len() == 1400),
+                "sealed {sealed}: after repair A holds {}, B {}",
+                a_store.len(),
+                b_store.len()
+            );
+            assert!(holds(&b_store, b"a-only-7") && holds(&a_store, b"b-only-7"));
+            assert!(a.counters().repaired.load(Ordering::Relaxed) >= 200);
+            assert!(b.counters().repaired.load(Ordering::Relaxed) >= 200);
+
+            // A deletion that did not reach A is repaired too.
+            b.store.remove(b"b-only-3", now);
+            b.store.insert(b"b-only-3", crate::record::TOMBSTONE, now + 31, now);
+            assert!(wait_for(|| !holds(&a_store, b"b-only-3")));
+            assert!(a.counters().repair_deleted.load(Ordering::Relaxed) >= 1);
+
+            // A stranger's pull: answered only when sealed with the key.
+            let stranger_store = store_of(3000);
+            let stranger = Arc::new(
+                Replicator::new(
+                    &settings(free_udp_port(), port_b),
+                    keys(),
+                    stranger_store.clone(),
+                    timeout,
+                    false,
+                    "c",
+                )
+                .unwrap(),
+            );
+            stranger.start_receivers(running.clone(), true);
+            if sealed {
+                assert!(wait_for(|| stranger_store.len() >= 1000));
+            } else {
+                assert!(wait_for(|| b.counters().sync_ignored.load(Ordering::Relaxed) >= 1));
+                std::thread::sleep(Duration::from_millis(500));
+                assert!(stranger_store.is_empty());
+            }
+            running.0.store(false, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(1200));
         }
     }
 

@@ -12,10 +12,12 @@
 
 pub mod apply;
 pub mod counters;
+pub mod digest;
 mod engine;
 pub mod keys;
 pub mod log_budget;
 pub mod seal;
+pub mod sync;
 pub mod transport;
 pub mod udp;
 pub mod wire;

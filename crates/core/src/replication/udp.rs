@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::counters::ReplicationCounters;
-use super::transport::{Inbound, Links, Transport};
+use super::transport::{Inbound, Links, Replier, Transport};
 use crate::config::{Multicast, Replication};
 
 /// The UDP transports and inbounds the settings ask for: one sender for
@@ -85,7 +85,10 @@ impl Transport for UdpPeers {
             let socket = if peer.is_ipv4() { &self.v4 } else { &self.v6 };
             let Some(socket) = socket else { continue };
             match socket.send_to(datagram, peer) {
-                Ok(_) => ReplicationCounters::bump(&counters.sent),
+                Ok(_) => {
+                    ReplicationCounters::bump(&counters.sent);
+                    ReplicationCounters::add(&counters.sent_bytes, datagram.len() as u64);
+                }
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock) || e.raw_os_error() == Some(libc::ENOBUFS) => {
                     ReplicationCounters::bump(&counters.send_dropped)
                 }
@@ -111,9 +114,9 @@ impl UdpInbound {
 }
 
 impl Inbound for UdpInbound {
-    fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, Option<SocketAddr>)>> {
         match self.socket.recv_from(buf) {
-            Ok((n, _)) => Ok(Some(n)),
+            Ok((n, from)) => Ok(Some((n, Some(from)))),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
             Err(e) => Err(e),
         }
@@ -124,6 +127,37 @@ impl Inbound for UdpInbound {
             Ok(addr) => addr.to_string(),
             Err(_) => "an unbound socket".to_string(),
         }
+    }
+
+    /// A clone of the socket (the same address): peers answer here. A
+    /// multicast group's socket has no address of its own to answer to.
+    fn replier(&self) -> Option<Box<dyn Replier>> {
+        let local = self.socket.local_addr().ok()?;
+        if local.ip().is_multicast() {
+            return None;
+        }
+        let socket = Socket::from(self.socket.try_clone().ok()?);
+        Some(Box::new(UdpReplier { socket, local }))
+    }
+}
+
+/// Sends from a receiving socket's address.
+struct UdpReplier {
+    socket: Socket,
+    local: SocketAddr,
+}
+
+impl Replier for UdpReplier {
+    fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()> {
+        let sent = self.socket.send_to_with_flags(datagram, &to.into(), libc::MSG_DONTWAIT);
+        match sent {
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Err(io::ErrorKind::WouldBlock.into()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    fn reaches(&self, to: &SocketAddr) -> bool {
+        to.is_ipv4() == self.local.is_ipv4()
     }
 }
 

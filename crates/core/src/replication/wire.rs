@@ -11,6 +11,11 @@
 //! modifier2 11 (delete): u16le keylen, key
 //! ```
 //!
+//! sslcache nodes also send each other modifier2 values stock uWSGI ignores
+//! (its cache UDP server skips unknown commands): 20, a sync message whose
+//! body is the digest module's; 21 and 22, a set laid out as 10 but sent in
+//! answer to a warm-start pull or to a repair request.
+//!
 //! Stock senders may omit the expiry of a set (no expiry) and send
 //! `0` for "never". The decoder is strict where stock uWSGI is lax: every
 //! length must match the datagram exactly, expiries are digits only, and
@@ -27,10 +32,35 @@ pub const MODIFIER1_CACHE: u8 = 111;
 /// modifier2 of a set and of a delete.
 pub const CMD_SET: u8 = 10;
 pub const CMD_DELETE: u8 = 11;
+/// modifier2 of a sync message and of sets sent in answer to one.
+pub const CMD_SYNC: u8 = 20;
+pub const CMD_SET_PULLED: u8 = 21;
+pub const CMD_SET_REPAIRED: u8 = 22;
 /// Largest body (after the 4-byte header) a u16 length can describe.
 pub const MAX_BODY: usize = u16::MAX as usize;
 /// Longest expiry field accepted (u64::MAX has 20 digits).
 const MAX_EXPIRY_DIGITS: usize = 20;
+
+/// Why a set was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A session just stored by the sender (stock's command 10).
+    Live,
+    /// In answer to a warm-start pull.
+    Pulled,
+    /// In answer to a repair request (anti-entropy).
+    Repaired,
+}
+
+impl Via {
+    fn command(self) -> u8 {
+        match self {
+            Via::Live => CMD_SET,
+            Via::Pulled => CMD_SET_PULLED,
+            Via::Repaired => CMD_SET_REPAIRED,
+        }
+    }
+}
 
 /// One replicated operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,15 +71,20 @@ pub enum Frame<'a> {
         key: &'a [u8],
         value: &'a [u8],
         expires: u64,
+        via: Via,
     },
     /// Forget `key`.
     Delete { key: &'a [u8] },
+    /// A sync message between sslcache nodes (warm start, repair).
+    Sync { body: &'a [u8] },
 }
 
 impl Frame<'_> {
+    /// The session id it names (empty for a sync message).
     pub fn key(&self) -> &[u8] {
         match self {
             Frame::Set { key, .. } | Frame::Delete { key } => key,
+            Frame::Sync { .. } => &[],
         }
     }
 }
@@ -168,12 +203,22 @@ pub fn decode_plain(datagram: &[u8], limits: FrameLimits) -> Result<Frame<'_>, W
     if pktsize != r.rest.len() {
         return Err(WireError::BadLength);
     }
+    let via = match header[3] {
+        CMD_SYNC if !r.rest.is_empty() => return Ok(Frame::Sync { body: r.rest }),
+        CMD_SYNC => return Err(WireError::Truncated),
+        CMD_SET => Via::Live,
+        CMD_SET_PULLED => Via::Pulled,
+        CMD_SET_REPAIRED => Via::Repaired,
+        CMD_DELETE => Via::Live,
+        _ => return Err(WireError::BadModifier),
+    };
     let key = r.field()?;
     if key.is_empty() || key.len() > limits.max_key {
         return Err(WireError::BadKey);
     }
     let frame = match header[3] {
-        CMD_SET => {
+        CMD_DELETE => Frame::Delete { key },
+        _ => {
             let value = r.field()?;
             if value.is_empty() || value.len() > limits.max_value {
                 return Err(WireError::BadValue);
@@ -185,10 +230,13 @@ pub fn decode_plain(datagram: &[u8], limits: FrameLimits) -> Result<Frame<'_>, W
             } else {
                 parse_expiry(r.field()?)?
             };
-            Frame::Set { key, value, expires }
+            Frame::Set {
+                key,
+                value,
+                expires,
+                via,
+            }
         }
-        CMD_DELETE => Frame::Delete { key },
-        _ => return Err(WireError::BadModifier),
     };
     if !r.rest.is_empty() {
         return Err(WireError::TrailingBytes);
@@ -207,14 +255,21 @@ fn push_field(out: &mut Vec<u8>, field: &[u8]) -> Result<(), WireError> {
 pub fn encode_plain(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), WireError> {
     out.clear();
     let cmd = match frame {
-        Frame::Set { .. } => CMD_SET,
+        Frame::Set { via, .. } => via.command(),
         Frame::Delete { .. } => CMD_DELETE,
+        Frame::Sync { .. } => CMD_SYNC,
     };
     out.extend_from_slice(&[MODIFIER1_CACHE, 0, 0, cmd]);
-    push_field(out, frame.key())?;
-    if let Frame::Set { value, expires, .. } = frame {
-        push_field(out, value)?;
-        push_field(out, expires.to_string().as_bytes())?;
+    match frame {
+        Frame::Set {
+            key, value, expires, ..
+        } => {
+            push_field(out, key)?;
+            push_field(out, value)?;
+            push_field(out, expires.to_string().as_bytes())?;
+        }
+        Frame::Delete { key } => push_field(out, key)?,
+        Frame::Sync { body } => out.extend_from_slice(body),
     }
     let body = u16::try_from(out.len() - 4).map_err(|_| WireError::TooLarge)?;
     out[1..3].copy_from_slice(&body.to_le_bytes());
@@ -223,7 +278,25 @@ pub fn encode_plain(frame: &Frame<'_>, out: &mut Vec<u8>) -> Result<(), WireErro
 
 /// Encodes a stored session for peers.
 pub fn encode_set(key: &[u8], value: &[u8], expires: u64, out: &mut Vec<u8>) -> Result<(), WireError> {
-    encode_plain(&Frame::Set { key, value, expires }, out)
+    encode_set_via(key, value, expires, Via::Live, out)
+}
+
+/// Encodes a session sent for the reason `via`.
+pub fn encode_set_via(key: &[u8], value: &[u8], expires: u64, via: Via, out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_plain(
+        &Frame::Set {
+            key,
+            value,
+            expires,
+            via,
+        },
+        out,
+    )
+}
+
+/// Encodes a sync message carrying `body`.
+pub fn encode_sync(body: &[u8], out: &mut Vec<u8>) -> Result<(), WireError> {
+    encode_plain(&Frame::Sync { body }, out)
 }
 
 /// Encodes a removal for peers.
@@ -264,6 +337,7 @@ mod tests {
                 key: b"abc",
                 value: b"xyz!",
                 expires: 1700000000,
+                via: Via::Live,
             },
             &mut out,
         )
@@ -281,7 +355,8 @@ mod tests {
             Ok(Frame::Set {
                 key: b"k1",
                 value: b"value",
-                expires: 1800000000
+                expires: 1800000000,
+                via: Via::Live,
             })
         );
         // Without an expiry, and with stock's "0".
@@ -293,7 +368,8 @@ mod tests {
             Ok(Frame::Set {
                 key: b"k1",
                 value: b"value",
-                expires: 0
+                expires: 0,
+                via: Via::Live,
             })
         );
         assert_eq!(
@@ -301,7 +377,8 @@ mod tests {
             Ok(Frame::Set {
                 key: b"k1",
                 value: b"v",
-                expires: 0
+                expires: 0,
+                via: Via::Live,
             })
         );
         assert_eq!(
@@ -368,6 +445,32 @@ mod tests {
     }
 
     #[test]
+    fn sync_messages_and_answered_sets_are_commands_stock_skips() {
+        let mut out = Vec::new();
+        encode_sync(b"\x01body", &mut out).unwrap();
+        // Longer than 7 bytes, so stock's reader does not log an error
+        // before it skips the unknown command.
+        assert_eq!(out, [111, 5, 0, CMD_SYNC, 1, b'b', b'o', b'd', b'y']);
+        assert_eq!(decode_plain(&out, LIMITS), Ok(Frame::Sync { body: b"\x01body" }));
+        assert_eq!(decode_plain(&[111, 0, 0, CMD_SYNC], LIMITS), Err(WireError::Truncated));
+        encode_set_via(b"k", b"v", 5, Via::Repaired, &mut out).unwrap();
+        assert_eq!(out[3], CMD_SET_REPAIRED);
+        let mut live = Vec::new();
+        encode_set(b"k", b"v", 5, &mut live).unwrap();
+        // The same body as a stock set.
+        assert_eq!(out[4..], live[4..]);
+        assert_eq!(
+            decode_plain(&out, LIMITS),
+            Ok(Frame::Set {
+                key: b"k",
+                value: b"v",
+                expires: 5,
+                via: Via::Repaired
+            })
+        );
+    }
+
+    #[test]
     fn refuses_to_encode_what_does_not_fit() {
         let mut out = Vec::new();
         let big = vec![0; 70_000];
@@ -376,7 +479,8 @@ mod tests {
                 &Frame::Set {
                     key: b"k",
                     value: &big,
-                    expires: 1
+                    expires: 1,
+                    via: Via::Live,
                 },
                 &mut out
             ),
@@ -387,7 +491,8 @@ mod tests {
                 &Frame::Set {
                     key: b"k",
                     value: &big[..65_530],
-                    expires: 1
+                    expires: 1,
+                    via: Via::Live,
                 },
                 &mut out
             ),
@@ -397,8 +502,8 @@ mod tests {
 
     proptest! {
         #[test]
-        fn roundtrip(key in proptest::collection::vec(any::<u8>(), 1..64), value in proptest::collection::vec(any::<u8>(), 1..4096), expires: u64, delete: bool) {
-            let frame = if delete { Frame::Delete { key: &key } } else { Frame::Set { key: &key, value: &value, expires } };
+        fn roundtrip(key in proptest::collection::vec(any::<u8>(), 1..64), value in proptest::collection::vec(any::<u8>(), 1..4096), expires: u64, delete: bool, via in prop_oneof![Just(Via::Live), Just(Via::Pulled), Just(Via::Repaired)]) {
+            let frame = if delete { Frame::Delete { key: &key } } else { Frame::Set { key: &key, value: &value, expires, via } };
             let mut out = Vec::new();
             encode_plain(&frame, &mut out).unwrap();
             prop_assert_eq!(decode_plain(&out, LIMITS), Ok(frame));

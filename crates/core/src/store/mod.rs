@@ -704,6 +704,24 @@ impl Store {
         Some(removed)
     }
 
+    /// Calls `f(key, value, expires)` for every live entry of one shard
+    /// that expires after `now`, under that shard's lock (so `f` must be
+    /// quick); `false` when the lock was busy. Lookups are not counted and
+    /// recency is not changed.
+    pub fn scan_shard(&self, shard: usize, now: u64, f: impl FnMut(&[u8], &[u8], u64)) -> bool {
+        let mut scratch = Vec::with_capacity(self.limits.keysize as usize + self.limits.blocksize as usize);
+        self.with_shard(shard, |view| view.for_each_live(now, &mut scratch, f))
+            .is_some()
+    }
+
+    /// [`scan_shard`](Self::scan_shard) over every shard; returns how many
+    /// shards were busy (and skipped).
+    pub fn scan(&self, now: u64, mut f: impl FnMut(&[u8], &[u8], u64)) -> usize {
+        (0..self.layout.shards)
+            .filter(|&shard| !self.scan_shard(shard, now, &mut f))
+            .count()
+    }
+
     /// Drops every entry expired at `now`; returns how many. Shards whose
     /// lock is busy are skipped until the next sweep.
     pub fn sweep(&self, now: u64) -> u64 {

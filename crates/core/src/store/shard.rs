@@ -479,6 +479,27 @@ impl ShardView<'_> {
         Ok(Inserted { replaced, evicted })
     }
 
+    /// Calls `f(key, value, expires)` for every live entry expiring after
+    /// `now`, in slot order (no LRU change). `scratch` holds one entry's
+    /// `key || value` at a time.
+    pub fn for_each_live(&self, now: u64, scratch: &mut Vec<u8>, mut f: impl FnMut(&[u8], &[u8], u64)) {
+        let used = (self.meta.entries_used as usize).min(self.entries.len());
+        for slot in 1..=used as Link {
+            let e = *self.entry(slot);
+            if e.live != 1 || e.expires <= now {
+                continue;
+            }
+            scratch.clear();
+            self.for_each_piece(slot, |piece| {
+                scratch.extend_from_slice(piece);
+                true
+            });
+            let key_len = (e.key_len as usize).min(scratch.len());
+            let (key, value) = scratch.split_at(key_len);
+            f(key, value, e.expires);
+        }
+    }
+
     /// Removes every entry that expired at or before `now`.
     pub fn sweep(&mut self, now: u64) -> usize {
         let mut removed = 0;

@@ -142,6 +142,35 @@ fn entries_expire() {
     assert!(matches!(store.get(b"long", NOW + 6, &mut out), Lookup::Hit { .. }));
 }
 
+/// A scan sees every live session once, with its value and expiry, and
+/// nothing expired, removed or replaced.
+#[test]
+fn scan_sees_every_live_entry_once() {
+    let store = Store::create(limits(2000)).unwrap();
+    for i in 0..1000 {
+        let k = key(i);
+        store.insert(&k, &value_for(&k, 10 + (i as usize % 300)), NOW + 10 + i % 2, NOW);
+    }
+    store.remove(&key(3), NOW);
+    store.insert(&key(4), b"replaced", NOW + 50, NOW);
+    let mut seen = std::collections::HashMap::new();
+    assert_eq!(
+        store.scan(NOW + 10, |k, v, expires| {
+            assert!(seen.insert(k.to_vec(), (v.to_vec(), expires)).is_none());
+        }),
+        0
+    );
+    // Odd keys expire at NOW + 11, even ones at NOW + 10 (gone), key 4 was
+    // replaced with a later expiry, key 3 removed.
+    assert_eq!(seen.len(), 500 - 1 + 1);
+    assert_eq!(seen[&key(4)], (b"replaced".to_vec(), NOW + 50));
+    assert!(!seen.contains_key(&key(3)));
+    for i in (1..1000).step_by(2).filter(|&i| i != 3) {
+        let k = key(i);
+        assert_eq!(seen[&k], (value_for(&k, 10 + (i as usize % 300)), NOW + 11), "key {i}");
+    }
+}
+
 #[test]
 fn full_store_evicts_least_recently_used() {
     // Small: one shard, exact LRU.

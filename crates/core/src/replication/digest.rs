@@ -1,0 +1,619 @@
+//! Sync messages between sslcache nodes, and the digests they compare.
+//!
+//! Two things travel in them. A **warm-start pull**: a node that starts
+//! empty asks its peers for every live session (`Pull`); each answers with
+//! paced sets and ends with `Pulled`. **Anti-entropy**: every node sends
+//! each peer, now and then, a `Digest` of the sessions it holds: per bucket
+//! of session ids, the XOR of their ids. A peer whose own digest differs in
+//! some buckets answers with the ids it holds there (`Keys`); the first node
+//! then sends what the peer lacks and asks (`Want`) for what it lacks
+//! itself. A digest covers only *settled* sessions, those expiring inside
+//! a window both sides take from the digest (stored at least a second ago,
+//! not about to expire): sessions still in flight never look lost.
+//!
+//! Body of a sync message (after the 4-byte header of [`super::wire`],
+//! command [`CMD_SYNC`](super::wire::CMD_SYNC)), integers big endian:
+//!
+//! ```text
+//! u8 kind
+//! 1 Pull:   u8 version
+//! 2 Pulled: u64 sessions sent
+//! 3 Digest: window, u64 xor * buckets
+//! 4 Keys:   window, then per bucket: u16 bucket, u8 complete, u16 n, u64 id * n
+//! 5 Want:   u64 id * n
+//! window:   u64 lo, u64 hi (unix seconds: lo < expires <= hi), u16 buckets
+//! ```
+//!
+//! An id is a keyed hash of the session id that every node computes alike;
+//! its two low bits are flags in `Keys` ([`SETTLED`], [`TOMBSTONE`]).
+
+use std::collections::{HashMap, HashSet};
+use std::hash::Hasher;
+
+use siphasher::sip::SipHasher13;
+
+use super::wire::WireError;
+
+/// In `Keys`: the session is in the window (the peer may ask for it).
+pub const SETTLED: u64 = 1;
+/// In `Keys`: a peer deleted this session lately.
+pub const TOMBSTONE: u64 = 2;
+const FLAGS: u64 = SETTLED | TOMBSTONE;
+
+/// Largest sync message body built for `Keys` and `Want`: a few IP
+/// fragments at most on a 1500-byte MTU.
+pub const MAX_BODY: usize = 8192;
+/// Ids that fit a `Want`.
+pub const WANT_IDS: usize = (MAX_BODY - 1) / 8;
+/// Fewest and most buckets in a digest.
+const MIN_BUCKETS: usize = 64;
+pub const MAX_BUCKETS: usize = 2048;
+
+const PULL: u8 = 1;
+const PULLED: u8 = 2;
+const DIGEST: u8 = 3;
+const KEYS: u8 = 4;
+const WANT: u8 = 5;
+const VERSION: u8 = 1;
+
+/// The id of a session in sync messages (low flag bits clear).
+pub fn id_of(key: &[u8]) -> u64 {
+    // Fixed keys: every node must compute the same ids. Session ids are
+    // random, so buckets balance without a secret.
+    let mut hasher = SipHasher13::new_with_keys(0x7373_6c63_6163_6865, 0x7379_6e63_2076_3100);
+    hasher.write(key);
+    hasher.finish() & !FLAGS
+}
+
+/// The bucket of an id, for `buckets` (a power of two).
+pub fn bucket_of(id: u64, buckets: usize) -> usize {
+    (id >> 40) as usize & (buckets - 1)
+}
+
+/// Buckets of the digests of a store of `capacity` sessions: a few hundred
+/// sessions per bucket when full, so that a bucket's ids fit one `Keys`.
+pub fn buckets_for(capacity: u64) -> usize {
+    ((capacity / 256).max(1) as usize)
+        .next_power_of_two()
+        .clamp(MIN_BUCKETS, MAX_BUCKETS)
+}
+
+/// Which sessions a digest covers and how it is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Window {
+    /// Sessions expiring after `lo` and at or before `hi` (unix seconds).
+    pub lo: u64,
+    pub hi: u64,
+    pub buckets: u16,
+}
+
+impl Window {
+    /// The window at `now` for a node whose sessions live `timeout`
+    /// seconds: settled (stored a second ago or more) and not expiring in
+    /// the next two seconds. `None` when sessions live too short for one.
+    pub fn at(now: u64, timeout: u32, buckets: usize) -> Option<Window> {
+        let (lo, hi) = (now + 2, (now + timeout as u64).checked_sub(1)?);
+        (lo < hi && buckets.is_power_of_two() && buckets <= MAX_BUCKETS).then_some(Window {
+            lo,
+            hi,
+            buckets: buckets as u16,
+        })
+    }
+
+    pub fn covers(&self, expires: u64) -> bool {
+        self.lo < expires && expires <= self.hi
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.lo.to_be_bytes());
+        out.extend_from_slice(&self.hi.to_be_bytes());
+        out.extend_from_slice(&self.buckets.to_be_bytes());
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Window, WireError> {
+        let (lo, hi, buckets) = (r.u64()?, r.u64()?, r.u16()?);
+        let n = buckets as usize;
+        if lo >= hi || !n.is_power_of_two() || n > MAX_BUCKETS {
+            return Err(WireError::BadValue);
+        }
+        Ok(Window { lo, hi, buckets })
+    }
+}
+
+/// The ids one node holds in one bucket, tagged with [`SETTLED`] and
+/// [`TOMBSTONE`]; `complete` when none were left out for size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketIds {
+    pub bucket: u16,
+    pub complete: bool,
+    pub ids: Vec<u64>,
+}
+
+/// A decoded sync message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Pull,
+    Pulled { sessions: u64 },
+    Digest { window: Window, xors: Vec<u64> },
+    Keys { window: Window, buckets: Vec<BucketIds> },
+    Want { ids: Vec<u64> },
+}
+
+struct Reader<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.rest.len() < n {
+            return Err(WireError::Truncated);
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+    fn u64s(&mut self, n: usize) -> Result<Vec<u64>, WireError> {
+        let bytes = self.take(n.checked_mul(8).ok_or(WireError::BadLength)?)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .collect())
+    }
+}
+
+impl Message {
+    /// Decodes a sync message body; strict: every byte accounted for.
+    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+        let mut r = Reader { rest: body };
+        let message = match r.u8()? {
+            PULL => match r.u8()? {
+                VERSION => Message::Pull,
+                _ => return Err(WireError::BadModifier),
+            },
+            PULLED => Message::Pulled { sessions: r.u64()? },
+            DIGEST => {
+                let window = Window::decode(&mut r)?;
+                let xors = r.u64s(window.buckets as usize)?;
+                Message::Digest { window, xors }
+            }
+            KEYS => {
+                let window = Window::decode(&mut r)?;
+                let mut buckets = Vec::new();
+                while !r.rest.is_empty() {
+                    let bucket = r.u16()?;
+                    if bucket >= window.buckets {
+                        return Err(WireError::BadValue);
+                    }
+                    let complete = match r.u8()? {
+                        0 => false,
+                        1 => true,
+                        _ => return Err(WireError::BadValue),
+                    };
+                    let n = r.u16()? as usize;
+                    let ids = r.u64s(n)?;
+                    if ids
+                        .iter()
+                        .any(|&id| bucket_of(id, window.buckets as usize) != bucket as usize)
+                    {
+                        return Err(WireError::BadValue);
+                    }
+                    buckets.push(BucketIds { bucket, complete, ids });
+                }
+                Message::Keys { window, buckets }
+            }
+            WANT => {
+                if r.rest.is_empty() || !r.rest.len().is_multiple_of(8) {
+                    return Err(WireError::BadLength);
+                }
+                let n = r.rest.len() / 8;
+                Message::Want { ids: r.u64s(n)? }
+            }
+            _ => return Err(WireError::BadModifier),
+        };
+        if !r.rest.is_empty() {
+            return Err(WireError::TrailingBytes);
+        }
+        Ok(message)
+    }
+
+    /// The bodies that carry this message: one, or for `Keys` and `Want`
+    /// as many as keep each under [`MAX_BODY`] (a bucket's ids are never
+    /// split: those beyond a body are left out and the bucket marked
+    /// incomplete).
+    pub fn encode(&self) -> Vec<Vec<u8>> {
+        match self {
+            Message::Pull => vec![vec![PULL, VERSION]],
+            Message::Pulled { sessions } => {
+                let mut out = vec![PULLED];
+                out.extend_from_slice(&sessions.to_be_bytes());
+                vec![out]
+            }
+            Message::Digest { window, xors } => {
+                let mut out = vec![DIGEST];
+                window.encode(&mut out);
+                xors.iter().for_each(|x| out.extend_from_slice(&x.to_be_bytes()));
+                vec![out]
+            }
+            Message::Keys { window, buckets } => {
+                let start = || {
+                    let mut out = vec![KEYS];
+                    window.encode(&mut out);
+                    out
+                };
+                let fits = (MAX_BODY - start().len() - 5) / 8;
+                let mut bodies = Vec::new();
+                let mut out = start();
+                for b in buckets {
+                    let n = b.ids.len().min(fits);
+                    if out.len() + 5 + 8 * n > MAX_BODY {
+                        bodies.push(std::mem::replace(&mut out, start()));
+                    }
+                    out.extend_from_slice(&b.bucket.to_be_bytes());
+                    out.push(u8::from(b.complete && n == b.ids.len()));
+                    out.extend_from_slice(&(n as u16).to_be_bytes());
+                    b.ids[..n]
+                        .iter()
+                        .for_each(|id| out.extend_from_slice(&id.to_be_bytes()));
+                }
+                if !buckets.is_empty() {
+                    bodies.push(out);
+                }
+                bodies
+            }
+            Message::Want { ids } => ids
+                .chunks(WANT_IDS)
+                .map(|chunk| {
+                    let mut out = vec![WANT];
+                    chunk.iter().for_each(|id| out.extend_from_slice(&id.to_be_bytes()));
+                    out
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What one node holds, seen through a window: the digest and, per
+/// bucket, the tagged ids.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub window: Window,
+    pub xors: Vec<u64>,
+    pub ids: Vec<Vec<u64>>,
+}
+
+/// How a stored entry counts in a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    /// A session this node may send to peers.
+    Session,
+    /// A session it must not send (learnt from a plain datagram, on a
+    /// node that seals): listed, never digested.
+    Unsendable,
+    Tombstone,
+}
+
+/// What comparing a peer's `Keys` with a snapshot found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Differences {
+    /// Settled here, absent there: send them.
+    pub send: Vec<u64>,
+    /// Settled there, absent here: ask for them.
+    pub want: Vec<u64>,
+    /// Deleted there lately, a session here: delete here too.
+    pub delete: Vec<u64>,
+}
+
+impl Snapshot {
+    pub fn new(window: Window) -> Snapshot {
+        let n = window.buckets as usize;
+        Snapshot {
+            window,
+            xors: vec![0; n],
+            ids: vec![Vec::new(); n],
+        }
+    }
+
+    /// Counts one stored entry.
+    pub fn add(&mut self, id: u64, held: Held, expires: u64) {
+        let b = bucket_of(id, self.window.buckets as usize);
+        let tagged = match held {
+            Held::Session if self.window.covers(expires) => {
+                self.xors[b] ^= id;
+                id | SETTLED
+            }
+            Held::Session | Held::Unsendable => id,
+            Held::Tombstone => id | TOMBSTONE,
+        };
+        self.ids[b].push(tagged);
+    }
+
+    /// Buckets where a peer's digest differs from this one.
+    pub fn differing(&self, theirs: &[u64]) -> Vec<usize> {
+        (0..self.xors.len())
+            .filter(|&b| theirs.get(b) != Some(&self.xors[b]))
+            .collect()
+    }
+
+    /// This node's ids of `buckets`, for a `Keys` answer.
+    pub fn keys(&self, buckets: &[usize]) -> Message {
+        Message::Keys {
+            window: self.window,
+            buckets: buckets
+                .iter()
+                .map(|&b| BucketIds {
+                    bucket: b as u16,
+                    complete: true,
+                    ids: self.ids[b].clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Compares a peer's ids of some buckets (its `Keys`, same window) with
+    /// this node's.
+    pub fn compare(&self, theirs: &[BucketIds]) -> Differences {
+        let mut d = Differences::default();
+        for bucket in theirs {
+            let Some(mine) = self.ids.get(bucket.bucket as usize) else {
+                continue;
+            };
+            let mine: HashMap<u64, u64> = mine.iter().map(|t| (t & !FLAGS, t & FLAGS)).collect();
+            let their_ids: HashSet<u64> = bucket.ids.iter().map(|t| t & !FLAGS).collect();
+            for &tagged in &bucket.ids {
+                let (id, flags) = (tagged & !FLAGS, tagged & FLAGS);
+                match mine.get(&id) {
+                    None if flags & SETTLED != 0 => d.want.push(id),
+                    Some(&f) if flags & TOMBSTONE != 0 && f & TOMBSTONE == 0 => d.delete.push(id),
+                    _ => {}
+                }
+            }
+            // Only a complete list tells what the peer lacks.
+            if bucket.complete {
+                d.send.extend(
+                    mine.iter()
+                        .filter(|(id, f)| **f & SETTLED != 0 && !their_ids.contains(id))
+                        .map(|(id, _)| *id),
+                );
+            }
+        }
+        d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn window() -> Window {
+        Window::at(NOW, 300, 64).unwrap()
+    }
+
+    fn snapshot(entries: &[(&[u8], Held, u64)]) -> Snapshot {
+        let mut s = Snapshot::new(window());
+        for (key, held, expires) in entries {
+            s.add(id_of(key), *held, *expires);
+        }
+        s
+    }
+
+    fn roundtrip(m: &Message) -> Vec<Message> {
+        m.encode().iter().map(|b| Message::decode(b).unwrap()).collect()
+    }
+
+    #[test]
+    fn windows_leave_out_fresh_and_dying_sessions() {
+        let w = Window::at(NOW, 300, 64).unwrap();
+        // Stored this second (expires NOW + 300): in flight, not settled.
+        assert!(!w.covers(NOW + 300));
+        assert!(w.covers(NOW + 299));
+        assert!(w.covers(NOW + 3));
+        assert!(!w.covers(NOW + 2));
+        assert_eq!(Window::at(NOW, 3, 64), None);
+        assert_eq!(Window::at(NOW, 300, 63), None);
+        assert_eq!(buckets_for(100), 64);
+        assert_eq!(buckets_for(100_000), 512);
+        assert_eq!(buckets_for(u64::MAX / 2), MAX_BUCKETS);
+    }
+
+    #[test]
+    fn equal_holdings_equal_digests_and_differences_are_found() {
+        let live = NOW + 100;
+        let a = snapshot(&[
+            (b"s1", Held::Session, live),
+            (b"s2", Held::Session, live),
+            (b"new", Held::Session, NOW + 300),
+        ]);
+        let b = snapshot(&[(b"s2", Held::Session, live), (b"s1", Held::Session, live)]);
+        // The unsettled session does not count.
+        assert!(a.differing(&b.xors).is_empty());
+
+        let c = snapshot(&[
+            (b"s1", Held::Session, live),
+            (b"s3", Held::Session, live),
+            (b"gone", Held::Tombstone, live),
+        ]);
+        let a2 = snapshot(&[
+            (b"s1", Held::Session, live),
+            (b"s2", Held::Session, live),
+            (b"gone", Held::Session, live),
+        ]);
+        let differing = a2.differing(&c.xors);
+        assert!(!differing.is_empty());
+        let Message::Keys { buckets, .. } = c.keys(&differing) else {
+            panic!()
+        };
+        let d = a2.compare(&buckets);
+        assert_eq!(d.send, vec![id_of(b"s2")]);
+        assert_eq!(d.want, vec![id_of(b"s3")]);
+        assert_eq!(d.delete, vec![id_of(b"gone")]);
+    }
+
+    #[test]
+    fn nothing_is_sent_on_an_incomplete_list_and_unsendable_is_never_asked() {
+        let live = NOW + 100;
+        let a = snapshot(&[(b"s1", Held::Session, live)]);
+        let b = snapshot(&[(b"plain", Held::Unsendable, live)]);
+        let bucket = bucket_of(id_of(b"s1"), 64);
+        let theirs = vec![BucketIds {
+            bucket: bucket as u16,
+            complete: false,
+            ids: vec![],
+        }];
+        assert_eq!(a.compare(&theirs), Differences::default());
+        let plain_bucket = bucket_of(id_of(b"plain"), 64);
+        let Message::Keys { buckets, .. } = b.keys(&[plain_bucket]) else {
+            panic!()
+        };
+        assert!(a.compare(&buckets).want.is_empty());
+    }
+
+    #[test]
+    fn messages_roundtrip_and_split() {
+        for m in [
+            Message::Pull,
+            Message::Pulled { sessions: 12345 },
+            Message::Digest {
+                window: window(),
+                xors: (0..64).collect(),
+            },
+            Message::Want { ids: vec![4, 8, 12] },
+        ] {
+            assert_eq!(roundtrip(&m), vec![m.clone()]);
+        }
+        // Three buckets of 600 ids: one per body (two do not fit 8 KB).
+        let buckets: Vec<BucketIds> = (0..3u16)
+            .map(|b| BucketIds {
+                bucket: b,
+                complete: true,
+                ids: (0..600u64).map(|i| (b as u64) << 40 | i << 2).collect(),
+            })
+            .collect();
+        let keys = Message::Keys {
+            window: window(),
+            buckets: buckets.clone(),
+        };
+        let bodies = keys.encode();
+        assert_eq!(bodies.len(), 3);
+        assert!(bodies.iter().all(|b| b.len() <= MAX_BODY));
+        for (i, m) in roundtrip(&keys).into_iter().enumerate() {
+            assert_eq!(
+                m,
+                Message::Keys {
+                    window: window(),
+                    buckets: vec![buckets[i].clone()]
+                }
+            );
+        }
+        // A bucket too big for a body is cut and marked incomplete.
+        let big = Message::Keys {
+            window: window(),
+            buckets: vec![BucketIds {
+                bucket: 0,
+                complete: true,
+                ids: (0..2000u64).map(|i| i << 2).collect(),
+            }],
+        };
+        let [m] = &roundtrip(&big)[..] else { panic!() };
+        let Message::Keys { buckets, .. } = m else { panic!() };
+        assert!(!buckets[0].complete);
+        assert!(buckets[0].ids.len() < 2000);
+        let want = Message::Want {
+            ids: (0..2500).collect(),
+        };
+        assert_eq!(want.encode().len(), 3);
+    }
+
+    #[test]
+    fn rejects_malformed_bodies() {
+        let mut digest = Message::Digest {
+            window: window(),
+            xors: vec![0; 64],
+        }
+        .encode()
+        .remove(0);
+        let cases: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![9],
+            vec![PULL],
+            vec![PULL, 2],
+            vec![PULLED, 1, 2],
+            digest[..digest.len() - 1].to_vec(),
+            [&digest[..], &[0]].concat(),
+            vec![WANT],
+            vec![WANT, 1, 2, 3],
+            // A bucket id beyond the window's buckets.
+            {
+                let mut k = vec![KEYS];
+                window().encode(&mut k);
+                k.extend_from_slice(&[0, 64, 1, 0, 0]);
+                k
+            },
+            // An id listed under the wrong bucket.
+            {
+                let mut k = vec![KEYS];
+                window().encode(&mut k);
+                k.extend_from_slice(&[0, 1, 1, 0, 1]);
+                k.extend_from_slice(&0u64.to_be_bytes());
+                k
+            },
+        ];
+        for case in cases {
+            assert!(Message::decode(&case).is_err(), "{case:?}");
+        }
+        // Buckets not a power of two.
+        digest[1 + 16 + 1] = 63;
+        assert!(Message::decode(&digest).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Message::decode(&body);
+        }
+
+        /// Two nodes that differ by any sets of sessions find every
+        /// difference in one exchange.
+        #[test]
+        fn one_exchange_finds_every_difference(
+            common in proptest::collection::hash_set(any::<u32>(), 0..200),
+            only_a in proptest::collection::hash_set(any::<u32>(), 0..50),
+            only_b in proptest::collection::hash_set(any::<u32>(), 0..50),
+        ) {
+            let live = NOW + 100;
+            let (mut a, mut b) = (Snapshot::new(window()), Snapshot::new(window()));
+            for k in &common {
+                a.add(id_of(&k.to_be_bytes()), Held::Session, live);
+                b.add(id_of(&k.to_be_bytes()), Held::Session, live);
+            }
+            let only_a: Vec<_> = only_a.difference(&common).map(|k| id_of(&k.to_be_bytes())).collect();
+            let only_b: Vec<_> = only_b.difference(&common).map(|k| id_of(&k.to_be_bytes())).filter(|id| !only_a.contains(id)).collect();
+            only_a.iter().for_each(|&id| a.add(id, Held::Session, live));
+            only_b.iter().for_each(|&id| b.add(id, Held::Session, live));
+            // a's digest reaches b; b answers with its keys; a compares.
+            let Message::Keys { buckets, .. } = b.keys(&b.differing(&a.xors)) else { panic!() };
+            let d = a.compare(&buckets);
+            let mut send = d.send.clone();
+            send.sort();
+            let mut expected_send = only_a.clone();
+            expected_send.sort();
+            prop_assert_eq!(send, expected_send);
+            let mut want = d.want.clone();
+            want.sort();
+            let mut expected_want = only_b.clone();
+            expected_want.sort();
+            prop_assert_eq!(want, expected_want);
+        }
+    }
+}

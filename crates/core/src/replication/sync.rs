@@ -1,0 +1,600 @@
+//! The sync worker: warm-start pulls and anti-entropy repair (the messages
+//! are [`super::digest`]'s), one thread per node in the master.
+//!
+//! It talks to the unicast peers of the configuration from the node's own
+//! receiving address, so that their answers arrive where it listens.
+//! A request is answered only when it was sealed with the cluster key, or
+//! (plain replication) comes from a configured peer's address: a plain node
+//! never hands its sessions to whoever asks. Sessions learnt from plain
+//! datagrams are never sent sealed (that would vouch for them).
+//!
+//! Everything it sends in answer is paced ([`SESSIONS_PER_SEC`]) so that
+//! serving a pull of a large store never starves the node's handshakes,
+//! and every queue is bounded.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use super::counters::ReplicationCounters;
+use super::digest::{self, Held, Message, Snapshot, Window};
+use super::seal::Sealer;
+use super::transport::Replier;
+use super::wire::{self, Via};
+use crate::boundary::Boundary;
+use crate::clock;
+use crate::os::{self, fork_guard};
+use crate::record::{self, Origin, Record};
+use crate::store::{Insert, Store};
+
+/// Sessions sent a second, at most, in answer to pulls and repairs.
+pub const SESSIONS_PER_SEC: u64 = 20_000;
+/// Sessions sent back to back before the pacing waits.
+const BURST: u64 = 400;
+/// Sessions queued for sending, at most (a `Want` beyond is dropped; the
+/// next round asks again).
+const MAX_QUEUED: usize = 50_000;
+/// Ids listed in one `Keys` answer, at most (the next round lists more).
+const MAX_KEYS_PER_ANSWER: usize = 16_000;
+/// Pull attempts, and the time between them, when a peer does not say it
+/// has sent everything.
+const PULL_ATTEMPTS: u32 = 3;
+const PULL_RETRY_MS: u64 = 2_000;
+/// Time between digests to a peer: while differences were seen lately,
+/// when this node's digest changed, and when nothing happens.
+const DIGEST_FAST_MS: u64 = 200;
+const DIGEST_CHANGED_MS: u64 = 1_000;
+const DIGEST_IDLE_MS: u64 = 5_000;
+/// How long a difference keeps the digests fast.
+const DIFFERENCES_FRESH_MS: u64 = 3_000;
+/// A peer's digests are compared this often at most.
+const MIN_DIGEST_GAP_MS: u64 = DIGEST_FAST_MS / 2;
+/// A snapshot of this node is reused for this long.
+const SNAPSHOT_MS: u64 = DIGEST_FAST_MS / 2;
+
+static SYNC: Boundary = Boundary::new("a sync step (warm start, repair)");
+
+/// A sync message that arrived, for the worker.
+pub struct Request {
+    pub from: SocketAddr,
+    pub origin: Origin,
+    pub body: Vec<u8>,
+}
+
+/// One session queued for a peer.
+struct Item {
+    key: Vec<u8>,
+    der: Vec<u8>,
+    expires: u64,
+}
+
+/// Sessions being sent to one peer.
+struct Job {
+    to: SocketAddr,
+    via: Via,
+    queue: VecDeque<Item>,
+    /// A pull answer: the next shard to read, until every one was read.
+    next_shard: Option<usize>,
+    sent: u64,
+    started_ms: u64,
+}
+
+/// What this node does with one peer.
+struct Peer {
+    addr: SocketAddr,
+    /// Pull attempts made, while a pull is wanted.
+    pulling: Option<u32>,
+    pull_started_ms: u64,
+    next_pull_ms: u64,
+    next_digest_ms: u64,
+    /// The digest last sent there (to tell whether it changed).
+    last_digest: u64,
+    /// When a difference with it was last seen.
+    differed_ms: u64,
+}
+
+/// Everything the worker needs of the engine.
+pub struct Worker<'a> {
+    pub store: &'a Store,
+    /// Session lifetime here, seconds (the digest window).
+    pub timeout: u32,
+    /// How long a deletion learnt from a peer lasts, seconds.
+    pub tombstone_secs: u64,
+    pub sealer: Option<&'a Sealer>,
+    pub counters: &'a ReplicationCounters,
+    pub repliers: Vec<Box<dyn Replier>>,
+    pub verbose: bool,
+    pub cache: &'a str,
+    peers: Vec<Peer>,
+    jobs: Vec<Job>,
+    snapshot: Option<(u64, Snapshot)>,
+    /// When each source's digest was last compared.
+    digests_seen: HashMap<SocketAddr, u64>,
+    tokens: u64,
+    refilled_ms: u64,
+    buckets: usize,
+    scratch: Vec<u8>,
+    sealed: Vec<u8>,
+}
+
+impl<'a> Worker<'a> {
+    /// A worker for `peers`; `pull` asks them for their sessions first (a
+    /// node that starts without the sessions of a previous process image).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: &'a Store,
+        timeout: u32,
+        tombstone_secs: u64,
+        sealer: Option<&'a Sealer>,
+        counters: &'a ReplicationCounters,
+        repliers: Vec<Box<dyn Replier>>,
+        peers: &[SocketAddr],
+        pull: bool,
+        verbose: bool,
+        cache: &'a str,
+    ) -> Worker<'a> {
+        let now = clock::monotonic_ms();
+        let peers = peers
+            .iter()
+            .filter(|p| repliers.iter().any(|r| r.reaches(p)))
+            .map(|&addr| Peer {
+                addr,
+                pulling: pull.then_some(0),
+                pull_started_ms: now,
+                next_pull_ms: now,
+                // The first digest a second after start: a reloaded node
+                // finds what it missed while it reloaded.
+                next_digest_ms: now + DIGEST_CHANGED_MS,
+                last_digest: 0,
+                differed_ms: 0,
+            })
+            .collect();
+        Worker {
+            store,
+            timeout,
+            tombstone_secs,
+            sealer,
+            counters,
+            repliers,
+            verbose,
+            cache,
+            peers,
+            jobs: Vec::new(),
+            snapshot: None,
+            digests_seen: HashMap::new(),
+            tokens: BURST,
+            refilled_ms: now,
+            buckets: digest::buckets_for(store.limits().capacity),
+            scratch: Vec::new(),
+            sealed: Vec::new(),
+        }
+    }
+
+    /// Peers it pulls from and digests to.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.iter().map(|p| p.addr).collect()
+    }
+
+    /// Runs until `keep_running` says stop or every request sender is gone.
+    pub fn run(mut self, requests: Receiver<Request>, keep_running: &dyn Fn() -> bool) {
+        os::block_signals();
+        if self.peers.iter().any(|p| p.pulling.is_some()) {
+            let peers: Vec<String> = self.peers.iter().map(|p| p.addr.to_string()).collect();
+            log::info!(
+                "warm start of cache \"{}\": asking {} for their sessions",
+                self.cache,
+                peers.join(", ")
+            );
+        }
+        while keep_running() {
+            let wait = self.wait_ms(clock::monotonic_ms());
+            match requests.recv_timeout(Duration::from_millis(wait)) {
+                Ok(first) => {
+                    let held = fork_guard::hold();
+                    SYNC.guard((), || self.handle(first));
+                    for request in requests.try_iter().take(64) {
+                        SYNC.guard((), || self.handle(request));
+                    }
+                    drop(held);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let held = fork_guard::hold();
+            SYNC.guard((), || {
+                let now = clock::monotonic_ms();
+                self.timers(now);
+                self.send_queued(now);
+            });
+            drop(held);
+        }
+    }
+
+    /// How long to wait for a request before the next timer or paced send.
+    fn wait_ms(&self, now: u64) -> u64 {
+        if self.jobs.iter().any(|j| !j.queue.is_empty() || j.next_shard.is_some()) {
+            return 5;
+        }
+        let next = self
+            .peers
+            .iter()
+            .flat_map(|p| [Some(p.next_digest_ms), p.pulling.map(|_| p.next_pull_ms)])
+            .flatten()
+            .min()
+            .unwrap_or(now + 500);
+        next.saturating_sub(now).clamp(1, 500)
+    }
+
+    /// Whether a request may be answered: sealed with the cluster key, or
+    /// from a configured peer.
+    fn answerable(&self, request: &Request) -> bool {
+        request.origin == Origin::Sealed || self.peers.iter().any(|p| p.addr == request.from)
+    }
+
+    fn ignored(&self) {
+        ReplicationCounters::bump(&self.counters.sync_ignored);
+    }
+
+    fn handle(&mut self, request: Request) {
+        let now = clock::monotonic_ms();
+        let message = match Message::decode(&request.body) {
+            Ok(m) if self.answerable(&request) => m,
+            _ => return self.ignored(),
+        };
+        let from = request.from;
+        if self.verbose {
+            log::info!("sync message from {from}: {}", describe(&message));
+        }
+        match message {
+            Message::Pull => self.start_pull_answer(from, now),
+            Message::Pulled { sessions } => self.pull_answered(from, sessions, now),
+            Message::Digest { window, xors } => self.compare_digest(from, window, &xors, now),
+            Message::Keys { window, buckets } => {
+                self.noted_difference(from, now);
+                let snapshot = self.snapshot_for(window, now);
+                let d = snapshot.compare(&buckets);
+                for body in (Message::Want { ids: d.want }).encode() {
+                    self.send_sync(&body, from);
+                }
+                let send: HashSet<u64> = d.send.into_iter().collect();
+                let delete: HashSet<u64> = d.delete.into_iter().collect();
+                self.queue_sessions(from, &send, &delete);
+            }
+            Message::Want { ids } => {
+                self.noted_difference(from, now);
+                let ids: HashSet<u64> = ids.into_iter().collect();
+                self.queue_sessions(from, &ids, &HashSet::new());
+            }
+        }
+    }
+
+    fn start_pull_answer(&mut self, to: SocketAddr, now: u64) {
+        if self.jobs.iter().any(|j| j.to == to && j.via == Via::Pulled) {
+            return;
+        }
+        if self.verbose {
+            log::info!(
+                "warm start of {to}: sending the {} sessions of cache \"{}\"",
+                self.store.len(),
+                self.cache
+            );
+        }
+        self.jobs.push(Job {
+            to,
+            via: Via::Pulled,
+            queue: VecDeque::new(),
+            next_shard: Some(0),
+            sent: 0,
+            started_ms: now,
+        });
+    }
+
+    fn pull_answered(&mut self, from: SocketAddr, sessions: u64, now: u64) {
+        let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from) else {
+            return;
+        };
+        if peer.pulling.take().is_some() {
+            log::info!(
+                "warm start of cache \"{}\": {from} sent its {sessions} live sessions in {} ms; {} sessions pulled so far",
+                self.cache,
+                now.saturating_sub(peer.pull_started_ms),
+                self.counters.pulled.load(std::sync::atomic::Ordering::Relaxed)
+            );
+            peer.next_digest_ms = now + DIGEST_CHANGED_MS;
+        }
+    }
+
+    fn noted_difference(&mut self, with: SocketAddr, now: u64) {
+        if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == with) {
+            peer.differed_ms = now;
+            peer.next_digest_ms = peer.next_digest_ms.min(now + DIGEST_FAST_MS);
+        }
+    }
+
+    fn compare_digest(&mut self, from: SocketAddr, window: Window, xors: &[u64], now: u64) {
+        let last = self.digests_seen.insert(from, now);
+        if last.is_some_and(|t| now.saturating_sub(t) < MIN_DIGEST_GAP_MS) {
+            return self.ignored();
+        }
+        if self.digests_seen.len() > 4096 {
+            self.digests_seen.retain(|_, t| now.saturating_sub(*t) < 60_000);
+        }
+        let snapshot = self.snapshot_for(window, now);
+        let mut differing = snapshot.differing(xors);
+        if differing.is_empty() {
+            return;
+        }
+        // Bounded answer; the buckets left out come in the next rounds.
+        let mut listed = 0;
+        differing.retain(|&b| {
+            listed += snapshot.ids[b].len();
+            listed <= MAX_KEYS_PER_ANSWER
+        });
+        let keys = snapshot.keys(&differing);
+        for body in keys.encode() {
+            self.send_sync(&body, from);
+        }
+        self.noted_difference(from, now);
+    }
+
+    /// What this node holds through `window`: the last snapshot when it was
+    /// made for the same window lately, else a new one.
+    fn snapshot_for(&mut self, window: Window, now: u64) -> Snapshot {
+        if let Some((made, s)) = &self.snapshot {
+            if s.window == window && now.saturating_sub(*made) < SNAPSHOT_MS {
+                return s.clone();
+            }
+        }
+        let sealing = self.sealer.is_some();
+        let mut snapshot = Snapshot::new(window);
+        self.store.scan(clock::unix_secs(), |key, value, expires| {
+            if let Some(held) = held(value, sealing) {
+                snapshot.add(digest::id_of(key), held, expires);
+            }
+        });
+        self.snapshot = Some((now, snapshot.clone()));
+        snapshot
+    }
+
+    /// Queues for `to` the sessions whose ids are in `send`, and deletes
+    /// here those in `delete` (a peer deleted them).
+    fn queue_sessions(&mut self, to: SocketAddr, send: &HashSet<u64>, delete: &HashSet<u64>) {
+        if send.is_empty() && delete.is_empty() {
+            return;
+        }
+        let queued: usize = self.jobs.iter().map(|j| j.queue.len()).sum();
+        let room = MAX_QUEUED.saturating_sub(queued);
+        let sealing = self.sealer.is_some();
+        let mut items = VecDeque::new();
+        let mut doomed = Vec::new();
+        self.store.scan(clock::unix_secs(), |key, value, expires| {
+            let id = digest::id_of(key);
+            if delete.contains(&id) {
+                doomed.push(key.to_vec());
+            } else if send.contains(&id) && items.len() < room {
+                if let Some(der) = sendable(value, sealing) {
+                    items.push_back(Item {
+                        key: key.to_vec(),
+                        der: der.to_vec(),
+                        expires,
+                    });
+                }
+            }
+        });
+        let now = clock::unix_secs();
+        for key in doomed {
+            let tombstone =
+                self.store
+                    .insert_unless(&key, record::TOMBSTONE, now + self.tombstone_secs.max(1), now, |v| {
+                        record::read(v) == Some(Record::Tombstone)
+                    });
+            if matches!(tombstone, Insert::Stored { replaced: true, .. }) {
+                ReplicationCounters::bump(&self.counters.repair_deleted);
+            }
+        }
+        if items.is_empty() {
+            return;
+        }
+        match self.jobs.iter_mut().find(|j| j.to == to && j.via == Via::Repaired) {
+            Some(job) => job.queue.extend(items),
+            None => self.jobs.push(Job {
+                to,
+                via: Via::Repaired,
+                queue: items,
+                next_shard: None,
+                sent: 0,
+                started_ms: clock::monotonic_ms(),
+            }),
+        }
+    }
+
+    /// Pulls and digests that are due.
+    fn timers(&mut self, now: u64) {
+        for i in 0..self.peers.len() {
+            let addr = self.peers[i].addr;
+            if let Some(attempts) = self.peers[i].pulling {
+                if now >= self.peers[i].next_pull_ms {
+                    if attempts >= PULL_ATTEMPTS {
+                        log::warn!(
+                            "warm start of cache \"{}\": {addr} did not answer (not an sslcache node, or down); \
+                             repair fills in from it later",
+                            self.cache
+                        );
+                        self.peers[i].pulling = None;
+                    } else {
+                        self.peers[i].pulling = Some(attempts + 1);
+                        self.peers[i].next_pull_ms = now + PULL_RETRY_MS;
+                        for body in Message::Pull.encode() {
+                            self.send_sync(&body, addr);
+                        }
+                    }
+                }
+                continue;
+            }
+            if now < self.peers[i].next_digest_ms {
+                continue;
+            }
+            let Some(window) = Window::at(clock::unix_secs(), self.timeout, self.buckets) else {
+                self.peers[i].next_digest_ms = u64::MAX;
+                continue;
+            };
+            let snapshot = self.snapshot_for(window, now);
+            let fingerprint = snapshot.xors.iter().fold(window.hi, |acc, x| acc.rotate_left(7) ^ x);
+            let peer = &mut self.peers[i];
+            let changed = fingerprint != peer.last_digest;
+            peer.last_digest = fingerprint;
+            peer.next_digest_ms = now
+                + if now.saturating_sub(peer.differed_ms) < DIFFERENCES_FRESH_MS {
+                    DIGEST_FAST_MS
+                } else if changed {
+                    DIGEST_CHANGED_MS
+                } else {
+                    DIGEST_IDLE_MS
+                };
+            let message = Message::Digest {
+                window,
+                xors: snapshot.xors,
+            };
+            for body in message.encode() {
+                self.send_sync(&body, addr);
+            }
+        }
+    }
+
+    /// Sends queued sessions within the pace.
+    fn send_queued(&mut self, now: u64) {
+        let elapsed = now.saturating_sub(self.refilled_ms);
+        if elapsed > 0 {
+            self.tokens = (self.tokens + elapsed * SESSIONS_PER_SEC / 1000).min(BURST);
+            self.refilled_ms = now;
+        }
+        let sealing = self.sealer.is_some();
+        let mut j = 0;
+        while j < self.jobs.len() && self.tokens > 0 {
+            // A pull answer reads the store a shard at a time.
+            if self.jobs[j].queue.is_empty() {
+                if let Some(shard) = self.jobs[j].next_shard {
+                    let job = &mut self.jobs[j];
+                    let unix_now = clock::unix_secs();
+                    self.store.scan_shard(shard, unix_now, |key, value, expires| {
+                        if let Some(der) = sendable(value, sealing) {
+                            job.queue.push_back(Item {
+                                key: key.to_vec(),
+                                der: der.to_vec(),
+                                expires,
+                            });
+                        }
+                    });
+                    job.next_shard = (shard + 1 < self.store.shard_count()).then_some(shard + 1);
+                    continue;
+                }
+            }
+            let Some(item) = self.jobs[j].queue.pop_front() else {
+                let job = self.jobs.remove(j);
+                if job.via == Via::Pulled {
+                    self.send_sync(&Message::Pulled { sessions: job.sent }.encode()[0], job.to);
+                    if self.verbose {
+                        log::info!(
+                            "warm start of {}: sent {} sessions in {} ms",
+                            job.to,
+                            job.sent,
+                            now.saturating_sub(job.started_ms)
+                        );
+                    }
+                }
+                continue;
+            };
+            let (to, via) = (self.jobs[j].to, self.jobs[j].via);
+            // Nothing expired is sent.
+            if item.expires <= clock::unix_secs() {
+                continue;
+            }
+            let mut frame = std::mem::take(&mut self.scratch);
+            if wire::encode_set_via(&item.key, &item.der, item.expires, via, &mut frame).is_ok() {
+                match self.send(&frame, to) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // The socket buffer is full: try again later.
+                        self.jobs[j].queue.push_front(item);
+                        self.scratch = frame;
+                        return;
+                    }
+                    _ => self.jobs[j].sent += 1,
+                }
+            }
+            self.scratch = frame;
+            self.tokens -= 1;
+            // Round robin between peers.
+            j = (j + 1) % self.jobs.len().max(1);
+        }
+    }
+
+    fn send_sync(&mut self, body: &[u8], to: SocketAddr) {
+        let mut frame = Vec::with_capacity(body.len() + 4);
+        if wire::encode_sync(body, &mut frame).is_ok() {
+            let _ = self.send(&frame, to);
+        }
+    }
+
+    /// Seals (when sealing) and sends one frame to `to`, counted as sync
+    /// traffic.
+    fn send(&mut self, frame: &[u8], to: SocketAddr) -> io::Result<()> {
+        let datagram = match self.sealer {
+            Some(sealer) => {
+                sealer.seal(frame, &self.counters.sealed, clock::unix_ms(), &mut self.sealed);
+                &self.sealed[..]
+            }
+            None => frame,
+        };
+        let Some(replier) = self.repliers.iter().find(|r| r.reaches(&to)) else {
+            return Err(io::ErrorKind::AddrNotAvailable.into());
+        };
+        let c = self.counters;
+        match replier.send_to(datagram, to) {
+            Ok(()) => {
+                ReplicationCounters::bump(&c.sync_sent);
+                ReplicationCounters::add(&c.sync_sent_bytes, datagram.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                let counter = if e.kind() == io::ErrorKind::WouldBlock {
+                    &c.send_dropped
+                } else {
+                    &c.send_errors
+                };
+                ReplicationCounters::bump(counter);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// How a stored value counts in digests; `None` for bytes of no known
+/// record.
+fn held(value: &[u8], sealing: bool) -> Option<Held> {
+    Some(match record::read(value)? {
+        Record::Tombstone => Held::Tombstone,
+        Record::Session(Origin::Plain, _) if sealing => Held::Unsendable,
+        Record::Session(..) => Held::Session,
+    })
+}
+
+/// The session to send for a stored value, if it may be sent.
+fn sendable(value: &[u8], sealing: bool) -> Option<&[u8]> {
+    match record::read(value)? {
+        Record::Session(Origin::Plain, _) if sealing => None,
+        Record::Session(_, der) => Some(der),
+        Record::Tombstone => None,
+    }
+}
+
+fn describe(message: &Message) -> String {
+    match message {
+        Message::Pull => "pull".into(),
+        Message::Pulled { sessions } => format!("pull answered ({sessions} sessions)"),
+        Message::Digest { window, .. } => format!("digest of {} buckets", window.buckets),
+        Message::Keys { buckets, .. } => format!("keys of {} buckets", buckets.len()),
+        Message::Want { ids } => format!("want {} sessions", ids.len()),
+    }
+}

@@ -86,7 +86,7 @@ impl Default for Multicast {
 }
 
 /// Where sessions are replicated.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replication {
     /// Addresses to receive peers' sessions on.
     pub servers: Vec<SocketAddr>,
@@ -99,6 +99,22 @@ pub struct Replication {
     pub accept_plain: bool,
     /// Clock skew tolerated on sealed datagrams, seconds.
     pub max_skew: u64,
+    /// Warm start and repair with the unicast peers.
+    pub peer_sync: bool,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication {
+            servers: Vec::new(),
+            nodes: Vec::new(),
+            multicast: Multicast::default(),
+            key_file: None,
+            accept_plain: false,
+            max_skew: DEFAULT_MAX_SKEW,
+            peer_sync: true,
+        }
+    }
 }
 
 impl Replication {
@@ -448,6 +464,10 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         Some(v) => positive("ssl-sessions-max-skew", v, 86_400)?,
         None => DEFAULT_MAX_SKEW,
     };
+    let peer_sync = match &raw.peer_sync {
+        Some(v) => flag("ssl-sessions-peer-sync", v)?,
+        None => true,
+    };
     Ok(Replication {
         servers,
         nodes,
@@ -455,6 +475,7 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         key_file,
         accept_plain,
         max_skew,
+        peer_sync,
     })
 }
 
@@ -811,6 +832,7 @@ mod tests {
         assert_eq!(rep.key_file, Some(("cache-udp-key".into(), "/etc/keys".into())));
         assert!(rep.accept_plain);
         assert_eq!(rep.max_skew, 5);
+        assert!(rep.peer_sync);
         let mut r = raw();
         r.use_cache = Some("s".into());
         r.cache2 = vec!["name=s,items=5,udp_key=/k".into()];
@@ -821,6 +843,14 @@ mod tests {
         let mut r = raw();
         r.accept_plain = Some("maybe".into());
         assert!(resolve(&r).unwrap_err().0.contains("ssl-sessions-accept-plain = maybe"));
+        let mut r = raw();
+        r.peer_sync = Some("off".into());
+        assert!(!resolve(&r).unwrap().unwrap().replication.peer_sync);
+        r.peer_sync = Some("sometimes".into());
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .contains("ssl-sessions-peer-sync = sometimes"));
     }
 
     #[test]

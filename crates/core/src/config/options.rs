@@ -164,6 +164,12 @@ options! {
     accept_plain: one, Plugin(Optional), [c"ssl-sessions-accept-plain"],
         help: c"with a replication key, still accept plain datagrams (while migrating a cluster) [sslcache]",
         readme: "with a key, also accept plain datagrams (migration)";
+    /// `ssl-sessions-peer-sync`: warm start and repair with the peers.
+    peer_sync: one, Plugin(Optional), [c"ssl-sessions-peer-sync"],
+        help: c"pull the unicast peers' sessions at start and repair what replication lost (default true) \
+            [sslcache]",
+        readme: "warm start (a node that starts without its sessions pulls its unicast peers') and repair of \
+            lost replication datagrams (default true; see Warm start and repair)";
     /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
     tls13_tickets: one, Plugin(Required), [c"ssl-sessions-tls13-tickets"],
         help: c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored \

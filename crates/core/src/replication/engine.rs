@@ -66,6 +66,8 @@ pub struct Replicator {
     max_skew: u64,
     /// Unicast peers: where warm starts pull from and digests go.
     sync_peers: Vec<SocketAddr>,
+    /// Whether this node syncs at all (pulls, digests, answers).
+    peer_sync: bool,
     cache: String,
     /// Log every datagram (uWSGI's `ssl-verbose`), within a budget.
     verbose: bool,
@@ -113,13 +115,17 @@ impl Replicator {
             opener,
             accept_plain: settings.accept_plain,
             max_skew: settings.max_skew,
-            sync_peers: settings
-                .nodes
-                .iter()
-                .filter(|n| !n.ip().is_multicast())
-                .copied()
-                .collect(),
+            sync_peers: match settings.peer_sync {
+                true => settings
+                    .nodes
+                    .iter()
+                    .filter(|n| !n.ip().is_multicast())
+                    .copied()
+                    .collect(),
+                false => Vec::new(),
+            },
             cache: cache.to_string(),
+            peer_sync: settings.peer_sync,
             verbose,
             counters,
             receivers: Mutex::new(receivers),
@@ -220,7 +226,7 @@ impl Replicator {
         pull: bool,
     ) -> Option<SyncSender<Request>> {
         let repliers: Vec<_> = inbounds.iter().filter_map(|i| i.replier()).collect();
-        if repliers.is_empty() {
+        if repliers.is_empty() || !self.peer_sync {
             return None;
         }
         let (sender, requests) = mpsc::sync_channel(SYNC_QUEUE);
@@ -352,7 +358,9 @@ impl Replicator {
             ),
             None => "plain stock uWSGI cache datagrams".to_string(),
         };
-        let sync = if self.sync_peers.is_empty() || settings.servers.iter().all(|s| s.ip().is_multicast()) {
+        let sync = if !settings.peer_sync {
+            "no warm start or repair (ssl-sessions-peer-sync = false)".to_string()
+        } else if self.sync_peers.is_empty() || settings.servers.iter().all(|s| s.ip().is_multicast()) {
             "no warm start or repair (they need a unicast peer and a unicast receiving address)".to_string()
         } else {
             "warm start and repair with the unicast peers".to_string()

@@ -18,7 +18,7 @@ PLUGIN := sslcache_plugin.so
 # headers, the TLS and balancer tools the tests drive, the Python plugin used
 # to reach the stats entry through uWSGI's cache API.
 DEB_PACKAGES := uwsgi-core uwsgi-plugin-python3 libclang-dev libssl-dev libpcre3-dev \
-	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 binutils gnutls-bin
+	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 iptables binutils gnutls-bin
 
 # uWSGI 2.0.31 built from PyPI's sdist, for the second binary under test.
 PYPI_UWSGI_VERSION := 2.0.31

@@ -127,9 +127,11 @@ impl Applier<'_> {
                     .store
                     .insert_unless(key, &record::encode(origin, value), expires, now, is_tombstone)
                 {
-                    Insert::Stored { .. } => {
+                    Insert::Stored { replaced, .. } => {
+                        // Counted when new here (several peers may answer).
                         match via {
                             Via::Live => {}
+                            _ if replaced => {}
                             Via::Pulled => ReplicationCounters::bump(&self.counters.pulled),
                             Via::Repaired => ReplicationCounters::bump(&self.counters.repaired),
                         }

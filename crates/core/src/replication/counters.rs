@@ -54,9 +54,9 @@ pub struct ReplicationCounters {
     /// malformed, too frequent, or more than the queue holds).
     pub sync_received: AtomicU64,
     pub sync_ignored: AtomicU64,
-    /// Sessions stored from peers' answers to a warm-start pull.
+    /// Sessions new here from peers' answers to a warm-start pull.
     pub pulled: AtomicU64,
-    /// Sessions stored from peers' answers to a repair.
+    /// Sessions new here from peers' answers to a repair.
     pub repaired: AtomicU64,
     /// Sessions deleted here because a repair showed a peer deleted them.
     pub repair_deleted: AtomicU64,

@@ -1,0 +1,291 @@
+//! No session lost when nodes come and go or datagrams are lost (seed
+//! Setup 2 on 127.0.0.x, real uWSGI nodes, real TLS clients):
+//! a node whose master is killed (`kill -9`) and restarted, and a fourth
+//! node started fresh in a running cluster, pull their peers' sessions and
+//! resume them within seconds of their HTTPS port opening, plain and
+//! sealed; with 30% of replication datagrams dropped (a network namespace
+//! of the test's own, iptables' statistic match), repair brings every
+//! session to every node, where without it about a third are missing.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use openssl::ssl::SslSession;
+use support::*;
+
+/// A cluster of `configured` nodes on 127.0.0.1..=configured (each lists
+/// every other as a peer), of which some run.
+struct Cluster {
+    dir: PathBuf,
+    configured: usize,
+    https: u16,
+    udp: u16,
+    stats: Vec<u16>,
+    extra: String,
+    nodes: Vec<Option<Uwsgi>>,
+}
+
+impl Cluster {
+    fn new(dir: &Path, configured: usize, extra: &str) -> Cluster {
+        Cluster {
+            dir: dir.to_path_buf(),
+            configured,
+            https: free_port(),
+            udp: free_port(),
+            stats: (0..configured).map(|_| free_port()).collect(),
+            extra: extra.to_string(),
+            nodes: (0..configured).map(|_| None).collect(),
+        }
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i as u8], self.https))
+    }
+
+    /// Starts node `i` (1-based) and returns when its HTTPS port accepts.
+    fn start(&mut self, i: usize, name: &str) -> Instant {
+        let replication = setup2_replication(i, self.configured, self.udp) + &self.extra;
+        let ini = seed_setup2_node(&plugin_dir(), i, self.https, self.stats[i - 1], &replication);
+        let mut node = Uwsgi::spawn(&self.dir, name, &ini);
+        node.wait_ready_on(&[self.addr(i)]);
+        let opened = Instant::now();
+        node.wait_ready(&[self.stats[i - 1]]);
+        self.nodes[i - 1] = Some(node);
+        opened
+    }
+
+    fn node(&self, i: usize) -> &Uwsgi {
+        self.nodes[i - 1].as_ref().expect("a running node")
+    }
+
+    fn metric(&self, i: usize, name: &str) -> u64 {
+        metric(self.stats[i - 1], &format!("sslcache.default.{name}"))
+    }
+
+    /// `kill -9` of node `i`'s master alone; returns once its router
+    /// processes are gone too and its HTTPS port is free.
+    fn kill_master(&mut self, i: usize) {
+        let mut node = self.nodes[i - 1].take().expect("a running node");
+        let routers = node.children();
+        // SAFETY: signals the test's own child process by pid.
+        assert_eq!(unsafe { libc::kill(node.pid, libc::SIGKILL) }, 0);
+        assert!(node.wait_exit(Duration::from_secs(10)).is_some());
+        let gone = |pid: &i32| !Path::new(&format!("/proc/{pid}")).exists();
+        assert!(
+            eventually(Duration::from_secs(10), || routers.iter().all(gone)),
+            "router processes outlived their master"
+        );
+        drop(node);
+    }
+}
+
+/// One connection to `addr` (resuming `session`): whether it resumed and
+/// the session to offer next.
+fn connect(client: &Client, addr: SocketAddr, session: Option<&SslSession>) -> std::io::Result<(bool, SslSession)> {
+    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    let mut stream = client.handshake_on(tcp, session)?;
+    let resumed = stream.ssl().session_reused();
+    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    let next = stream.ssl().session().map(|s| s.to_owned()).ok_or_else(|| std::io::Error::other("no session"))?;
+    let _ = stream.shutdown();
+    Ok((resumed, next))
+}
+
+/// `n` full handshakes on `addr`; their sessions.
+fn make_sessions(client: &Client, addr: SocketAddr, n: usize) -> Vec<SslSession> {
+    (0..n)
+        .map(|i| connect(client, addr, None).unwrap_or_else(|e| panic!("handshake {i}: {e}")).1)
+        .collect()
+}
+
+/// Offers each session once at `addr`; how many resumed. Each is replaced
+/// by its connection's (a TLS 1.3 ticket is used once).
+fn resume_all(client: &Client, addr: SocketAddr, sessions: &mut [SslSession]) -> usize {
+    let mut resumed = 0;
+    for session in sessions.iter_mut() {
+        if let Ok((r, next)) = connect(client, addr, Some(session)) {
+            resumed += usize::from(r);
+            *session = next;
+        }
+    }
+    resumed
+}
+
+fn sealed_lines(dir: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.join("keys");
+    std::fs::write(&keys, format!("{}\n", "3".repeat(64))).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    format!("cache-udp-key = {}\n", keys.display())
+}
+
+const SESSIONS_PER_PROTOCOL: usize = 1000;
+
+/// Waits (at most until 5 s after `opened`) for node `i` to have pulled
+/// what it will, then offers every session there; returns the share
+/// resumed and how long after its port opened the pull was done.
+fn resumed_after_warm_start(
+    cluster: &Cluster,
+    i: usize,
+    opened: Instant,
+    clients: &[&Client; 2],
+    sessions: &mut [Vec<SslSession>; 2],
+) -> (f64, Duration) {
+    let total = sessions.iter().map(Vec::len).sum::<usize>() as u64;
+    let deadline = opened + Duration::from_secs(5);
+    while Instant::now() < deadline && cluster.metric(i, "pulled") < total * 99 / 100 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = opened.elapsed();
+    let resumed: usize = (0..2)
+        .map(|p| resume_all(clients[p], cluster.addr(i), &mut sessions[p]))
+        .sum();
+    (resumed as f64 / total as f64, ready)
+}
+
+fn warm_start(sealed: bool) {
+    let _heavy = heavy();
+    let dir = test_dir(if sealed { "warm-start-sealed" } else { "warm-start" });
+    let extra = if sealed { sealed_lines(&dir) } else { String::new() };
+    // Four nodes configured, three running; node 4 joins later.
+    let mut cluster = Cluster::new(&dir, 4, &extra);
+    for i in 1..=3 {
+        cluster.start(i, &format!("node{i}"));
+    }
+    let lb = free_port();
+    let backends: Vec<SocketAddr> = (1..=3).map(|i| cluster.addr(i)).collect();
+    let _proxy = haproxy(&dir, lb, &backends);
+    let lb_addr = SocketAddr::from(([127, 0, 0, 1], lb));
+    let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
+    let clients = [&tls12, &tls13];
+    let mut sessions = [
+        make_sessions(&tls12, lb_addr, SESSIONS_PER_PROTOCOL),
+        make_sessions(&tls13, lb_addr, SESSIONS_PER_PROTOCOL),
+    ];
+    std::thread::sleep(Duration::from_millis(500));
+
+    cluster.kill_master(2);
+    let opened = cluster.start(2, "node2-restarted");
+    let (rate, ready) = resumed_after_warm_start(&cluster, 2, opened, &clients, &mut sessions);
+    let mode = if sealed { "sealed" } else { "plain" };
+    println!(
+        "{mode}: node 2 after kill -9 and restart: pulled {} sessions, ready {:.2}s after its port opened; \
+         {:.1}% of {} sessions resumed on 127.0.0.2",
+        cluster.metric(2, "pulled"),
+        ready.as_secs_f64(),
+        rate * 100.0,
+        2 * SESSIONS_PER_PROTOCOL
+    );
+    let log = cluster.node(2).log();
+    assert!(rate >= 0.99, "{rate}\n{log}");
+    assert!(log.contains("warm start of cache \"default\": 127.0.0."), "{log}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    let opened = cluster.start(4, "node4");
+    let (rate, ready) = resumed_after_warm_start(&cluster, 4, opened, &clients, &mut sessions);
+    println!(
+        "{mode}: node 4 started fresh: pulled {} sessions, ready {:.2}s after its port opened; \
+         {:.1}% resumed on 127.0.0.4",
+        cluster.metric(4, "pulled"),
+        ready.as_secs_f64(),
+        rate * 100.0
+    );
+    assert!(rate >= 0.99, "{rate}\n{}", cluster.node(4).log());
+    for i in [1, 2, 3, 4] {
+        for refused in ["forged", "replayed", "out_of_window", "skewed", "rejected"] {
+            assert_eq!(cluster.metric(i, refused), 0, "node {i} {refused}");
+        }
+    }
+}
+
+#[test]
+fn killed_and_new_nodes_pull_their_peers_sessions() {
+    warm_start(false);
+}
+
+#[test]
+fn killed_and_new_nodes_pull_their_peers_sessions_sealed() {
+    warm_start(true);
+}
+
+/// Runs `f` in a network namespace of its own (this thread and what it
+/// starts), loopback up, where `iptables` drops `loss` of the UDP datagrams
+/// to `port`.
+fn in_lossy_namespace<T: Send>(port: u16, loss: f64, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare(2) moves this thread alone (spawned for it)
+                // into a new network namespace; processes it starts inherit
+                // it, and it ends with the thread.
+                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare (needs root)");
+                let run = |args: &[&str]| {
+                    let out = Command::new(args[0]).args(&args[1..]).output().expect(args[0]);
+                    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+                };
+                run(&["ip", "link", "set", "lo", "up"]);
+                if loss > 0.0 {
+                    run(&[
+                        "iptables", "-A", "INPUT", "-p", "udp", "--dport", &port.to_string(), "-m", "statistic",
+                        "--mode", "random", "--probability", &loss.to_string(), "-j", "DROP",
+                    ]);
+                }
+                f()
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+/// 3 nodes, 30% of replication datagrams dropped; sessions made on node 1
+/// and checked on nodes 2 and 3 two seconds after the last was made.
+/// Returns the share resumed on each.
+fn lossy_cluster(name: &str, extra: &str, loss: f64) -> Vec<f64> {
+    let dir = test_dir(name);
+    let udp = free_port();
+    let extra = extra.to_string();
+    in_lossy_namespace(udp, loss, move || {
+        let mut cluster = Cluster::new(&dir, 3, &extra);
+        cluster.udp = udp;
+        for i in 1..=3 {
+            cluster.start(i, &format!("node{i}"));
+        }
+        let client = Client::new(Proto::Tls12NoTickets);
+        let mut sessions = make_sessions(&client, cluster.addr(1), 600);
+        std::thread::sleep(Duration::from_secs(2));
+        let rates: Vec<f64> = (2..=3)
+            .map(|i| resume_all(&client, cluster.addr(i), &mut sessions) as f64 / sessions.len() as f64)
+            .collect();
+        let sync: Vec<(u64, u64)> = (1..=3)
+            .map(|i| (cluster.metric(i, "repaired"), cluster.metric(i, "sync_sent_bytes")))
+            .collect();
+        println!("{name}: loss {loss}, resumed on nodes 2 and 3: {rates:?}; (repaired, sync bytes) per node: {sync:?}");
+        rates
+    })
+}
+
+#[test]
+fn repair_brings_every_session_to_every_node_under_30_percent_loss() {
+    let _heavy = heavy();
+    let without = lossy_cluster("loss-no-repair", "ssl-sessions-peer-sync = false\n", 0.3);
+    let with = lossy_cluster("loss-repair", "", 0.3);
+    let sealed_dir = test_dir("loss-repair-sealed-keys");
+    let sealed = lossy_cluster("loss-repair-sealed", &sealed_lines(&sealed_dir), 0.3);
+    // Without repair, about 30% are missing on each node.
+    assert!(without.iter().all(|&r| r < 0.9), "{without:?}");
+    assert!(with.iter().all(|&r| r >= 0.99), "{with:?}");
+    assert!(sealed.iter().all(|&r| r >= 0.99), "{sealed:?}");
+}

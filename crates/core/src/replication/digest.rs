@@ -343,6 +343,27 @@ impl Snapshot {
             .collect()
     }
 
+    /// For buckets where a peer's digest differs by one session only, that
+    /// session's id: the XOR of the two digests. Returns the ids this node
+    /// holds settled (the peer lacks them) and the others (the peer may
+    /// hold them and this node lacks them; a bucket that differs by more
+    /// than one gives an id nobody holds, harmlessly).
+    pub fn single_differences(&self, theirs: &[u64], differing: &[usize]) -> (Vec<u64>, Vec<u64>) {
+        let (mut theirs_lack, mut mine_lack) = (Vec::new(), Vec::new());
+        for &b in differing {
+            let id = self.xors[b] ^ theirs.get(b).copied().unwrap_or(0);
+            if id & FLAGS != 0 || bucket_of(id, self.xors.len()) != b {
+                continue;
+            }
+            match self.ids[b].iter().find(|t| *t & !FLAGS == id) {
+                Some(t) if t & SETTLED != 0 => theirs_lack.push(id),
+                Some(_) => {}
+                None => mine_lack.push(id),
+            }
+        }
+        (theirs_lack, mine_lack)
+    }
+
     /// This node's ids of `buckets`, for a `Keys` answer.
     pub fn keys(&self, buckets: &[usize]) -> Message {
         Message::Keys {
@@ -458,6 +479,16 @@ mod tests {
         assert_eq!(d.send, vec![id_of(b"s2")]);
         assert_eq!(d.want, vec![id_of(b"s3")]);
         assert_eq!(d.delete, vec![id_of(b"gone")]);
+    }
+
+    #[test]
+    fn a_single_difference_is_read_off_the_digests() {
+        let live = NOW + 100;
+        let a = snapshot(&[(b"s1", Held::Session, live), (b"s2", Held::Session, live)]);
+        let b = snapshot(&[(b"s1", Held::Session, live)]);
+        let differing = a.differing(&b.xors);
+        assert_eq!(a.single_differences(&b.xors, &differing), (vec![id_of(b"s2")], vec![]));
+        assert_eq!(b.single_differences(&a.xors, &differing), (vec![], vec![id_of(b"s2")]));
     }
 
     #[test]

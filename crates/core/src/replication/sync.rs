@@ -255,8 +255,11 @@ impl<'a> Worker<'a> {
                 self.noted_difference(from, now);
                 let snapshot = self.snapshot_for(window, now);
                 let d = snapshot.compare(&buckets);
-                for body in (Message::Want { ids: d.want }).encode() {
-                    self.send_sync(&body, from);
+                // What a pull from that peer brings is not asked for twice.
+                if !self.pulling_from(from) {
+                    for body in (Message::Want { ids: d.want }).encode() {
+                        self.send_sync(&body, from);
+                    }
                 }
                 let send: HashSet<u64> = d.send.into_iter().collect();
                 let delete: HashSet<u64> = d.delete.into_iter().collect();
@@ -313,7 +316,15 @@ impl<'a> Worker<'a> {
         }
     }
 
+    fn pulling_from(&self, peer: SocketAddr) -> bool {
+        self.peers.iter().any(|p| p.addr == peer && p.pulling.is_some())
+    }
+
     fn compare_digest(&mut self, from: SocketAddr, window: Window, xors: &[u64], now: u64) {
+        // While its pull is being answered, a peer lacks what is on its way.
+        if self.jobs.iter().any(|j| j.to == from && j.via == Via::Pulled) {
+            return;
+        }
         let last = self.digests_seen.insert(from, now);
         if last.is_some_and(|t| now.saturating_sub(t) < MIN_DIGEST_GAP_MS) {
             return self.ignored();
@@ -326,6 +337,14 @@ impl<'a> Worker<'a> {
         if differing.is_empty() {
             return;
         }
+        // One round trip less for buckets that differ by one session.
+        let (theirs_lack, mine_lack) = snapshot.single_differences(xors, &differing);
+        if !self.pulling_from(from) {
+            for body in (Message::Want { ids: mine_lack }).encode() {
+                self.send_sync(&body, from);
+            }
+        }
+        self.queue_sessions(from, &theirs_lack.into_iter().collect(), &HashSet::new());
         // Bounded answer; the buckets left out come in the next rounds.
         let mut listed = 0;
         differing.retain(|&b| {
@@ -431,7 +450,6 @@ impl<'a> Worker<'a> {
                         }
                     }
                 }
-                continue;
             }
             if now < self.peers[i].next_digest_ms {
                 continue;
@@ -513,6 +531,10 @@ impl<'a> Worker<'a> {
             }
             let mut frame = std::mem::take(&mut self.scratch);
             if wire::encode_set_via(&item.key, &item.der, item.expires, via, &mut frame).is_ok() {
+                // A repair answers a loss: sent twice, it is lost less.
+                if via == Via::Repaired {
+                    let _ = self.send(&frame, to);
+                }
                 match self.send(&frame, to) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // The socket buffer is full: try again later.

@@ -1,8 +1,8 @@
 //! Sync messages between sslcache nodes, and the digests they compare.
 //!
 //! Two things travel in them. A **warm-start pull**: a node that starts
-//! empty asks its peers for every live session (`Pull`); each answers with
-//! paced sets and ends with `Pulled`. **Anti-entropy**: every node sends
+//! empty asks its peers for every live session (`Pull`); each says it
+//! started (`PullStarted`), answers with paced sets and ends with `Pulled`. **Anti-entropy**: every node sends
 //! each peer, now and then, a `Digest` of the sessions it holds: per bucket
 //! of session ids, the XOR of their ids. A peer whose own digest differs in
 //! some buckets answers with the ids it holds there (`Keys`); the first node
@@ -21,6 +21,8 @@
 //! 3 Digest: window, u64 xor * buckets
 //! 4 Keys:   window, then per bucket: u16 bucket, u8 complete, u16 n, u64 id * n
 //! 5 Want:   u64 id * n
+//! 6 PullStarted: u64 sessions about to be sent
+//! 7 PullProgress: u64 sessions of the answer received so far
 //! window:   u64 lo, u64 hi (unix seconds: lo < expires <= hi), u16 buckets
 //! ```
 //!
@@ -54,6 +56,8 @@ const PULLED: u8 = 2;
 const DIGEST: u8 = 3;
 const KEYS: u8 = 4;
 const WANT: u8 = 5;
+const PULL_STARTED: u8 = 6;
+const PULL_PROGRESS: u8 = 7;
 const VERSION: u8 = 1;
 
 /// The id of a session in sync messages (low flag bits clear).
@@ -134,6 +138,8 @@ pub struct BucketIds {
 pub enum Message {
     Pull,
     Pulled { sessions: u64 },
+    PullStarted { sessions: u64 },
+    PullProgress { received: u64 },
     Digest { window: Window, xors: Vec<u64> },
     Keys { window: Window, buckets: Vec<BucketIds> },
     Want { ids: Vec<u64> },
@@ -180,6 +186,8 @@ impl Message {
                 _ => return Err(WireError::BadModifier),
             },
             PULLED => Message::Pulled { sessions: r.u64()? },
+            PULL_STARTED => Message::PullStarted { sessions: r.u64()? },
+            PULL_PROGRESS => Message::PullProgress { received: r.u64()? },
             DIGEST => {
                 let window = Window::decode(&mut r)?;
                 let xors = r.u64s(window.buckets as usize)?;
@@ -232,9 +240,16 @@ impl Message {
     pub fn encode(&self) -> Vec<Vec<u8>> {
         match self {
             Message::Pull => vec![vec![PULL, VERSION]],
-            Message::Pulled { sessions } => {
-                let mut out = vec![PULLED];
-                out.extend_from_slice(&sessions.to_be_bytes());
+            Message::Pulled { sessions: n }
+            | Message::PullStarted { sessions: n }
+            | Message::PullProgress { received: n } => {
+                let kind = match self {
+                    Message::Pulled { .. } => PULLED,
+                    Message::PullStarted { .. } => PULL_STARTED,
+                    _ => PULL_PROGRESS,
+                };
+                let mut out = vec![kind];
+                out.extend_from_slice(&n.to_be_bytes());
                 vec![out]
             }
             Message::Digest { window, xors } => {
@@ -515,6 +530,8 @@ mod tests {
         for m in [
             Message::Pull,
             Message::Pulled { sessions: 12345 },
+            Message::PullStarted { sessions: 7 },
+            Message::PullProgress { received: 9 },
             Message::Digest {
                 window: window(),
                 xors: (0..64).collect(),

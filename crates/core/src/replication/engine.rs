@@ -8,6 +8,7 @@
 //! initial forks) and keep apart from later forks through
 //! [`fork_guard`](crate::os::fork_guard).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -22,7 +23,7 @@ use super::seal::{Opener, Sealer};
 use super::sync::{Request, Worker};
 use super::transport::{Inbound, Links, Transport};
 use super::udp;
-use super::wire::{self, Frame};
+use super::wire::{self, Frame, Via};
 use crate::boundary::Boundary;
 use crate::clock;
 use crate::config::Replication;
@@ -72,6 +73,8 @@ pub struct Replicator {
     /// Log every datagram (uWSGI's `ssl-verbose`), within a budget.
     verbose: bool,
     counters: SharedCounters,
+    /// Sessions of pull answers received, by sender (flow control).
+    pull_received: Mutex<HashMap<SocketAddr, u64>>,
     /// Made before fork, handed to their threads by `start_receivers`.
     receivers: Mutex<Vec<Box<dyn Inbound>>>,
     started: AtomicBool,
@@ -129,6 +132,7 @@ impl Replicator {
             verbose,
             counters,
             receivers: Mutex::new(receivers),
+            pull_received: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
         })
     }
@@ -239,6 +243,7 @@ impl Replicator {
                     this.max_skew + 1,
                     this.sealer.as_ref(),
                     this.counters(),
+                    &this.pull_received,
                     repliers,
                     &this.sync_peers,
                     pull,
@@ -292,10 +297,22 @@ impl Replicator {
                 sync_origin = None;
                 let outcome = applier.apply_with(&buf[..n], clock::unix_ms(), |frame, origin| {
                     key.extend_from_slice(frame.key());
-                    if let Frame::Sync { body } = frame {
-                        sync_body.clear();
-                        sync_body.extend_from_slice(body);
-                        sync_origin = Some(origin);
+                    match frame {
+                        Frame::Sync { body } => {
+                            sync_body.clear();
+                            sync_body.extend_from_slice(body);
+                            sync_origin = Some(origin);
+                        }
+                        Frame::Set { via: Via::Pulled, .. } => {
+                            if let Some(from) = from {
+                                let mut received = self.pull_received.lock().unwrap_or_else(|e| e.into_inner());
+                                // Bounded: anyone may send such sets.
+                                if received.len() < 1024 || received.contains_key(&from) {
+                                    *received.entry(from).or_default() += 1;
+                                }
+                            }
+                        }
+                        _ => {}
                     }
                 });
                 if outcome != Applied::Sync {

@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::counters::ReplicationCounters;
@@ -32,7 +33,17 @@ use crate::store::{Insert, Store};
 /// Sessions sent a second, at most, in answer to pulls and repairs.
 pub const SESSIONS_PER_SEC: u64 = 20_000;
 /// Sessions sent back to back before the pacing waits.
-const BURST: u64 = 400;
+const BURST: u64 = 100;
+/// Sessions of a pull answer sent and not yet reported received, at most:
+/// a puller short of CPU slows the answer down instead of losing it.
+const PULL_WINDOW: u64 = 2_000;
+/// How often a puller reports what it received.
+const PULL_PROGRESS_MS: u64 = 50;
+/// A full window without news for this long: what is in flight is taken as
+/// lost (repair fills it in) and sending goes on.
+const PULL_WRITE_OFF_MS: u64 = 300;
+/// A puller that reports nothing for this long is gone: its answer stops.
+const PULL_ABANDON_MS: u64 = 10_000;
 /// Sessions queued for sending, at most (a `Want` beyond is dropped; the
 /// next round asks again).
 const MAX_QUEUED: usize = 50_000;
@@ -79,6 +90,56 @@ struct Job {
     next_shard: Option<usize>,
     sent: u64,
     started_ms: u64,
+    /// A pull answer: what the puller reported received, when that last
+    /// changed, and what was written off as lost.
+    acked: u64,
+    acked_ms: u64,
+    written_off: u64,
+}
+
+/// Whether a job may send now.
+enum Pace {
+    Go,
+    Wait,
+    /// A pull answer whose puller is gone.
+    Abandoned,
+}
+
+impl Job {
+    fn new(to: SocketAddr, via: Via, queue: VecDeque<Item>, next_shard: Option<usize>, now: u64) -> Job {
+        Job {
+            to,
+            via,
+            queue,
+            next_shard,
+            sent: 0,
+            started_ms: now,
+            acked: 0,
+            acked_ms: now,
+            written_off: 0,
+        }
+    }
+
+    /// A pull answer waits while its window is full.
+    fn pace(&mut self, now: u64) -> Pace {
+        if self.via != Via::Pulled {
+            return Pace::Go;
+        }
+        let quiet = now.saturating_sub(self.acked_ms);
+        if quiet > PULL_ABANDON_MS {
+            return Pace::Abandoned;
+        }
+        let in_flight = self.sent.saturating_sub(self.acked + self.written_off);
+        if in_flight < PULL_WINDOW {
+            return Pace::Go;
+        }
+        if quiet > PULL_WRITE_OFF_MS {
+            self.written_off += in_flight;
+            self.acked_ms = now;
+            return Pace::Go;
+        }
+        Pace::Wait
+    }
 }
 
 /// What this node does with one peer.
@@ -86,6 +147,8 @@ struct Peer {
     addr: SocketAddr,
     /// Pull attempts made, while a pull is wanted.
     pulling: Option<u32>,
+    /// The peer said it started answering the pull.
+    pull_acked: bool,
     pull_started_ms: u64,
     next_pull_ms: u64,
     next_digest_ms: u64,
@@ -110,6 +173,10 @@ pub struct Worker<'a> {
     peers: Vec<Peer>,
     jobs: Vec<Job>,
     snapshot: Option<(u64, Snapshot)>,
+    /// Sessions of pull answers received, by sender (the receiver threads
+    /// count them).
+    pub pull_received: &'a Mutex<HashMap<SocketAddr, u64>>,
+    next_progress_ms: u64,
     /// When each source's digest was last compared.
     digests_seen: HashMap<SocketAddr, u64>,
     tokens: u64,
@@ -129,6 +196,7 @@ impl<'a> Worker<'a> {
         tombstone_secs: u64,
         sealer: Option<&'a Sealer>,
         counters: &'a ReplicationCounters,
+        pull_received: &'a Mutex<HashMap<SocketAddr, u64>>,
         repliers: Vec<Box<dyn Replier>>,
         peers: &[SocketAddr],
         pull: bool,
@@ -142,6 +210,7 @@ impl<'a> Worker<'a> {
             .map(|&addr| Peer {
                 addr,
                 pulling: pull.then_some(0),
+                pull_acked: false,
                 pull_started_ms: now,
                 next_pull_ms: now,
                 // The first digest a second after start: a reloaded node
@@ -161,6 +230,8 @@ impl<'a> Worker<'a> {
             verbose,
             cache,
             peers,
+            pull_received,
+            next_progress_ms: now,
             jobs: Vec::new(),
             snapshot: None,
             digests_seen: HashMap::new(),
@@ -220,7 +291,13 @@ impl<'a> Worker<'a> {
         let next = self
             .peers
             .iter()
-            .flat_map(|p| [Some(p.next_digest_ms), p.pulling.map(|_| p.next_pull_ms)])
+            .flat_map(|p| {
+                [
+                    Some(p.next_digest_ms),
+                    p.pulling.map(|_| p.next_pull_ms),
+                    p.pulling.filter(|_| p.pull_acked).map(|_| self.next_progress_ms),
+                ]
+            })
             .flatten()
             .min()
             .unwrap_or(now + 500);
@@ -250,6 +327,21 @@ impl<'a> Worker<'a> {
         match message {
             Message::Pull => self.start_pull_answer(from, now),
             Message::Pulled { sessions } => self.pull_answered(from, sessions, now),
+            Message::PullProgress { received } => {
+                if let Some(job) = self.jobs.iter_mut().find(|j| j.to == from && j.via == Via::Pulled) {
+                    if received > job.acked {
+                        job.acked = received;
+                        job.acked_ms = now;
+                    }
+                }
+            }
+            Message::PullStarted { sessions } => {
+                if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from && p.pulling.is_some()) {
+                    peer.pull_acked = true;
+                    // Paced answers: give it thrice the time its pace needs.
+                    peer.next_pull_ms = now + PULL_RETRY_MS * 5 + sessions * 3000 / SESSIONS_PER_SEC;
+                }
+            }
             Message::Digest { window, xors } => self.compare_digest(from, window, &xors, now),
             Message::Keys { window, buckets } => {
                 self.noted_difference(from, now);
@@ -274,6 +366,10 @@ impl<'a> Worker<'a> {
     }
 
     fn start_pull_answer(&mut self, to: SocketAddr, now: u64) {
+        let sessions = self.store.len();
+        for body in (Message::PullStarted { sessions }).encode() {
+            self.send_sync(&body, to);
+        }
         if self.jobs.iter().any(|j| j.to == to && j.via == Via::Pulled) {
             return;
         }
@@ -284,14 +380,7 @@ impl<'a> Worker<'a> {
                 self.cache
             );
         }
-        self.jobs.push(Job {
-            to,
-            via: Via::Pulled,
-            queue: VecDeque::new(),
-            next_shard: Some(0),
-            sent: 0,
-            started_ms: now,
-        });
+        self.jobs.push(Job::new(to, Via::Pulled, VecDeque::new(), Some(0), now));
     }
 
     fn pull_answered(&mut self, from: SocketAddr, sessions: u64, now: u64) {
@@ -418,24 +507,47 @@ impl<'a> Worker<'a> {
         }
         match self.jobs.iter_mut().find(|j| j.to == to && j.via == Via::Repaired) {
             Some(job) => job.queue.extend(items),
-            None => self.jobs.push(Job {
-                to,
-                via: Via::Repaired,
-                queue: items,
-                next_shard: None,
-                sent: 0,
-                started_ms: clock::monotonic_ms(),
-            }),
+            None => self
+                .jobs
+                .push(Job::new(to, Via::Repaired, items, None, clock::monotonic_ms())),
         }
     }
 
     /// Pulls and digests that are due.
     fn timers(&mut self, now: u64) {
+        if now >= self.next_progress_ms {
+            self.next_progress_ms = now + PULL_PROGRESS_MS;
+            let acked: Vec<SocketAddr> = self
+                .peers
+                .iter()
+                .filter(|p| p.pull_acked && p.pulling.is_some())
+                .map(|p| p.addr)
+                .collect();
+            for addr in acked {
+                let received = self
+                    .pull_received
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&addr)
+                    .copied()
+                    .unwrap_or(0);
+                for body in (Message::PullProgress { received }).encode() {
+                    self.send_sync(&body, addr);
+                }
+            }
+        }
         for i in 0..self.peers.len() {
             let addr = self.peers[i].addr;
             if let Some(attempts) = self.peers[i].pulling {
                 if now >= self.peers[i].next_pull_ms {
-                    if attempts >= PULL_ATTEMPTS {
+                    if self.peers[i].pull_acked {
+                        log::warn!(
+                            "warm start of cache \"{}\": {addr} did not finish sending its sessions; repair fills \
+                             in from it later",
+                            self.cache
+                        );
+                        self.peers[i].pulling = None;
+                    } else if attempts >= PULL_ATTEMPTS {
                         log::warn!(
                             "warm start of cache \"{}\": {addr} did not answer (not an sslcache node, or down); \
                              repair fills in from it later",
@@ -459,7 +571,8 @@ impl<'a> Worker<'a> {
                 continue;
             };
             let snapshot = self.snapshot_for(window, now);
-            let fingerprint = snapshot.xors.iter().fold(window.hi, |acc, x| acc.rotate_left(7) ^ x);
+            // What the digest says, not its window (which moves every second).
+            let fingerprint = snapshot.xors.iter().fold(0u64, |acc, x| acc.rotate_left(7) ^ x);
             let peer = &mut self.peers[i];
             let changed = fingerprint != peer.last_digest;
             peer.last_digest = fingerprint;
@@ -490,7 +603,27 @@ impl<'a> Worker<'a> {
         }
         let sealing = self.sealer.is_some();
         let mut j = 0;
-        while j < self.jobs.len() && self.tokens > 0 {
+        // Jobs in a row that had to wait: all of them ends the round.
+        let mut waiting = 0;
+        while j < self.jobs.len() && self.tokens > 0 && waiting < self.jobs.len() {
+            match self.jobs[j].pace(now) {
+                Pace::Go => waiting = 0,
+                Pace::Wait => {
+                    waiting += 1;
+                    j = (j + 1) % self.jobs.len();
+                    continue;
+                }
+                Pace::Abandoned => {
+                    let job = self.jobs.remove(j);
+                    log::warn!(
+                        "warm start of {}: it stopped reporting what it received; {} sessions sent",
+                        job.to,
+                        job.sent
+                    );
+                    j = if self.jobs.is_empty() { 0 } else { j % self.jobs.len() };
+                    continue;
+                }
+            }
             // A pull answer reads the store a shard at a time.
             if self.jobs[j].queue.is_empty() {
                 if let Some(shard) = self.jobs[j].next_shard {
@@ -615,6 +748,8 @@ fn describe(message: &Message) -> String {
     match message {
         Message::Pull => "pull".into(),
         Message::Pulled { sessions } => format!("pull answered ({sessions} sessions)"),
+        Message::PullStarted { sessions } => format!("pull being answered ({sessions} sessions)"),
+        Message::PullProgress { received } => format!("pull progress ({received} sessions received)"),
         Message::Digest { window, .. } => format!("digest of {} buckets", window.buckets),
         Message::Keys { buckets, .. } => format!("keys of {} buckets", buckets.len()),
         Message::Want { ids } => format!("want {} sessions", ids.len()),

@@ -24,6 +24,7 @@ use support::*;
 
 const SESSIONS: usize = 100_000;
 const ROUNDS: usize = 3;
+
 const SECONDS: u32 = 4;
 const LOAD_SECONDS: u32 = 10;
 const IDLE_SECONDS: u64 = 10;
@@ -107,7 +108,22 @@ fn pull_benchmark() {
             b.log()
         );
         took.push(pull_ms(&b.log()).unwrap() as f64);
+        // uWSGI's metrics are collected once a second.
+        std::thread::sleep(Duration::from_millis(1500));
         let pulled = metric(stats_b, "sslcache.default.pulled");
+        if std::env::var_os("BENCH_SYNC_DEBUG").is_some() {
+            for (name, port) in [("A", stats_a), ("B", stats_b)] {
+                let all = stats(port);
+                let m: Vec<String> = all["metrics"]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .filter(|(k, v)| k.starts_with("sslcache.default") && v["value"].as_u64() != Some(0))
+                    .map(|(k, v)| format!("{}={}", &k[17..], v["value"]))
+                    .collect();
+                println!("{name}: {}", m.join(" "));
+            }
+        }
         println!(
             "round {round}: pulled {pulled} in {} ms (B started {:.1}s before the end of the measurement)",
             took[round],

@@ -39,8 +39,10 @@ const BURST: u64 = 100;
 const PULL_WINDOW: u64 = 2_000;
 /// How often a puller reports what it received.
 const PULL_PROGRESS_MS: u64 = 50;
-/// A full window without news for this long: what is in flight is taken as
-/// lost (repair fills it in) and sending goes on.
+/// A full window that the puller's reports have not moved for this long:
+/// what is in flight was lost on the way (repair fills it in) and sending
+/// goes on. A puller that sends no reports at all (short of CPU) is waited
+/// for.
 const PULL_WRITE_OFF_MS: u64 = 300;
 /// A puller that reports nothing for this long is gone: its answer stops.
 const PULL_ABANDON_MS: u64 = 10_000;
@@ -94,6 +96,8 @@ struct Job {
     /// changed, and what was written off as lost.
     acked: u64,
     acked_ms: u64,
+    /// When the puller last reported at all.
+    reported_ms: u64,
     written_off: u64,
 }
 
@@ -116,6 +120,7 @@ impl Job {
             started_ms: now,
             acked: 0,
             acked_ms: now,
+            reported_ms: now,
             written_off: 0,
         }
     }
@@ -125,15 +130,16 @@ impl Job {
         if self.via != Via::Pulled {
             return Pace::Go;
         }
-        let quiet = now.saturating_sub(self.acked_ms);
-        if quiet > PULL_ABANDON_MS {
+        if now.saturating_sub(self.reported_ms) > PULL_ABANDON_MS {
             return Pace::Abandoned;
         }
         let in_flight = self.sent.saturating_sub(self.acked + self.written_off);
         if in_flight < PULL_WINDOW {
             return Pace::Go;
         }
-        if quiet > PULL_WRITE_OFF_MS {
+        let stuck = now.saturating_sub(self.acked_ms) > PULL_WRITE_OFF_MS
+            && self.reported_ms > self.acked_ms + PULL_PROGRESS_MS;
+        if stuck {
             self.written_off += in_flight;
             self.acked_ms = now;
             return Pace::Go;
@@ -329,6 +335,7 @@ impl<'a> Worker<'a> {
             Message::Pulled { sessions } => self.pull_answered(from, sessions, now),
             Message::PullProgress { received } => {
                 if let Some(job) = self.jobs.iter_mut().find(|j| j.to == from && j.via == Via::Pulled) {
+                    job.reported_ms = now;
                     if received > job.acked {
                         job.acked = received;
                         job.acked_ms = now;
@@ -343,6 +350,7 @@ impl<'a> Worker<'a> {
                 }
             }
             Message::Digest { window, xors } => self.compare_digest(from, window, &xors, now),
+            Message::Keys { .. } if self.pull_between(from) => {}
             Message::Keys { window, buckets } => {
                 self.noted_difference(from, now);
                 let snapshot = self.snapshot_for(window, now);
@@ -409,9 +417,14 @@ impl<'a> Worker<'a> {
         self.peers.iter().any(|p| p.addr == peer && p.pulling.is_some())
     }
 
+    /// Whether a pull is under way between this node and `peer`, either
+    /// way: what it lacks is on its way, nothing is compared meanwhile.
+    fn pull_between(&self, peer: SocketAddr) -> bool {
+        self.pulling_from(peer) || self.jobs.iter().any(|j| j.to == peer && j.via == Via::Pulled)
+    }
+
     fn compare_digest(&mut self, from: SocketAddr, window: Window, xors: &[u64], now: u64) {
-        // While its pull is being answered, a peer lacks what is on its way.
-        if self.jobs.iter().any(|j| j.to == from && j.via == Via::Pulled) {
+        if self.pull_between(from) {
             return;
         }
         let last = self.digests_seen.insert(from, now);
@@ -506,7 +519,12 @@ impl<'a> Worker<'a> {
             return;
         }
         match self.jobs.iter_mut().find(|j| j.to == to && j.via == Via::Repaired) {
-            Some(job) => job.queue.extend(items),
+            Some(job) => {
+                // Asked again before it went: queued once.
+                let queued: HashSet<u64> = job.queue.iter().map(|i| digest::id_of(&i.key)).collect();
+                job.queue
+                    .extend(items.into_iter().filter(|i| !queued.contains(&digest::id_of(&i.key))));
+            }
             None => self
                 .jobs
                 .push(Job::new(to, Via::Repaired, items, None, clock::monotonic_ms())),

@@ -93,6 +93,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_tls
 	$(CARGO) run --release --quiet --example bench_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
+	$(CARGO) run --release --quiet --example bench_sync
 
 # The fuzz targets depend on the core crate only; built (not run) by `make test`.
 fuzz-build:

@@ -104,9 +104,10 @@ fuzz-build:
 FUZZ_RUNS ?= 12000000
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz
-	mkdir -p fuzz/corpus/wire_decode fuzz/corpus/sealed_open
+	mkdir -p fuzz/corpus/wire_decode fuzz/corpus/sealed_open fuzz/corpus/sync_decode
 	cd fuzz && $(CARGO) fuzz run --sanitizer none wire_decode corpus/wire_decode seeds/wire_decode -- -runs=$(FUZZ_RUNS) -max_len=600
 	cd fuzz && $(CARGO) fuzz run --sanitizer none sealed_open corpus/sealed_open seeds/wire_decode -- -runs=$(FUZZ_RUNS) -max_len=600
+	cd fuzz && $(CARGO) fuzz run --sanitizer none sync_decode corpus/sync_decode -- -runs=$(FUZZ_RUNS) -max_len=9000
 
 clean:
 	$(CARGO) clean

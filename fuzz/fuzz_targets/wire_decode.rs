@@ -13,10 +13,14 @@ const LIMITS: FrameLimits = FrameLimits {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(frame) = decode_plain(data, LIMITS) {
-        let key = frame.key();
-        assert!(!key.is_empty() && key.len() <= LIMITS.max_key);
-        if let Frame::Set { value, .. } = frame {
-            assert!(!value.is_empty() && value.len() <= LIMITS.max_value);
+        match frame {
+            Frame::Set { key, value, .. } => {
+                assert!(!key.is_empty() && key.len() <= LIMITS.max_key);
+                assert!(!value.is_empty() && value.len() <= LIMITS.max_value);
+            }
+            Frame::Delete { key } => assert!(!key.is_empty() && key.len() <= LIMITS.max_key),
+            // Its body is the sync decoder's (fuzzed by sync_decode).
+            Frame::Sync { body } => assert!(!body.is_empty()),
         }
         // What decodes re-encodes to the same bytes (for sets with an
         // expiry field; stock may omit it).

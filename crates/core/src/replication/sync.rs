@@ -46,6 +46,9 @@ const PULL_PROGRESS_MS: u64 = 50;
 const PULL_WRITE_OFF_MS: u64 = 300;
 /// A puller that reports nothing for this long is gone: its answer stops.
 const PULL_ABANDON_MS: u64 = 10_000;
+/// How long an answered pull is remembered (a repeated ask gets its end
+/// again, not a second copy).
+const PULL_ANSWER_KEPT_MS: u64 = 10_000;
 /// Sessions queued for sending, at most (a `Want` beyond is dropped; the
 /// next round asks again).
 const MAX_QUEUED: usize = 50_000;
@@ -183,6 +186,8 @@ pub struct Worker<'a> {
     /// count them).
     pub pull_received: &'a Mutex<HashMap<SocketAddr, u64>>,
     next_progress_ms: u64,
+    /// Pulls answered lately: sessions sent, and when.
+    pulls_answered: HashMap<SocketAddr, (u64, u64)>,
     /// When each source's digest was last compared.
     digests_seen: HashMap<SocketAddr, u64>,
     tokens: u64,
@@ -238,6 +243,7 @@ impl<'a> Worker<'a> {
             peers,
             pull_received,
             next_progress_ms: now,
+            pulls_answered: HashMap::new(),
             jobs: Vec::new(),
             snapshot: None,
             digests_seen: HashMap::new(),
@@ -340,6 +346,11 @@ impl<'a> Worker<'a> {
                         job.acked = received;
                         job.acked_ms = now;
                     }
+                } else if let Some(&(sessions, _)) = self.pulls_answered.get(&from) {
+                    // Its `Pulled` was lost: again.
+                    for body in (Message::Pulled { sessions }).encode() {
+                        self.send_sync(&body, from);
+                    }
                 }
             }
             Message::PullStarted { sessions } => {
@@ -374,6 +385,18 @@ impl<'a> Worker<'a> {
     }
 
     fn start_pull_answer(&mut self, to: SocketAddr, now: u64) {
+        // A pull asked again soon after it was answered (the answer to its
+        // first ask was lost): the end of the answer again, not all of it.
+        if let Some(&(sessions, at)) = self.pulls_answered.get(&to) {
+            if now.saturating_sub(at) < PULL_ANSWER_KEPT_MS {
+                for message in [Message::PullStarted { sessions }, Message::Pulled { sessions }] {
+                    for body in message.encode() {
+                        self.send_sync(&body, to);
+                    }
+                }
+                return;
+            }
+        }
         let sessions = self.store.len();
         for body in (Message::PullStarted { sessions }).encode() {
             self.send_sync(&body, to);
@@ -413,8 +436,11 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// Whether `peer` is answering this node's pull (it said it started).
     fn pulling_from(&self, peer: SocketAddr) -> bool {
-        self.peers.iter().any(|p| p.addr == peer && p.pulling.is_some())
+        self.peers
+            .iter()
+            .any(|p| p.addr == peer && p.pulling.is_some() && p.pull_acked)
     }
 
     /// Whether a pull is under way between this node and `peer`, either
@@ -664,6 +690,13 @@ impl<'a> Worker<'a> {
                 let job = self.jobs.remove(j);
                 if job.via == Via::Pulled {
                     self.send_sync(&Message::Pulled { sessions: job.sent }.encode()[0], job.to);
+                    if self.pulls_answered.len() >= 1024 {
+                        self.pulls_answered
+                            .retain(|_, (_, at)| now.saturating_sub(*at) < PULL_ANSWER_KEPT_MS);
+                    }
+                    if self.pulls_answered.len() < 1024 {
+                        self.pulls_answered.insert(job.to, (job.sent, now));
+                    }
                     if self.verbose {
                         log::info!(
                             "warm start of {}: sent {} sessions in {} ms",

@@ -16,7 +16,7 @@
 //!
 //! ```text
 //! u8 kind
-//! 1 Pull:   u8 version
+//! 1 Pull:   u8 version, u64 instance (random per process image of the puller)
 //! 2 Pulled: u64 sessions sent
 //! 3 Digest: window, u64 xor * buckets
 //! 4 Keys:   window, then per bucket: u16 bucket, u8 complete, u16 n, u64 id * n
@@ -136,13 +136,30 @@ pub struct BucketIds {
 /// A decoded sync message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
-    Pull,
-    Pulled { sessions: u64 },
-    PullStarted { sessions: u64 },
-    PullProgress { received: u64 },
-    Digest { window: Window, xors: Vec<u64> },
-    Keys { window: Window, buckets: Vec<BucketIds> },
-    Want { ids: Vec<u64> },
+    /// `instance` tells a repeated ask from a new process image's.
+    Pull {
+        instance: u64,
+    },
+    Pulled {
+        sessions: u64,
+    },
+    PullStarted {
+        sessions: u64,
+    },
+    PullProgress {
+        received: u64,
+    },
+    Digest {
+        window: Window,
+        xors: Vec<u64>,
+    },
+    Keys {
+        window: Window,
+        buckets: Vec<BucketIds>,
+    },
+    Want {
+        ids: Vec<u64>,
+    },
 }
 
 struct Reader<'a> {
@@ -182,7 +199,7 @@ impl Message {
         let mut r = Reader { rest: body };
         let message = match r.u8()? {
             PULL => match r.u8()? {
-                VERSION => Message::Pull,
+                VERSION => Message::Pull { instance: r.u64()? },
                 _ => return Err(WireError::BadModifier),
             },
             PULLED => Message::Pulled { sessions: r.u64()? },
@@ -239,7 +256,11 @@ impl Message {
     /// incomplete).
     pub fn encode(&self) -> Vec<Vec<u8>> {
         match self {
-            Message::Pull => vec![vec![PULL, VERSION]],
+            Message::Pull { instance } => {
+                let mut out = vec![PULL, VERSION];
+                out.extend_from_slice(&instance.to_be_bytes());
+                vec![out]
+            }
             Message::Pulled { sessions: n }
             | Message::PullStarted { sessions: n }
             | Message::PullProgress { received: n } => {
@@ -528,7 +549,7 @@ mod tests {
     #[test]
     fn messages_roundtrip_and_split() {
         for m in [
-            Message::Pull,
+            Message::Pull { instance: 42 },
             Message::Pulled { sessions: 12345 },
             Message::PullStarted { sessions: 7 },
             Message::PullProgress { received: 9 },

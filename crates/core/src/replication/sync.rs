@@ -102,6 +102,8 @@ struct Job {
     /// When the puller last reported at all.
     reported_ms: u64,
     written_off: u64,
+    /// A pull answer: the puller's instance.
+    instance: u64,
 }
 
 /// Whether a job may send now.
@@ -125,6 +127,7 @@ impl Job {
             acked_ms: now,
             reported_ms: now,
             written_off: 0,
+            instance: 0,
         }
     }
 
@@ -186,8 +189,10 @@ pub struct Worker<'a> {
     /// count them).
     pub pull_received: &'a Mutex<HashMap<SocketAddr, u64>>,
     next_progress_ms: u64,
-    /// Pulls answered lately: sessions sent, and when.
-    pulls_answered: HashMap<SocketAddr, (u64, u64)>,
+    /// Pulls answered lately: sessions sent, when, to which instance.
+    pulls_answered: HashMap<SocketAddr, (u64, u64, u64)>,
+    /// This process image's, in its pulls.
+    instance: u64,
     /// When each source's digest was last compared.
     digests_seen: HashMap<SocketAddr, u64>,
     tokens: u64,
@@ -244,6 +249,12 @@ impl<'a> Worker<'a> {
             pull_received,
             next_progress_ms: now,
             pulls_answered: HashMap::new(),
+            instance: {
+                let mut id = [0u8; 8];
+                // Only tells pulls apart: any value will do if it fails.
+                let _ = openssl::rand::rand_bytes(&mut id);
+                u64::from_ne_bytes(id) ^ now ^ u64::from(std::process::id())
+            },
             jobs: Vec::new(),
             snapshot: None,
             digests_seen: HashMap::new(),
@@ -337,7 +348,7 @@ impl<'a> Worker<'a> {
             log::info!("sync message from {from}: {}", describe(&message));
         }
         match message {
-            Message::Pull => self.start_pull_answer(from, now),
+            Message::Pull { instance } => self.start_pull_answer(from, instance, now),
             Message::Pulled { sessions } => self.pull_answered(from, sessions, now),
             Message::PullProgress { received } => {
                 if let Some(job) = self.jobs.iter_mut().find(|j| j.to == from && j.via == Via::Pulled) {
@@ -346,7 +357,7 @@ impl<'a> Worker<'a> {
                         job.acked = received;
                         job.acked_ms = now;
                     }
-                } else if let Some(&(sessions, _)) = self.pulls_answered.get(&from) {
+                } else if let Some(&(sessions, _, _)) = self.pulls_answered.get(&from) {
                     // Its `Pulled` was lost: again.
                     for body in (Message::Pulled { sessions }).encode() {
                         self.send_sync(&body, from);
@@ -384,11 +395,12 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn start_pull_answer(&mut self, to: SocketAddr, now: u64) {
-        // A pull asked again soon after it was answered (the answer to its
-        // first ask was lost): the end of the answer again, not all of it.
-        if let Some(&(sessions, at)) = self.pulls_answered.get(&to) {
-            if now.saturating_sub(at) < PULL_ANSWER_KEPT_MS {
+    fn start_pull_answer(&mut self, to: SocketAddr, instance: u64, now: u64) {
+        // The same puller asking again soon after it was answered (the
+        // answer to its first ask was lost): the end of the answer again,
+        // not all of it.
+        if let Some(&(sessions, at, asked_by)) = self.pulls_answered.get(&to) {
+            if asked_by == instance && now.saturating_sub(at) < PULL_ANSWER_KEPT_MS {
                 for message in [Message::PullStarted { sessions }, Message::Pulled { sessions }] {
                     for body in message.encode() {
                         self.send_sync(&body, to);
@@ -411,7 +423,9 @@ impl<'a> Worker<'a> {
                 self.cache
             );
         }
-        self.jobs.push(Job::new(to, Via::Pulled, VecDeque::new(), Some(0), now));
+        let mut job = Job::new(to, Via::Pulled, VecDeque::new(), Some(0), now);
+        job.instance = instance;
+        self.jobs.push(job);
     }
 
     fn pull_answered(&mut self, from: SocketAddr, sessions: u64, now: u64) {
@@ -601,7 +615,11 @@ impl<'a> Worker<'a> {
                     } else {
                         self.peers[i].pulling = Some(attempts + 1);
                         self.peers[i].next_pull_ms = now + PULL_RETRY_MS;
-                        for body in Message::Pull.encode() {
+                        for body in (Message::Pull {
+                            instance: self.instance,
+                        })
+                        .encode()
+                        {
                             self.send_sync(&body, addr);
                         }
                     }
@@ -692,10 +710,10 @@ impl<'a> Worker<'a> {
                     self.send_sync(&Message::Pulled { sessions: job.sent }.encode()[0], job.to);
                     if self.pulls_answered.len() >= 1024 {
                         self.pulls_answered
-                            .retain(|_, (_, at)| now.saturating_sub(*at) < PULL_ANSWER_KEPT_MS);
+                            .retain(|_, (_, at, _)| now.saturating_sub(*at) < PULL_ANSWER_KEPT_MS);
                     }
                     if self.pulls_answered.len() < 1024 {
-                        self.pulls_answered.insert(job.to, (job.sent, now));
+                        self.pulls_answered.insert(job.to, (job.sent, now, job.instance));
                     }
                     if self.verbose {
                         log::info!(
@@ -797,7 +815,7 @@ fn sendable(value: &[u8], sealing: bool) -> Option<&[u8]> {
 
 fn describe(message: &Message) -> String {
     match message {
-        Message::Pull => "pull".into(),
+        Message::Pull { .. } => "pull".into(),
         Message::Pulled { sessions } => format!("pull answered ({sessions} sessions)"),
         Message::PullStarted { sessions } => format!("pull being answered ({sessions} sessions)"),
         Message::PullProgress { received } => format!("pull progress ({received} sessions received)"),

@@ -34,7 +34,7 @@ use std::hash::Hasher;
 
 use siphasher::sip::SipHasher13;
 
-use super::wire::WireError;
+use super::wire::{Reader, WireError};
 
 /// In `Keys`: the session is in the window (the peer may ask for it).
 pub const SETTLED: u64 = 1;
@@ -115,7 +115,7 @@ impl Window {
     }
 
     fn decode(r: &mut Reader<'_>) -> Result<Window, WireError> {
-        let (lo, hi, buckets) = (r.u64()?, r.u64()?, r.u16()?);
+        let (lo, hi, buckets) = (r.u64_be()?, r.u64_be()?, r.u16_be()?);
         let n = buckets as usize;
         if lo >= hi || !n.is_power_of_two() || n > MAX_BUCKETS {
             return Err(WireError::BadValue);
@@ -162,59 +162,28 @@ pub enum Message {
     },
 }
 
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
-        if self.rest.len() < n {
-            return Err(WireError::Truncated);
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-    fn u8(&mut self) -> Result<u8, WireError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, WireError> {
-        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
-    }
-    fn u64(&mut self) -> Result<u64, WireError> {
-        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
-    }
-    fn u64s(&mut self, n: usize) -> Result<Vec<u64>, WireError> {
-        let bytes = self.take(n.checked_mul(8).ok_or(WireError::BadLength)?)?;
-        Ok(bytes
-            .chunks_exact(8)
-            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
-            .collect())
-    }
-}
-
 impl Message {
     /// Decodes a sync message body; strict: every byte accounted for.
     pub fn decode(body: &[u8]) -> Result<Message, WireError> {
-        let mut r = Reader { rest: body };
+        let mut r = Reader::new(body);
         let message = match r.u8()? {
             PULL => match r.u8()? {
-                VERSION => Message::Pull { instance: r.u64()? },
+                VERSION => Message::Pull { instance: r.u64_be()? },
                 _ => return Err(WireError::BadModifier),
             },
-            PULLED => Message::Pulled { sessions: r.u64()? },
-            PULL_STARTED => Message::PullStarted { sessions: r.u64()? },
-            PULL_PROGRESS => Message::PullProgress { received: r.u64()? },
+            PULLED => Message::Pulled { sessions: r.u64_be()? },
+            PULL_STARTED => Message::PullStarted { sessions: r.u64_be()? },
+            PULL_PROGRESS => Message::PullProgress { received: r.u64_be()? },
             DIGEST => {
                 let window = Window::decode(&mut r)?;
-                let xors = r.u64s(window.buckets as usize)?;
+                let xors = r.u64s_be(window.buckets as usize)?;
                 Message::Digest { window, xors }
             }
             KEYS => {
                 let window = Window::decode(&mut r)?;
                 let mut buckets = Vec::new();
                 while !r.rest.is_empty() {
-                    let bucket = r.u16()?;
+                    let bucket = r.u16_be()?;
                     if bucket >= window.buckets {
                         return Err(WireError::BadValue);
                     }
@@ -223,8 +192,8 @@ impl Message {
                         1 => true,
                         _ => return Err(WireError::BadValue),
                     };
-                    let n = r.u16()? as usize;
-                    let ids = r.u64s(n)?;
+                    let n = r.u16_be()? as usize;
+                    let ids = r.u64s_be(n)?;
                     if ids
                         .iter()
                         .any(|&id| bucket_of(id, window.buckets as usize) != bucket as usize)
@@ -240,7 +209,7 @@ impl Message {
                     return Err(WireError::BadLength);
                 }
                 let n = r.rest.len() / 8;
-                Message::Want { ids: r.u64s(n)? }
+                Message::Want { ids: r.u64s_be(n)? }
             }
             _ => return Err(WireError::BadModifier),
         };

@@ -156,13 +156,18 @@ impl Format {
     }
 }
 
-/// A bounds-checked reader over a datagram.
-struct Reader<'a> {
-    rest: &'a [u8],
+/// A bounds-checked reader over a datagram: stock's little-endian fields
+/// here, the big-endian integers of sync messages (`digest`).
+pub(super) struct Reader<'a> {
+    pub rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+    pub fn new(rest: &'a [u8]) -> Reader<'a> {
+        Reader { rest }
+    }
+
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if self.rest.len() < n {
             return Err(WireError::Truncated);
         }
@@ -171,14 +176,36 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u16(&mut self) -> Result<usize, WireError> {
+    fn u16_le(&mut self) -> Result<usize, WireError> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]) as usize)
     }
 
+    /// A stock field: u16le length, then that many bytes.
     fn field(&mut self) -> Result<&'a [u8], WireError> {
-        let len = self.u16()?;
+        let len = self.u16_le()?;
         self.take(len)
+    }
+
+    pub fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+
+    pub fn u16_be(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
+    }
+
+    pub fn u64_be(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    /// `n` big-endian u64s.
+    pub fn u64s_be(&mut self, n: usize) -> Result<Vec<u64>, WireError> {
+        let bytes = self.take(n.checked_mul(8).ok_or(WireError::BadLength)?)?;
+        Ok(bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            .collect())
     }
 }
 
@@ -194,7 +221,7 @@ fn parse_expiry(digits: &[u8]) -> Result<u64, WireError> {
 
 /// Decodes a plain (stock uWSGI) datagram.
 pub fn decode_plain(datagram: &[u8], limits: FrameLimits) -> Result<Frame<'_>, WireError> {
-    let mut r = Reader { rest: datagram };
+    let mut r = Reader::new(datagram);
     let header = r.take(4)?;
     if header[0] != MODIFIER1_CACHE {
         return Err(WireError::BadModifier);

@@ -9,8 +9,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -87,25 +86,9 @@ impl Cluster {
 /// One connection to `addr` (resuming `session`): whether it resumed and
 /// the session to offer next.
 fn connect(client: &Client, addr: SocketAddr, session: Option<&SslSession>) -> std::io::Result<(bool, SslSession)> {
-    let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    let mut stream = client.handshake_on(tcp, session)?;
-    let resumed = stream.ssl().session_reused();
-    let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
-        }
-    }
-    let next = stream
-        .ssl()
-        .session()
-        .map(|s| s.to_owned())
-        .ok_or_else(|| std::io::Error::other("no session"))?;
-    let _ = stream.shutdown();
-    Ok((resumed, next))
+    let conn = client.connect_to(addr, session, &[])?;
+    let next = conn.session.ok_or_else(|| std::io::Error::other("no session"))?;
+    Ok((conn.resumed, next))
 }
 
 /// `n` full handshakes on `addr`; their sessions.

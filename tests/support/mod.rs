@@ -333,7 +333,15 @@ impl Client {
     /// A handshake (resuming `session` if given); the caller decides what
     /// follows. Returns the stream and the client's local port.
     pub fn handshake(&self, port: u16, session: Option<&SslSession>) -> std::io::Result<(SslStream<TcpStream>, u16)> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        self.handshake_to(SocketAddr::from(([127, 0, 0, 1], port)), session)
+    }
+
+    /// As `handshake`, to any address.
+    pub fn handshake_to(
+        &self,
+        addr: SocketAddr,
+        session: Option<&SslSession>,
+    ) -> std::io::Result<(SslStream<TcpStream>, u16)> {
         let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         let local_port = tcp.local_addr()?.port();
         Ok((self.handshake_on(tcp, session)?, local_port))
@@ -363,7 +371,13 @@ impl Client {
     /// read until the router closes. `routers` asks to find which of those
     /// processes served it.
     pub fn connect(&self, port: u16, session: Option<&SslSession>, routers: &[i32]) -> std::io::Result<Conn> {
-        let (mut stream, local_port) = self.handshake(port, session)?;
+        self.connect_to(SocketAddr::from(([127, 0, 0, 1], port)), session, routers)
+    }
+
+    /// As `connect`, to any address (`routers` only for 127.0.0.1).
+    pub fn connect_to(&self, addr: SocketAddr, session: Option<&SslSession>, routers: &[i32]) -> std::io::Result<Conn> {
+        let port = addr.port();
+        let (mut stream, local_port) = self.handshake_to(addr, session)?;
         let resumed = stream.ssl().session_reused();
         let peer_cn = stream
             .ssl()

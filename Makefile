@@ -39,10 +39,12 @@ PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
 all: $(PLUGIN)
 
+# The .so is replaced by a new file, never rewritten in place: running uWSGI
+# processes map the old one (rewriting it under them crashes them).
 $(PLUGIN):
 	@test -n "$(UWSGI)" || { echo "no uwsgi binary: install uwsgi-core or pass UWSGI=/path/to/uwsgi" >&2; exit 1; }
 	UWSGI=$(UWSGI) $(CARGO) build --release --lib
-	cp target/release/libsslcache.so $(PLUGIN)
+	cp target/release/libsslcache.so $(PLUGIN).new && mv -f $(PLUGIN).new $(PLUGIN)
 
 install: $(PLUGIN)
 	@dir="$(UWSGI_PLUGIN_DIR)"; \
@@ -194,7 +196,8 @@ $(PYPI_NOSSL_UWSGI): $(PYPI_UWSGI)
 pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
 	UWSGI=$(abspath $(PYPI_UWSGI)) CARGO_TARGET_DIR=target/pypi-build $(CARGO) build --release --lib
 	mkdir -p $(PYPI_PLUGIN_DIR)
-	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN)
+	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN).new
+	mv -f $(PYPI_PLUGIN_DIR)/$(PLUGIN).new $(PYPI_PLUGIN_DIR)/$(PLUGIN)
 
 # The core crate alone: no uWSGI, no libclang needed.
 unit-test:

@@ -13,8 +13,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -22,6 +23,11 @@ const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;
 
 fn nodes(dir: &std::path::Path, plugin: bool) -> (Vec<Uwsgi>, Vec<SocketAddr>) {
+    nodes_with(dir, plugin, |ini| ini)
+}
+
+/// Three nodes (seed Setup 2), each ini passed through `adapt` first.
+fn nodes_with(dir: &std::path::Path, plugin: bool, adapt: impl Fn(String) -> String) -> (Vec<Uwsgi>, Vec<SocketAddr>) {
     std::fs::create_dir_all(dir).unwrap();
     let (https, udp) = (free_port(), free_port());
     let nodes = (1..=3)
@@ -31,6 +37,7 @@ fn nodes(dir: &std::path::Path, plugin: bool) -> (Vec<Uwsgi>, Vec<SocketAddr>) {
             if !plugin {
                 ini = ini.replace("plugins = sslcache\n", "plugins = http\n");
             }
+            let ini = adapt(ini);
             Uwsgi::start(dir, &format!("node{i}"), &ini, &[stats_port])
         })
         .collect();
@@ -45,11 +52,20 @@ fn nodes(dir: &std::path::Path, plugin: bool) -> (Vec<Uwsgi>, Vec<SocketAddr>) {
 
 fn main() {
     let dir = test_dir("bench-cluster");
-    let (_stock, stock_backends) = nodes(&dir.join("stock"), false);
-    let (_ours, backends) = nodes(&dir.join("sslcache"), true);
+    // `BENCH_PART=rawrouter`: the rawrouter comparison alone.
+    if std::env::var("BENCH_PART").as_deref() != Ok("rawrouter") {
+        behind_haproxy(&dir);
+    }
+    rawrouter_side_by_side(&dir);
+}
+
+/// Stock uWSGI and sslcache nodes behind HAProxy.
+fn behind_haproxy(dir: &std::path::Path) {
+    let (stock, stock_backends) = nodes(&dir.join("stock"), false);
+    let (ours, backends) = nodes(&dir.join("sslcache"), true);
     let (stock_lb, lb) = (free_port(), free_port());
-    let _p1 = haproxy(&dir.join("stock"), stock_lb, &stock_backends);
-    let _p2 = haproxy(&dir.join("sslcache"), lb, &backends);
+    let p1 = haproxy(&dir.join("stock"), stock_lb, &stock_backends);
+    let p2 = haproxy(&dir.join("sslcache"), lb, &backends);
 
     println!("3 nodes behind HAProxy (round robin), {ROUNDS} alternating rounds of {SECONDS} s, medians\n");
     println!("| TLS | stock: conn/s | stock: resumed | sslcache: conn/s | sslcache: resumed |");
@@ -72,11 +88,90 @@ fn main() {
         );
     }
 
-    let rr = free_port();
-    let _router = rawrouter(&dir, rr, &backends);
-    let (rate, resumed) = s_time(rr, "-tls1_2", SECONDS);
-    println!(
-        "\nBehind uWSGI's rawrouter instead (sslcache, TLS 1.2): {rate:.0} conn/s, {:.0}% resumed",
-        resumed * 100.0
-    );
+    drop((stock, ours, p1, p2));
+}
+
+/// Resumed TLS 1.2 connections per second through the rawrouter and
+/// HAProxy in front of the same nodes, and through the rawrouter in front
+/// of nodes without the final ACK push.
+fn rawrouter_side_by_side(dir: &std::path::Path) {
+    let backend = uwsgi_backend(Duration::from_secs(600));
+    let live = |ini: String| with_http_to(&ini, backend);
+    let (_on, on_backends) = nodes_with(&dir.join("quickack"), true, live);
+    let (_off, off_backends) = nodes_with(&dir.join("no-quickack"), true, |ini| {
+        live(ini) + "ssl-sessions-quickack = false\n"
+    });
+    let (hp, rr, rr_off) = (free_port(), free_port(), free_port());
+    let _h = haproxy(&dir.join("quickack"), hp, &on_backends);
+    let _r = rawrouter(&dir.join("quickack"), rr, &on_backends);
+    let _r_off = rawrouter(&dir.join("no-quickack"), rr_off, &off_backends);
+    let balancers = [
+        ("HAProxy", hp),
+        ("rawrouter", rr),
+        ("rawrouter, ssl-sessions-quickack = false", rr_off),
+    ];
+    let mut rows: Vec<[Vec<f64>; 3]> = balancers.iter().map(|_| Default::default()).collect();
+    for _ in 0..ROUNDS {
+        for ((_, port), row) in balancers.iter().zip(rows.iter_mut()) {
+            let (rate, resumed) = s_time(*port, "-tls1_2", SECONDS);
+            row[0].push(rate);
+            row[1].push(resumed);
+            row[2].push(request_client(*port, SECONDS));
+        }
+    }
+    let medians: Vec<[f64; 3]> = rows.into_iter().map(|r| r.map(median)).collect();
+    let haproxy = medians[0];
+    println!("\nSeed Setup 2 (3 nodes, live backend), TLS 1.2 resumed, {ROUNDS} alternating rounds of {SECONDS} s, medians\n");
+    println!("| balancer | s_time: conn/s | s_time: resumed | × HAProxy | request client: conn/s | × HAProxy |");
+    println!("|---|---|---|---|---|---|");
+    for ((name, _), [rate, resumed, requests]) in balancers.iter().zip(&medians) {
+        println!(
+            "| {name} | {rate:.0} | {:.0}% | {:.2} | {requests:.0} | {:.2} |",
+            resumed * 100.0,
+            rate / haproxy[0],
+            requests / haproxy[2]
+        );
+    }
+}
+
+/// Connections per second of a client that resumes the last session,
+/// sends `GET /` and reads the response to the end (only answered,
+/// resumed connections count).
+fn request_client(port: u16, seconds: u32) -> f64 {
+    let client = Client::new(Proto::Tls12NoTickets);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let mut session = None;
+    let mut answered = 0u32;
+    while started.elapsed() < Duration::from_secs(seconds.into()) {
+        // TCP_NODELAY as curl, browsers and s_time set it: without it, the
+        // request waits behind any balancer's delayed ACK of the Finished
+        // (about 40 ms, HAProxy's as much as the rawrouter's).
+        let Ok(tcp) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(mut stream) = client.handshake_on(tcp, session.as_ref()) else {
+            continue;
+        };
+        let resumed = stream.ssl().session_reused();
+        let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        // Read up to the known body, then close cleanly: OpenSSL drops a
+        // session whose connection ends in an error (an EOF without
+        // close_notify).
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !response.ends_with(b"hello") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if resumed && response.ends_with(b"hello") {
+            answered += 1;
+        }
+        let _ = stream.shutdown();
+        session = stream.ssl().session().map(|s| s.to_owned());
+    }
+    f64::from(answered) / started.elapsed().as_secs_f64()
 }

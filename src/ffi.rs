@@ -42,6 +42,7 @@ extern "C" {
     pub fn SSL_set_info_callback(ssl: *mut SSL, cb: Option<unsafe extern "C" fn(*const SSL, c_int, c_int)>);
     /// Returns an `OSSL_HANDSHAKE_STATE`.
     pub fn SSL_get_state(ssl: *const SSL) -> c_int;
+    pub fn SSL_get_fd(ssl: *const SSL) -> c_int;
     pub fn SSL_SESSION_get0_id_context(s: *const SSL_SESSION, len: *mut c_uint) -> *const c_uchar;
     pub fn SSL_SESSION_set1_id_context(s: *mut SSL_SESSION, sid: *const c_uchar, len: c_uint) -> c_int;
     pub fn SSL_SESSION_set1_hostname(s: *mut SSL_SESSION, hostname: *const c_char) -> c_int;

@@ -161,6 +161,9 @@ pub struct SessionCache {
     pub events: Box<dyn SessionEvents>,
     /// Log every callback (uWSGI's `ssl-verbose`).
     pub verbose: bool,
+    /// Acknowledge the client's Finished at once on resumed TLS 1.2
+    /// handshakes (`ssl-sessions-quickack`).
+    pub quickack: bool,
     /// Every hooked listener; fixed once installed.
     pub listeners: Vec<Listener>,
     pub sni: Box<dyn SniResolver>,
@@ -386,6 +389,10 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
             // The client proved it knows the session: removals count now.
             // SAFETY: the live connection and its current session.
             unsafe { set_unproven(openssl_sys::SSL_get_session(ssl), false) };
+            if cache.quickack {
+                // SAFETY: the live connection, driven by this thread.
+                unsafe { push_final_ack(ssl) };
+            }
             return;
         }
         if what != ffi::SSL_CB_ACCEPT_LOOP {
@@ -404,6 +411,43 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
             _ => {}
         }
     })
+}
+
+/// In an abbreviated TLS 1.2 handshake the client speaks last: its
+/// Finished gets no answer, so the kernel delays its ACK (up to 40 ms on
+/// Linux). A balancer that relays the client's request right behind the
+/// Finished without TCP_NODELAY (uWSGI's rawrouter) holds the request
+/// until that ACK comes (Nagle). TCP_QUICKACK sends a pending ACK at once.
+/// TLS 1.3 and full handshakes end with the server speaking, which
+/// carries the ACK.
+///
+/// # Safety
+/// `ssl` must be a live connection driven by this thread.
+unsafe fn push_final_ack(ssl: *mut SSL) {
+    // SAFETY: per the contract.
+    let (reused, version, fd) = unsafe {
+        (
+            openssl_sys::SSL_session_reused(ssl) == 1,
+            openssl_sys::SSL_version(ssl),
+            ffi::SSL_get_fd(ssl),
+        )
+    };
+    if !reused || version >= openssl_sys::TLS1_3_VERSION || fd < 0 {
+        return;
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt on the connection's descriptor, with a
+    // c_int option value that outlives the call; a descriptor that is not
+    // a TCP socket only makes it fail, which changes nothing.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Sets a context uWSGI made at run time (sni-dir, subscriptions) up for

@@ -544,14 +544,15 @@ const HELLO: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 fn backend(lifetime: Duration, read_request: fn(&mut TcpStream) -> bool) -> u16 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
+    // Blocking accepts (a benchmark's connections must not wait for a
+    // polling tick); the thread ends at the first connection after
+    // `lifetime`, or with the test process.
     std::thread::spawn(move || {
         let deadline = Instant::now() + lifetime;
         while Instant::now() < deadline {
             match listener.accept() {
                 Ok((mut s, _)) => {
                     std::thread::spawn(move || {
-                        let _ = s.set_nonblocking(false);
                         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
                         if read_request(&mut s) {
                             let _ = s.write_all(HELLO);
@@ -671,6 +672,24 @@ pub fn rawrouter(dir: &Path, port: u16, backends: &[SocketAddr]) -> Uwsgi {
 /// stats on 127.0.0.1:`stats_port`, then the `replication` lines.
 pub fn seed_setup2_node(plugin_dir: &Path, i: usize, https: u16, stats_port: u16, replication: &str) -> String {
     seed_node_ini(plugin_dir, &format!("127.0.0.{i}"), https, stats_port, 2, DEFAULT_CACHE) + replication
+}
+
+/// `ini` with its `http-to` lines replaced by one to 127.0.0.1:`port`.
+pub fn with_http_to(ini: &str, port: u16) -> String {
+    let mut out = String::new();
+    let mut replaced = false;
+    for line in ini.lines() {
+        if line.starts_with("http-to") {
+            if !replaced {
+                out += &format!("http-to = 127.0.0.1:{port}\n");
+                replaced = true;
+            }
+        } else {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Setup 2's replication lines for node `i` of `n`: receive on

@@ -136,6 +136,8 @@ pub struct Settings {
     pub replication: Replication,
     /// TLS 1.3 tickets (hence stored sessions) per full handshake.
     pub tls13_tickets: u8,
+    /// Push the ACK of the client's Finished on resumed TLS 1.2 handshakes.
+    pub quickack: bool,
     /// Log every session event (uWSGI's `ssl-verbose`).
     pub verbose: bool,
     /// Non-fatal remarks to log once at startup.
@@ -577,11 +579,16 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             }
         },
     };
+    let quickack = match &raw.quickack {
+        Some(v) => flag("ssl-sessions-quickack", v)?,
+        None => true,
+    };
     let verbose = raw.ssl_verbose.as_deref().is_some_and(uwsgi_true);
     Ok(Some(Settings {
         cache,
         timeout,
         tls13_tickets,
+        quickack,
         verbose,
         https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
@@ -851,6 +858,20 @@ mod tests {
             .unwrap_err()
             .0
             .contains("ssl-sessions-peer-sync = sometimes"));
+    }
+
+    #[test]
+    fn quickack_on_unless_turned_off() {
+        let mut r = raw();
+        assert!(resolve(&r).unwrap().unwrap().quickack);
+        r.quickack = Some("no".into());
+        assert!(!resolve(&r).unwrap().unwrap().quickack);
+        r.quickack = Some("fast".into());
+        let e = resolve(&r).unwrap_err().0;
+        assert!(
+            e.contains("ssl-sessions-quickack = fast: expected true or false"),
+            "{e}"
+        );
     }
 
     #[test]

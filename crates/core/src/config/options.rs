@@ -170,6 +170,14 @@ options! {
             [sslcache]",
         readme: "warm start (a node that starts without its sessions pulls its unicast peers') and repair of \
             lost replication datagrams (default true; see Warm start and repair)";
+    /// `ssl-sessions-quickack`: acknowledge a resumed TLS 1.2 handshake's last flight at once.
+    quickack: one, Plugin(Optional), [c"ssl-sessions-quickack"],
+        help: c"acknowledge the client's last handshake flight at once on resumed TLS 1.2 connections, so a \
+            balancer's Nagle does not hold the request behind the delayed ACK (default true) [sslcache]",
+        readme: "on a resumed TLS 1.2 handshake, acknowledge the client's Finished at once (TCP_QUICKACK): \
+            a balancer that does not set TCP_NODELAY, like uWSGI's rawrouter, otherwise holds the request \
+            that follows about 40 ms behind this node's delayed ACK (default true; see Behind uWSGI's \
+            rawrouter)";
     /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
     tls13_tickets: one, Plugin(Required), [c"ssl-sessions-tls13-tickets"],
         help: c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored \

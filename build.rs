@@ -144,7 +144,7 @@ fn main() {
     let builder = bindgen::Builder::default()
         .header("include/wrapper.h")
         .clang_args(&clang_args)
-        .allowlist_var("UWSGI_OPT_MASTER|UWSGI_METRIC_COUNTER")
+        .allowlist_var("UWSGI_OPT_MASTER|UWSGI_METRIC_COUNTER|UWSGI_METRIC_GAUGE")
         .allowlist_var("no_argument|required_argument|optional_argument")
         .allowlist_type("uwsgi_server|uwsgi_plugin|uwsgi_option|uwsgi_cache|uwsgi_opt")
         .allowlist_type("uwsgi_gateway_socket|uwsgi_socket|uwsgi_string_list")

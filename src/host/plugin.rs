@@ -290,6 +290,7 @@ fn setup() -> Result<(), String> {
         timeout: settings.timeout,
         events: Box::new(Events),
         verbose: settings.verbose,
+        quickack: settings.quickack,
         listeners,
         // SAFETY: the checked `uwsgi` symbol of this process.
         sni: Box::new(unsafe { UwsgiSni::new(host.server) }),
@@ -328,7 +329,8 @@ unsafe extern "C" fn post_init() {
             return Ok(());
         };
         let name = &active.settings.cache.name;
-        metrics::register(name, &cache.counters.get().fields());
+        metrics::register_store(name, &cache.store, active.settings.cache.items);
+        metrics::register(name, metrics::Kind::Counter, &cache.counters.get().fields());
         let replication = &active.settings.replication;
         if !replication.is_enabled() {
             return Ok(());
@@ -350,6 +352,7 @@ unsafe extern "C" fn master_cycle() {
         };
         // After the first fork: threads never live across the initial forks.
         replication::start_receivers(&cache.store, active.warm_start);
+        metrics::update_gauges(&cache.store);
         let now = unix_secs();
         if now < NEXT_SWEEP.load(Ordering::Relaxed) {
             return;

@@ -53,7 +53,7 @@ pub fn setup(
     // Registered from the engine that stays: uWSGI's metrics thread reads
     // these counters for the life of the process.
     let replicator = REPLICATOR.get_or_init(|| Arc::new(replicator));
-    metrics::register(cache, &replicator.counters().fields());
+    metrics::register(cache, metrics::Kind::Counter, &replicator.counters().fields());
     Ok(())
 }
 

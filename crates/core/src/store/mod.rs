@@ -81,6 +81,26 @@ pub struct Counters {
     pub last_modified: AtomicU64,
 }
 
+impl Counters {
+    /// The counters by the names operators see (uWSGI metrics): `evicted`
+    /// is the stats server's `full`, `deleted` the sessions OpenSSL or a
+    /// peer asked to forget.
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 10] {
+        [
+            ("hits", &self.hits),
+            ("misses", &self.misses),
+            ("inserts", &self.inserts),
+            ("replaced", &self.replaced),
+            ("evicted", &self.evicted),
+            ("expired", &self.expired),
+            ("deleted", &self.removed),
+            ("too_big", &self.too_big),
+            ("lock_busy", &self.busy),
+            ("lock_repairs", &self.repairs),
+        ]
+    }
+}
+
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for Counters {}
 // SAFETY: atomics only.

@@ -70,8 +70,8 @@ DEB_OUT ?= .
 DEB_FILE = $(DEB_OUT)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_ROOT = $(DEB_BUILD)/debian/$(DEB_NAME)
 DEB_DOC = $(DEB_ROOT)/usr/share/doc/$(DEB_NAME)
-# Whatever example configs exist when the package is built (maybe none).
-DEB_EXAMPLES = $(wildcard examples/configs/*.ini)
+# The example configs (uWSGI inis, HAProxy's cfg).
+DEB_EXAMPLES = $(wildcard examples/configs/*)
 
 # No LICENSE file in the tree: Cargo.toml's `license = "MIT"`, in full.
 DEB_YEAR = $(or $(shell git log -1 --format=%cd --date=format:%Y 2>/dev/null),$(shell date +%Y))

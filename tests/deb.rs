@@ -218,12 +218,13 @@ fn package_installs_runs_and_purges() {
         let meta = fs::metadata(&wanted).unwrap();
         assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0), "{}", wanted.display());
     }
-    // Every example config of the checkout (none is fine).
+    // Every example config of the checkout (uWSGI inis, HAProxy's cfg).
     let examples = fs::read_dir(repo_root().join("examples/configs"))
         .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
         .unwrap_or_default();
-    for ini in examples.iter().filter(|p| p.extension().is_some_and(|e| e == "ini")) {
-        let installed = Path::new(DOC_DIR).join("examples").join(ini.file_name().unwrap());
+    assert!(!examples.is_empty(), "no example configs in the checkout");
+    for config in &examples {
+        let installed = Path::new(DOC_DIR).join("examples").join(config.file_name().unwrap());
         assert!(
             listed.contains(&installed),
             "{} not in the package: rebuild it (make deb)",

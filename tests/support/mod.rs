@@ -661,6 +661,20 @@ pub fn haproxy(dir: &Path, port: u16, backends: &[SocketAddr]) -> Process {
     p
 }
 
+/// A Redis server (Debian's redis-server) on 127.0.0.1:`port`, in memory
+/// only, stopped by its pid on drop.
+pub fn redis_server(dir: &Path, name: &str, port: u16) -> Process {
+    let port_arg = port.to_string();
+    let p = Process::spawn(
+        dir,
+        name,
+        "redis-server",
+        &["--bind", "127.0.0.1", "--port", &port_arg, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+    );
+    wait_port(port, "redis-server");
+    p
+}
+
 /// uWSGI's rawrouter on 127.0.0.1:`port` in front of `backends` (seed Setup 2).
 pub fn rawrouter(dir: &Path, port: u16, backends: &[SocketAddr]) -> Uwsgi {
     let to: String = backends.iter().map(|b| format!("rawrouter-to = {b}\n")).collect();

@@ -18,11 +18,13 @@ const CORE: &[&[&str]] = &[
 ];
 
 /// The replication engine's modules: formats, keys and counters, then
-/// sealing and the transport traits, then what uses them, then the engine.
+/// sealing, digests and Redis names, then the transport traits, then what
+/// uses them, then the engine.
 const REPLICATION: &[&[&str]] = &[
     &["counters", "keys", "log_budget", "wire"],
-    &["seal", "transport", "digest"],
-    &["apply", "udp", "sync"],
+    &["seal", "digest", "names"],
+    &["transport"],
+    &["apply", "udp", "sync", "redis"],
     &["engine"],
 ];
 
@@ -169,6 +171,8 @@ fn the_check_sees_an_upward_import() {
                 "transport",
                 "digest",
                 "sync",
+                "names",
+                "redis",
             ],
             &["wire"],
         ],

@@ -46,6 +46,8 @@ pub struct CacheDef {
     pub udp_servers: Vec<String>,
     /// Key file sealing replication (`cache-udp-key`, `udp_key=`).
     pub key_file: Option<String>,
+    /// Redis servers carrying replication (`ssl-sessions-redis`, `redis=`).
+    pub redis: Vec<String>,
     /// File the store lives in (`cache-store`, `store=`), and the option
     /// that named it: the cache survives a stop and start.
     pub store: Option<(String, String)>,
@@ -101,6 +103,17 @@ pub struct Replication {
     pub max_skew: u64,
     /// Warm start and repair with the unicast peers.
     pub peer_sync: bool,
+    /// Redis servers carrying replication and holding the sessions.
+    pub redis: Vec<RedisServer>,
+}
+
+/// A Redis server, as configured (`redis://` or `rediss://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisServer {
+    /// The URL as given (it may hold a password: never logged whole).
+    pub url: String,
+    /// `host:port`, for logs.
+    pub shown: String,
 }
 
 impl Default for Replication {
@@ -113,13 +126,14 @@ impl Default for Replication {
             accept_plain: false,
             max_skew: DEFAULT_MAX_SKEW,
             peer_sync: true,
+            redis: Vec::new(),
         }
     }
 }
 
 impl Replication {
     pub fn is_enabled(&self) -> bool {
-        !self.servers.is_empty() || !self.nodes.is_empty()
+        !self.servers.is_empty() || !self.nodes.is_empty() || !self.redis.is_empty()
     }
 }
 
@@ -258,6 +272,7 @@ const KEYS_USED: &[&str] = &[
     "udpserver",
     "udp_key",
     "udpkey",
+    "redis",
     "store",
     "store_sync",
     "storesync",
@@ -328,6 +343,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     };
     let mut nodes = Vec::new();
     let mut udp_servers = Vec::new();
+    let mut redis = Vec::new();
     let key_file = get(&["udp_key", "udpkey"]);
     let store = get(&["store"])
         .map(|v| v.trim().to_string())
@@ -342,6 +358,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         match k.as_str() {
             "node" | "nodes" => nodes.extend(split_list(v)),
             "udp" | "udp_servers" | "udp_server" | "udpservers" | "udpserver" => udp_servers.extend(split_list(v)),
+            "redis" => redis.extend(split_list(v)),
             k if KEYS_USED.contains(&k) => {}
             k if KEYS_IGNORED.contains(&k) => ignored_keys.push(k.to_string()),
             k => ignored_keys.push(format!("{k} (unknown)")),
@@ -356,6 +373,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         nodes,
         udp_servers,
         key_file,
+        redis,
         store,
         store_sync,
         ignored_keys,
@@ -377,6 +395,7 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
         nodes: raw.cache_udp_node.clone(),
         udp_servers: raw.cache_udp_server.clone(),
         key_file: raw.cache_udp_key.clone(),
+        redis: raw.redis.clone(),
         store: raw
             .cache_store
             .as_ref()
@@ -470,6 +489,15 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         Some(v) => flag("ssl-sessions-peer-sync", v)?,
         None => true,
     };
+    let redis_option = match cache.origin {
+        CacheOrigin::Default => "ssl-sessions-redis".to_string(),
+        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" redis", cache.name),
+    };
+    let redis = cache
+        .redis
+        .iter()
+        .map(|v| redis_server(&redis_option, v))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Replication {
         servers,
         nodes,
@@ -478,6 +506,53 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         accept_plain,
         max_skew,
         peer_sync,
+        redis,
+    })
+}
+
+/// Checks a Redis URL: `redis://[user:password@]host[:port][/db]` or
+/// `rediss://...` (TLS). The password never appears in errors.
+fn redis_server(option: &str, value: &str) -> Result<RedisServer, ConfigError> {
+    let url = value.trim();
+    let scheme_end = url.find("://").unwrap_or(0);
+    let shown_value = match url.rfind('@') {
+        Some(at) if scheme_end > 0 => format!("{}://…@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_string(),
+    };
+    let fail = |why: &str| {
+        ConfigError(format!(
+            "{option} = {shown_value}: {why} (expected redis://[user:password@]host:port[/db] or rediss://...)"
+        ))
+    };
+    let rest = match &url[..scheme_end] {
+        "redis" | "rediss" => &url[scheme_end + 3..],
+        _ => return Err(fail("not a redis:// or rediss:// URL")),
+    };
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let (authority, db) = host_part.split_once('/').unwrap_or((host_part, ""));
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(fail("the database is not a number"));
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, p)) => (
+                h,
+                p.strip_prefix(':').unwrap_or(if p.is_empty() { "6379" } else { "x" }),
+            ),
+            None => return Err(fail("unclosed [")),
+        },
+        None => authority.rsplit_once(':').unwrap_or((authority, "6379")),
+    };
+    if host.is_empty() {
+        return Err(fail("no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(fail("the port is not a number from 1 to 65535")),
+    }
+    Ok(RedisServer {
+        url: url.to_string(),
+        shown: format!("{}://{authority}", &url[..scheme_end]),
     })
 }
 
@@ -858,6 +933,32 @@ mod tests {
             .unwrap_err()
             .0
             .contains("ssl-sessions-peer-sync = sometimes"));
+    }
+
+    #[test]
+    fn redis_urls() {
+        let mut r = raw();
+        r.redis = vec!["redis://127.0.0.1:6379".into(), "rediss://u:secret@[::1]:7000/2".into()];
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        assert!(rep.is_enabled());
+        assert_eq!(rep.redis[0].shown, "redis://127.0.0.1:6379");
+        assert_eq!(rep.redis[1].shown, "rediss://[::1]:7000");
+        for (bad, why) in [
+            ("http://127.0.0.1:6379", "not a redis:// or rediss:// URL"),
+            ("redis://:6379", "no host"),
+            ("redis://h:99999", "the port is not a number"),
+            ("redis://u:secret@h:1/x", "the database is not a number"),
+        ] {
+            r.redis = vec![bad.into()];
+            let e = resolve(&r).unwrap_err().0;
+            assert!(e.starts_with("ssl-sessions-redis = ") && e.contains(why), "{bad}: {e}");
+            assert!(!e.contains("secret"), "{e}");
+        }
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,redis=redis://127.0.0.1:7000".into()];
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        assert_eq!(rep.redis[0].url, "redis://127.0.0.1:7000");
     }
 
     #[test]

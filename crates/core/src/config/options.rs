@@ -156,6 +156,13 @@ options! {
             64 hex digits; the first seals, all open; mode 0600) [sslcache]",
         readme: "key file sealing the default cache's replication; cache2: `udp_key=` (`udpkey`) (see \
             Secure mode)";
+    /// `ssl-sessions-redis`: Redis servers carrying the default cache's replication.
+    redis: list, Plugin(Required), [c"ssl-sessions-redis"],
+        help: c"replicate the default cache's sessions through this Redis (redis://[user:password@]host:port[/db] \
+            or rediss:// for TLS; the master writes and subscribes, handshakes never wait for it) [sslcache]",
+        readme: "Redis carrying the default cache's replication and holding its sessions of record: \
+            `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; alone or beside UDP peers; cache2: \
+            `redis=` (see Replication through Redis)";
     /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
     max_skew: one, Plugin(Required), [c"ssl-sessions-max-skew"],
         help: c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]",

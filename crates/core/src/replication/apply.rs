@@ -4,6 +4,7 @@
 //! is ignored, and the local timeout caps any remote expiry.
 
 use super::counters::ReplicationCounters;
+use super::names::Names;
 use super::seal::{Opener, SealError};
 use super::wire::{self, Format, Frame, FrameLimits, Via, WireError};
 use crate::record::{self, Origin};
@@ -81,6 +82,47 @@ impl Applier<'_> {
         };
         ReplicationCounters::bump(counter);
         outcome
+    }
+
+    /// Applies a session of record read from Redis under `name` at
+    /// `now_ms`: authenticated like a datagram (no replay window: a record
+    /// is as old as its session), and only a set of the session that
+    /// `name` belongs to (a record copied under another name is refused).
+    /// Counted as `redis_loaded` / `redis_refused` / `stale`.
+    pub fn apply_record(&self, value: &[u8], name: &[u8], names: &Names, now_ms: u64) -> Applied {
+        let outcome = self.open_record_and_apply(value, name, names, now_ms);
+        let counters = self.counters;
+        match outcome {
+            Applied::Stored => ReplicationCounters::bump(&counters.redis_loaded),
+            Applied::Stale | Applied::Absent => ReplicationCounters::bump(&counters.stale),
+            Applied::NotStored => ReplicationCounters::bump(&counters.not_stored),
+            _ => ReplicationCounters::bump(&counters.redis_refused),
+        }
+        outcome
+    }
+
+    fn open_record_and_apply(&self, value: &[u8], name: &[u8], names: &Names, now_ms: u64) -> Applied {
+        let opened;
+        let (plain, origin) = match (Format::of(value), self.opener) {
+            (Format::Sealed, Some(opener)) => match opener.open_record(value) {
+                Ok(frame) => {
+                    opened = frame;
+                    (&opened[..], Origin::Sealed)
+                }
+                Err(e) => return Applied::Refused(e),
+            },
+            (Format::Plain, Some(_)) if !self.accept_plain => return Applied::PlainRefused,
+            (Format::Plain, _) => (value, Origin::Plain),
+            (Format::Sealed | Format::Unknown(_), _) => return Applied::Rejected(WireError::BadModifier),
+        };
+        match wire::decode_plain(plain, self.limits()) {
+            Ok(frame @ Frame::Set { key, .. }) if names.belongs(name, key) => {
+                self.apply_frame(frame, origin, now_ms / 1000)
+            }
+            Ok(Frame::Set { .. }) => Applied::Refused(SealError::Forged),
+            Ok(_) => Applied::Rejected(WireError::BadModifier),
+            Err(e) => Applied::Rejected(e),
+        }
     }
 
     fn open_and_apply(&self, datagram: &[u8], now_ms: u64, seen: impl FnOnce(&Frame<'_>, Origin)) -> Applied {

@@ -60,6 +60,21 @@ pub struct ReplicationCounters {
     pub repaired: AtomicU64,
     /// Sessions deleted here because a repair showed a peer deleted them.
     pub repair_deleted: AtomicU64,
+    /// Redis: sessions and deletes written and published.
+    pub redis_published: AtomicU64,
+    /// Redis: hand-offs to the master dropped (queue full) and sessions
+    /// dropped from the backlog kept while Redis was unreachable.
+    pub redis_dropped: AtomicU64,
+    /// Redis: failed commands and connection attempts.
+    pub redis_errors: AtomicU64,
+    /// Redis: connections made again after one was lost.
+    pub redis_reconnects: AtomicU64,
+    /// Redis: sessions of record stored here from Redis (at start and
+    /// after each reconnection).
+    pub redis_loaded: AtomicU64,
+    /// Redis: records refused (forged, under another session's name,
+    /// plain on a sealed node, malformed).
+    pub redis_refused: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -69,7 +84,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 24] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 30] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -95,6 +110,12 @@ impl ReplicationCounters {
             ("pulled", &self.pulled),
             ("repaired", &self.repaired),
             ("repair_deleted", &self.repair_deleted),
+            ("redis_published", &self.redis_published),
+            ("redis_dropped", &self.redis_dropped),
+            ("redis_errors", &self.redis_errors),
+            ("redis_reconnects", &self.redis_reconnects),
+            ("redis_loaded", &self.redis_loaded),
+            ("redis_refused", &self.redis_refused),
         ]
     }
 

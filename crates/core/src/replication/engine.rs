@@ -19,9 +19,11 @@ use super::apply::{Applied, Applier};
 use super::counters::{ReplicationCounters, SharedCounters};
 use super::keys::Key;
 use super::log_budget::{LogBudget, Verdict};
+use super::names::Names;
+use super::redis;
 use super::seal::{Opener, Sealer};
 use super::sync::{Request, Worker};
-use super::transport::{Inbound, Links, Transport};
+use super::transport::{Inbound, Links, Pump, Transport};
 use super::udp;
 use super::wire::{self, Frame, Via};
 use crate::boundary::Boundary;
@@ -50,6 +52,7 @@ const LOG_LINES_PER_SEC: u32 = 20;
 static APPLYING: Boundary = Boundary::new("applying a replication datagram");
 static RECEIVER_THREAD: Boundary = Boundary::new("a replication receiver thread");
 static SYNC_THREAD: Boundary = Boundary::new("the sync thread");
+static PUMP_THREAD: Boundary = Boundary::new("a replication writer thread");
 /// Sync messages waiting for the sync thread, at most.
 const SYNC_QUEUE: usize = 256;
 
@@ -77,6 +80,7 @@ pub struct Replicator {
     pull_received: Mutex<HashMap<SocketAddr, u64>>,
     /// Made before fork, handed to their threads by `start_receivers`.
     receivers: Mutex<Vec<Box<dyn Inbound>>>,
+    pumps: Mutex<Vec<Box<dyn Pump>>>,
     started: AtomicBool,
 }
 
@@ -92,11 +96,15 @@ impl Replicator {
         verbose: bool,
         cache: &str,
     ) -> Result<Replicator, String> {
-        // Every transport configured: UDP peers and multicast groups.
+        // Every transport configured: UDP peers and multicast groups, Redis.
+        let names = Arc::new(Names::new(cache, keys.as_deref().unwrap_or_default()));
+        let mut links = udp::links(settings, cache)?;
+        links.extend(redis::links(settings, cache, names)?);
         let Links {
             transports,
             inbounds: receivers,
-        } = udp::links(settings, cache)?;
+            pumps,
+        } = links;
         let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
         let (sealer, opener) = match (&settings.key_file, keys) {
             (Some(_), Some(keys)) if !keys.is_empty() => (
@@ -132,6 +140,7 @@ impl Replicator {
             verbose,
             counters,
             receivers: Mutex::new(receivers),
+            pumps: Mutex::new(pumps),
             pull_received: Mutex::new(HashMap::new()),
             started: AtomicBool::new(false),
         })
@@ -177,21 +186,29 @@ impl Replicator {
         }
     }
 
-    /// Sends a plain frame, sealed first when a key is configured.
+    /// Sends a plain frame, sealed first when a key is configured (except
+    /// to transports that seal later themselves).
     fn send(&self, frame: &[u8]) {
-        let mut sealed = Vec::new();
-        let datagram = match &self.sealer {
-            Some(sealer) => {
-                sealer.seal(frame, &self.counters().sealed, clock::unix_ms(), &mut sealed);
-                &sealed[..]
-            }
-            None => frame,
-        };
-        if datagram.len() > MAX_UDP_PAYLOAD {
+        if frame.len() > MAX_UDP_PAYLOAD {
             ReplicationCounters::bump(&self.counters().send_too_big);
             return;
         }
+        let mut sealed = Vec::new();
         for transport in &self.transports {
+            let datagram = match &self.sealer {
+                Some(_) if transport.wants_plain() => frame,
+                Some(sealer) => {
+                    if sealed.is_empty() {
+                        sealer.seal(frame, &self.counters().sealed, clock::unix_ms(), &mut sealed);
+                    }
+                    &sealed[..]
+                }
+                None => frame,
+            };
+            if datagram.len() > MAX_UDP_PAYLOAD {
+                ReplicationCounters::bump(&self.counters().send_too_big);
+                continue;
+            }
             transport.send(datagram, self.counters());
         }
     }
@@ -205,8 +222,22 @@ impl Replicator {
             return;
         }
         let inbounds = std::mem::take(&mut *self.receivers.lock().unwrap_or_else(|e| e.into_inner()));
-        if !inbounds.is_empty() {
+        let pumps = std::mem::take(&mut *self.pumps.lock().unwrap_or_else(|e| e.into_inner()));
+        if !inbounds.is_empty() || !pumps.is_empty() {
             fork_guard::install();
+        }
+        for pump in pumps {
+            let (this, observer) = (Arc::clone(self), Arc::clone(&observer));
+            let what = pump.describe();
+            let spawned = std::thread::Builder::new().name("sslcache-pump".into()).spawn(move || {
+                PUMP_THREAD.guard((), || {
+                    os::block_signals();
+                    pump.run(this.sealer.as_ref(), this.counters(), &|| observer.keep_running());
+                })
+            });
+            if let Err(e) = spawned {
+                log::error!("cannot start {what}: {e}");
+            }
         }
         let requests = self.start_sync(&inbounds, &observer, pull);
         for inbound in inbounds {
@@ -280,8 +311,8 @@ impl Replicator {
         let mut sync_origin = None;
         let mut budget = LogBudget::new(LOG_LINES_PER_SEC, 1000);
         while observer.keep_running() {
-            let (n, from) = match inbound.next(&mut buf) {
-                Ok(Some(received)) => received,
+            let (n, from, record) = match inbound.next(&mut buf, self.counters()) {
+                Ok(Some(received)) => (received.len, received.from, received.record),
                 Ok(None) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -292,6 +323,16 @@ impl Replicator {
             // Not while the master forks: a child must not inherit a lock
             // (OpenSSL's, malloc's) this thread holds mid-work.
             let held = fork_guard::hold();
+            if let (Some(name), Some(names)) = (&record, inbound.names()) {
+                let outcome = APPLYING.guard(None, || {
+                    Some(applier.apply_record(&buf[..n], name, names, clock::unix_ms()))
+                });
+                drop(held);
+                if let Some(outcome) = outcome {
+                    observer.applied(&[], outcome);
+                }
+                continue;
+            }
             let applied = APPLYING.guard(None, || {
                 key.clear();
                 sync_origin = None;
@@ -350,10 +391,15 @@ impl Replicator {
 
     /// The startup line: where it receives and sends, and how.
     pub fn summary(&self, settings: &Replication, cache: &str) -> String {
-        let receiving = if settings.servers.is_empty() {
+        let receiving = if settings.servers.is_empty() && settings.redis.is_empty() {
             "nowhere".to_string()
         } else {
-            let addrs: Vec<String> = settings.servers.iter().map(|a| a.to_string()).collect();
+            let addrs: Vec<String> = settings
+                .servers
+                .iter()
+                .map(|a| a.to_string())
+                .chain(settings.redis.iter().map(|r| r.shown.clone()))
+                .collect();
             addrs.join(", ")
         };
         let sending = if self.transports.is_empty() {

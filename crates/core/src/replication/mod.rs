@@ -16,6 +16,8 @@ pub mod digest;
 mod engine;
 pub mod keys;
 pub mod log_budget;
+pub mod names;
+pub mod redis;
 pub mod seal;
 pub mod sync;
 pub mod transport;

@@ -261,6 +261,31 @@ impl Opener {
         self.keys.len()
     }
 
+    /// Verifies and decrypts a sealed datagram kept as a record (Redis):
+    /// the tag only, no clock or window, which a record outlives (it is as
+    /// old as its session) and which only guard live datagrams against
+    /// replay; the caller checks that the record is where it belongs and
+    /// not expired. Touches no sender's state.
+    pub fn open_record(&self, datagram: &[u8]) -> Result<Vec<u8>, SealError> {
+        if datagram.len() < HEADER + TAG + 1 || datagram[0] != MAGIC || datagram[1] != VERSION {
+            return Err(SealError::Malformed);
+        }
+        let key_id = u32::from_be_bytes(datagram[2..6].try_into().expect("4 bytes"));
+        let sender = u64::from_be_bytes(datagram[6..14].try_into().expect("8 bytes"));
+        let seq = u64::from_be_bytes(datagram[14..22].try_into().expect("8 bytes"));
+        let key = self.keys.iter().find(|k| k.id == key_id).ok_or(SealError::UnknownKey)?;
+        let (header, rest) = datagram.split_at(HEADER);
+        let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
+        let mut derived = sender_key(key, sender);
+        let mut gcm = gcm_for_opening(&derived);
+        super::keys::wipe(&mut derived);
+        let frame = gcm.open(seq, header, ciphertext, tag).ok_or(SealError::Forged)?;
+        if seq == 0 {
+            return Err(SealError::Malformed);
+        }
+        Ok(frame)
+    }
+
     /// Verifies, decrypts and checks freshness of `datagram` at `now_ms`;
     /// returns the plain frame it carries.
     pub fn open(&self, datagram: &[u8], now_ms: u64) -> Result<Vec<u8>, SealError> {

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::counters::ReplicationCounters;
-use super::transport::{Inbound, Links, Replier, Transport};
+use super::transport::{Inbound, Links, Received, Replier, Transport};
 use crate::config::{Multicast, Replication};
 
 /// The UDP transports and inbounds the settings ask for: one sender for
@@ -114,9 +114,9 @@ impl UdpInbound {
 }
 
 impl Inbound for UdpInbound {
-    fn next(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, Option<SocketAddr>)>> {
+    fn next(&mut self, buf: &mut [u8], _counters: &ReplicationCounters) -> io::Result<Option<Received>> {
         match self.socket.recv_from(buf) {
-            Ok((n, from)) => Ok(Some((n, Some(from)))),
+            Ok((n, from)) => Ok(Some(Received::datagram(n, Some(from)))),
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => Ok(None),
             Err(e) => Err(e),
         }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sslcache_core::clock;
-use sslcache_core::config::Replication;
+use sslcache_core::config::{RedisServer, Replication};
 use sslcache_core::replication::keys::Key;
 use sslcache_core::replication::seal::{Opener, Sealer};
 use sslcache_core::replication::{encode_set, Applied, Observer, Replicator};
@@ -52,7 +52,7 @@ struct Latencies {
 
 impl Observer for Latencies {
     fn applied(&self, key: &[u8], outcome: Applied) {
-        if outcome != Applied::Stored {
+        if outcome != Applied::Stored || key.len() < 8 {
             return;
         }
         let usable = self.base.elapsed().as_nanos() as u64;
@@ -67,24 +67,56 @@ impl Observer for Latencies {
     }
 }
 
+/// How A reaches B: UDP, or through the Redis server on this port.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Udp,
+    Redis(u16),
+}
+
+/// Node A's observer under Redis (it hears its own sessions back).
+struct Quiet(Arc<Latencies>);
+
+impl Observer for Quiet {
+    fn keep_running(&self) -> bool {
+        self.0.keep_running()
+    }
+}
+
 /// Returns (achieved rate, p50 ns, p99 ns, lost, dropped at send).
 fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
+    run_via(rate, sealed, Path::Udp)
+}
+
+fn run_via(rate: u64, sealed: bool, path: Path) -> (u64, u64, u64, u64, u64) {
     let key_file = sealed.then(|| ("bench".to_string(), "(in memory)".to_string()));
     let keys = || sealed.then(|| vec![Key::new([42; 32])]);
+    let redis = match path {
+        Path::Udp => Vec::new(),
+        Path::Redis(port) => vec![RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            shown: format!("redis://127.0.0.1:{port}"),
+        }],
+    };
     let b_settings = Replication {
-        servers: vec!["127.0.0.1:0".parse().unwrap()],
+        servers: match path {
+            Path::Udp => vec!["127.0.0.1:0".parse().unwrap()],
+            Path::Redis(_) => Vec::new(),
+        },
         key_file: key_file.clone(),
         max_skew: 30,
+        redis: redis.clone(),
         ..Replication::default()
     };
-    let b = Arc::new(Replicator::new(&b_settings, keys(), store(200_000), 300, false, "b").unwrap());
+    let b = Arc::new(Replicator::new(&b_settings, keys(), store(200_000), 300, false, "bench").unwrap());
     let a_settings = Replication {
-        nodes: b.receiving_on().iter().map(|a| a.parse().unwrap()).collect(),
+        nodes: b.receiving_on().iter().filter_map(|a| a.parse().ok()).collect(),
         key_file,
         max_skew: 30,
+        redis,
         ..Replication::default()
     };
-    let a = Replicator::new(&a_settings, keys(), store(100), 300, false, "a").unwrap();
+    let a = Arc::new(Replicator::new(&a_settings, keys(), store(200_000), 300, false, "bench").unwrap());
 
     let total = (rate * SECONDS) as usize;
     let observer = Arc::new(Latencies {
@@ -94,6 +126,11 @@ fn run(rate: u64, sealed: bool) -> (u64, u64, u64, u64, u64) {
         stop: AtomicBool::new(false),
     });
     b.start_receivers(observer.clone(), false);
+    if let Path::Redis(_) = path {
+        a.start_receivers(Arc::new(Quiet(observer.clone())), false);
+        // Both subscribed and done reading the (empty) records back.
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     let per_batch = (rate / 1000).max(1);
     let expires = clock::unix_secs() + 300;
@@ -162,6 +199,11 @@ fn seal_open_cost() -> (f64, f64) {
 }
 
 fn main() {
+    // `BENCH_PART=redis`: the UDP/Redis comparison alone.
+    if std::env::var("BENCH_PART").as_deref() == Ok("redis") {
+        redis_side_by_side();
+        return;
+    }
     let (seal_ns, open_ns) = seal_open_cost();
     println!("Sealing a 150-byte session: {seal_ns:.0} ns; opening it: {open_ns:.0} ns (100,000 each)\n");
     println!("Replication on loopback: send on A -> usable in B's store (150-byte sessions)\n");
@@ -190,4 +232,50 @@ fn main() {
         best[1],
         best[1] as f64 / best[0].max(1) as f64
     );
+    redis_side_by_side();
+}
+
+/// UDP and Redis (pub/sub through a local redis-server) side by side.
+fn redis_side_by_side() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        println!("\nno redis-server: the Redis comparison is skipped (apt-get install redis-server)");
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("\nUDP against Redis pub/sub (A's master writes, B's master subscribes), same method\n");
+    println!("| target rate/s | path | mode | achieved rate/s | p50 µs | p99 µs | lost |");
+    println!("|---|---|---|---|---|---|---|");
+    for rate in [1_000u64, 10_000, 20_000] {
+        for sealed in [false, true] {
+            for path in [Path::Udp, Path::Redis(port)] {
+                let (achieved, p50, p99, lost, _) = run_via(rate, sealed, path);
+                println!(
+                    "| {rate} | {} | {} | {achieved} | {:.0} | {:.0} | {lost} |",
+                    if path == Path::Udp { "UDP" } else { "Redis" },
+                    if sealed { "sealed" } else { "plain" },
+                    p50 as f64 / 1000.0,
+                    p99 as f64 / 1000.0
+                );
+                if let Path::Redis(_) = path {
+                    // Each run's sessions stay in Redis: start the next clean.
+                    let _ = std::process::Command::new("redis-cli")
+                        .args(["-p", &port.to_string(), "FLUSHALL"])
+                        .output();
+                }
+            }
+        }
+    }
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -60,7 +60,11 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
     }
     let mut clients = Vec::new();
     for server in &settings.redis {
-        let client = redis::Client::open(server.url.as_str())
+        // TCP_NODELAY: a session published is a small write that must not
+        // wait for the previous one's ACK.
+        let client = redis::IntoConnectionInfo::into_connection_info(server.url.as_str())
+            .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+            .and_then(redis::Client::open)
             .map_err(|e| format!("cannot use {} for cache \"{cache}\": {e}", server.shown))?;
         clients.push((server.clone(), client));
     }
@@ -214,6 +218,10 @@ impl Pump for Writer {
         let _ = self.socket.set_read_timeout(Some(Duration::from_millis(100)));
         let mut buf = vec![0u8; 65536];
         while keep_running() {
+            // Connected before the first session comes, not when it does.
+            for link in &mut self.links {
+                ensure_connected(link, counters);
+            }
             self.take_handed(&mut buf, counters);
             for link in &mut self.links {
                 write_backlog(link, &self.names, sealer, counters);
@@ -260,27 +268,31 @@ impl Writer {
     }
 }
 
+/// Whether `link` is connected, connecting first when a retry is due.
+fn ensure_connected(link: &mut Link, counters: &ReplicationCounters) -> bool {
+    if link.connection.is_some() {
+        return true;
+    }
+    if !link.retry.due() {
+        return false;
+    }
+    match connect(&link.client) {
+        Ok(c) => {
+            link.connection = Some(c);
+            link.retry.connected("writing sessions to", &link.server.shown, counters);
+            true
+        }
+        Err(e) => {
+            link.retry.failed("cannot write sessions to", &link.server.shown, &e, counters);
+            false
+        }
+    }
+}
+
 /// Writes up to a batch of `link`'s backlog (connecting first if due).
 fn write_backlog(link: &mut Link, names: &Names, sealer: Option<&Sealer>, counters: &ReplicationCounters) {
-    if link.backlog.is_empty() {
+    if link.backlog.is_empty() || !ensure_connected(link, counters) {
         return;
-    }
-    if link.connection.is_none() {
-        if !link.retry.due() {
-            return;
-        }
-        match connect(&link.client) {
-            Ok(c) => {
-                link.connection = Some(c);
-                link.retry
-                    .connected("writing sessions to", &link.server.shown, counters);
-            }
-            Err(e) => {
-                link.retry
-                    .failed("cannot write sessions to", &link.server.shown, &e, counters);
-                return;
-            }
-        }
     }
     let now_ms = clock::unix_ms();
     let mut pipe = redis::pipe();
@@ -352,13 +364,34 @@ struct Loader {
     handed: u64,
 }
 
+/// What the subscriber thread tells the receiver.
+enum Heard {
+    /// Subscribed (again): what was published before may be missed, so
+    /// the sessions of record are read back.
+    Subscribed,
+    Message(Vec<u8>),
+    /// The subscription broke (or could not be made).
+    Lost(String),
+}
+
+/// Messages waiting for the receiver, at most (the subscriber then waits,
+/// and Redis buffers).
+const HEARD_QUEUE: usize = 65_536;
+
 /// Master side: what other nodes publish, and the sessions of record.
+///
+/// A thread of its own holds the subscription (uWSGI's threads are not
+/// involved): a read that times out on a subscribed connection is fine
+/// there, where a timed-out request would make the client skip the next
+/// message as its late reply.
 pub struct RedisInbound {
     server: RedisServer,
     client: redis::Client,
     names: Arc<Names>,
-    subscribed: Option<redis::Connection>,
+    heard: Option<std::sync::mpsc::Receiver<Heard>>,
     loader: Option<Loader>,
+    /// A load is due (subscribed again) but could not start yet.
+    load_due: bool,
     retry: Retry,
 }
 
@@ -368,29 +401,46 @@ impl RedisInbound {
             server: server.clone(),
             client,
             names,
-            subscribed: None,
+            heard: None,
             loader: None,
+            load_due: false,
             retry: Retry::default(),
         }
     }
 
-    /// Subscribes (before loading: nothing published meanwhile is missed)
-    /// and starts a load of the sessions of record.
-    fn connect(&mut self) -> redis::RedisResult<()> {
-        let mut subscribed = connect(&self.client)?;
-        subscribed.send_packed_command(&redis::cmd("SUBSCRIBE").arg(self.names.channel()).get_packed_command())?;
-        subscribed.recv_response()?;
-        let loading = connect(&self.client)?;
-        self.subscribed = Some(subscribed);
-        self.loader = Some(Loader {
-            connection: loading,
-            cursor: 0,
-            scanned_once: false,
-            batch: VecDeque::new(),
-            started: Instant::now(),
-            handed: 0,
-        });
+    /// Starts the subscriber thread (once, from the receiver thread).
+    fn start_subscriber(&mut self) -> io::Result<()> {
+        let (tell, heard) = std::sync::mpsc::sync_channel(HEARD_QUEUE);
+        let (client, channel) = (self.client.clone(), self.names.channel().to_string());
+        std::thread::Builder::new()
+            .name("sslcache-redis-sub".into())
+            .spawn(move || {
+                crate::os::block_signals();
+                subscribe_forever(&client, &channel, &tell);
+            })?;
+        self.heard = Some(heard);
         Ok(())
+    }
+
+    /// Starts reading the sessions of record back.
+    fn start_load(&mut self, counters: &ReplicationCounters) {
+        match connect(&self.client) {
+            Ok(connection) => {
+                self.loader = Some(Loader {
+                    connection,
+                    cursor: 0,
+                    scanned_once: false,
+                    batch: VecDeque::new(),
+                    started: Instant::now(),
+                    handed: 0,
+                });
+                self.load_due = false;
+            }
+            Err(e) => {
+                self.retry
+                    .failed("cannot read the sessions of record from", &self.server.shown, &e, counters)
+            }
+        }
     }
 
     /// The next record of the load in progress, if any.
@@ -400,12 +450,11 @@ impl RedisInbound {
         };
         while loader.batch.is_empty() {
             if loader.scanned_once && loader.cursor == 0 {
-                let took = loader.started.elapsed();
                 log::info!(
                     "read {} sessions of record from {} in {} ms",
                     loader.handed,
                     self.server.shown,
-                    took.as_millis()
+                    loader.started.elapsed().as_millis()
                 );
                 self.loader = None;
                 return Ok(None);
@@ -434,74 +483,100 @@ impl RedisInbound {
         }
         let (name, value) = loader.batch.pop_front().expect("not empty");
         loader.handed += 1;
-        if value.len() > buf.len() {
-            return Ok(Some(Received {
-                len: 0,
-                from: None,
-                record: Some(name),
-            }));
-        }
-        buf[..value.len()].copy_from_slice(&value);
+        // A record larger than any datagram is handed empty: refused.
+        let len = if value.len() <= buf.len() { value.len() } else { 0 };
+        buf[..len].copy_from_slice(&value[..len]);
         Ok(Some(Received {
-            len: value.len(),
+            len,
             from: None,
             record: Some(name),
         }))
     }
+}
 
-    fn next_message(&mut self, buf: &mut [u8]) -> redis::RedisResult<Option<Received>> {
-        let Some(subscribed) = self.subscribed.as_mut() else {
-            return Ok(None);
+/// The subscriber thread: subscribes, passes every message on, and
+/// subscribes again with back-off when the connection breaks.
+fn subscribe_forever(client: &redis::Client, channel: &str, tell: &std::sync::mpsc::SyncSender<Heard>) {
+    let mut wait = FIRST_RETRY;
+    loop {
+        let lost = match connect(client) {
+            Ok(mut connection) => {
+                let mut pubsub = connection.as_pubsub();
+                match pubsub.subscribe(channel) {
+                    Ok(()) => {
+                        wait = FIRST_RETRY;
+                        if tell.send(Heard::Subscribed).is_err() {
+                            return;
+                        }
+                        loop {
+                            match pubsub.get_message() {
+                                Ok(message) => {
+                                    let payload = message.get_payload_bytes().to_vec();
+                                    if tell.send(Heard::Message(payload)).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) if e.is_timeout() => continue,
+                                Err(e) => break e.to_string(),
+                            }
+                        }
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(e) => e.to_string(),
         };
-        let value = match subscribed.recv_response() {
-            Ok(value) => value,
-            Err(e) if e.is_timeout() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let Some(message) = redis::Msg::from_owned_value(value) else {
-            return Ok(None);
-        };
-        let payload = message.get_payload_bytes();
-        let len = payload.len().min(buf.len());
-        buf[..len].copy_from_slice(&payload[..len]);
-        Ok(Some(Received::datagram(len, None)))
+        if tell.send(Heard::Lost(lost)).is_err() {
+            return;
+        }
+        std::thread::sleep(wait);
+        wait = (wait * 2).min(LAST_RETRY);
     }
 }
 
 impl Inbound for RedisInbound {
     fn next(&mut self, buf: &mut [u8], counters: &ReplicationCounters) -> io::Result<Option<Received>> {
-        if self.subscribed.is_none() {
-            if !self.retry.due() {
-                std::thread::sleep(Duration::from_millis(100));
-                return Ok(None);
-            }
-            match self.connect() {
-                Ok(()) => self
-                    .retry
-                    .connected("receiving sessions from", &self.server.shown, counters),
-                Err(e) => {
-                    self.retry
-                        .failed("cannot receive sessions from", &self.server.shown, &e, counters);
-                    return Ok(None);
-                }
+        if self.heard.is_none() {
+            self.start_subscriber()?;
+        }
+        if self.load_due && self.loader.is_none() && self.retry.due() {
+            self.start_load(counters);
+        }
+        match self.next_record(buf) {
+            Ok(Some(record)) => return Ok(Some(record)),
+            Ok(None) => {}
+            Err(e) => {
+                self.loader = None;
+                self.load_due = true;
+                self.retry
+                    .failed("lost the connection reading the sessions of record from", &self.server.shown, &e, counters);
             }
         }
-        let next = match self.next_record(buf) {
-            Ok(Some(record)) => Ok(Some(record)),
-            Ok(None) => self.next_message(buf),
-            Err(e) => Err(e),
+        let heard = self.heard.as_ref().expect("started above");
+        // While a load runs, messages are taken between records.
+        let wait = if self.loader.is_some() { Duration::ZERO } else { Duration::from_secs(1) };
+        let event = match heard.recv_timeout(wait) {
+            Ok(event) => event,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(None),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("the Redis subscriber thread stopped"))
+            }
         };
-        match next {
-            Ok(received) => Ok(received),
-            Err(e) => {
-                self.subscribed = None;
-                self.loader = None;
-                self.retry.failed(
-                    "lost the connection receiving sessions from",
-                    &self.server.shown,
-                    &e,
-                    counters,
-                );
+        match event {
+            Heard::Message(payload) => {
+                let len = payload.len().min(buf.len());
+                buf[..len].copy_from_slice(&payload[..len]);
+                Ok(Some(Received::datagram(len, None)))
+            }
+            Heard::Subscribed => {
+                self.retry.connected("receiving sessions from", &self.server.shown, counters);
+                self.load_due = true;
+                self.start_load(counters);
+                Ok(None)
+            }
+            Heard::Lost(why) => {
+                self.retry
+                    .failed("lost the subscription to", &self.server.shown, &why, counters);
                 Ok(None)
             }
         }

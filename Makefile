@@ -21,7 +21,7 @@ PLUGIN := sslcache_plugin.so
 # `make deb`.
 DEB_PACKAGES := uwsgi-core uwsgi-plugin-python3 libclang-dev libssl-dev libpcre3-dev \
 	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 iptables binutils gnutls-bin \
-	dpkg-dev
+	dpkg-dev redis-server
 
 # The plugin directory compiled into $(UWSGI) (its -DUWSGI_PLUGIN_DIR), where
 # `plugins = sslcache` finds the plugin without a plugin-dir line.

@@ -33,12 +33,13 @@ impl Fleet {
     /// client's next connection comes after a response, not within the
     /// fraction of a millisecond a dead backend's 502 takes).
     fn start(dir: &Path, redis: u16, key: Option<&Path>, https: u16) -> Fleet {
+        std::fs::create_dir_all(dir).unwrap();
         let backend = uwsgi_backend(Duration::from_secs(300));
         let mut nodes = Vec::new();
         let mut stats = Vec::new();
         for i in 1..=3 {
             let stats_port = free_port();
-            let mut lines = format!("ssl-sessions-redis = redis://127.0.0.1:{redis}\n{}", std::env::var("EXTRA").unwrap_or_default());
+            let mut lines = format!("ssl-sessions-redis = redis://127.0.0.1:{redis}\n");
             if let Some(k) = key {
                 lines += &format!("cache-udp-key = {}\n", k.display());
             }
@@ -82,7 +83,11 @@ fn behind_haproxy(name: &str, sealed: bool) {
     let _proxy = haproxy(&dir, lb, &fleet.backends());
     let r12 = rate(&Client::new(Proto::Tls12NoTickets).reconnects(lb, RECONNECTS, &[]));
     let r13 = rate(&Client::new(Proto::Tls13).reconnects(lb, RECONNECTS, &[]));
-    println!("{name}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%", r12 * 100.0, r13 * 100.0);
+    println!(
+        "{name}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
+        r12 * 100.0,
+        r13 * 100.0
+    );
     assert!(r12 >= 0.99 && r13 >= 0.99, "resumption {r12} {r13}");
     for &port in &fleet.stats {
         // uWSGI's metrics thread copies the counters once a second.
@@ -105,33 +110,259 @@ fn sealed_redis_only_fleet_behind_haproxy_resumes() {
     behind_haproxy("redis-sealed", true);
 }
 
+/// `n` full handshakes spread over the fleet's nodes; their sessions.
+fn make_sessions(fleet: &Fleet, proto: Proto, n: usize) -> Vec<openssl::ssl::SslSession> {
+    let client = Client::new(proto);
+    let backends = fleet.backends();
+    (0..n)
+        .map(|i| {
+            let c = client.connect_to(backends[i % 3], None, &[]).expect("full handshake");
+            c.session.expect("a session")
+        })
+        .collect()
+}
+
+/// How many of `sessions` resume, each offered on the node after the one
+/// that made it.
+fn resumed_on_others(fleet: &Fleet, proto: Proto, sessions: &[openssl::ssl::SslSession]) -> usize {
+    let client = Client::new(proto);
+    let backends = fleet.backends();
+    sessions
+        .iter()
+        .enumerate()
+        .filter(|(i, s)| {
+            client
+                .connect_to(backends[(i + 1) % 3], Some(s), &[])
+                .is_ok_and(|c| c.resumed)
+        })
+        .count()
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn stop_fleet(fleet: &mut Fleet) {
+    for node in &mut fleet.nodes {
+        node.stop();
+    }
+}
+
 #[test]
-#[ignore]
-fn scratch_latency() {
-    let dir = test_dir("redis-scratch");
+fn a_whole_fleet_restarted_resumes_from_redis() {
+    let _heavy = heavy();
+    for sealed in [false, true] {
+        let dir = test_dir(if sealed {
+            "redis-restart-sealed"
+        } else {
+            "redis-restart"
+        });
+        let redis_port = free_port();
+        let _redis = redis_server(&dir, "redis", redis_port);
+        let key = sealed.then(|| key_file(&dir));
+        let https = free_port();
+        let mut fleet = Fleet::start(&dir.join("before"), redis_port, key.as_deref(), https);
+        let tls12 = make_sessions(&fleet, Proto::Tls12NoTickets, 200);
+        let tls13 = make_sessions(&fleet, Proto::Tls13, 200);
+        // Written to Redis (each TLS 1.3 handshake makes two sessions).
+        assert!(
+            eventually(Duration::from_secs(10), || redis_cli(redis_port, &["DBSIZE"])
+                .parse::<usize>()
+                .unwrap_or(0)
+                >= 600),
+            "DBSIZE {}",
+            redis_cli(redis_port, &["DBSIZE"])
+        );
+        stop_fleet(&mut fleet);
+        drop(fleet);
+        let fleet = Fleet::start(&dir.join("after"), redis_port, key.as_deref(), https);
+        for node in &fleet.nodes {
+            assert!(
+                eventually(Duration::from_secs(10), || node
+                    .log()
+                    .contains("sessions of record from")),
+                "{}",
+                node.log()
+            );
+        }
+        let (r12, r13) = (
+            resumed_on_others(&fleet, Proto::Tls12NoTickets, &tls12),
+            resumed_on_others(&fleet, Proto::Tls13, &tls13),
+        );
+        println!("whole fleet restarted (sealed {sealed}): TLS 1.2 {r12}/200, TLS 1.3 {r13}/200 resumed");
+        assert!(r12 >= 198 && r13 >= 198, "sealed {sealed}: {r12} {r13}");
+        for &port in &fleet.stats {
+            assert!(eventually(Duration::from_secs(5), || metric(
+                port,
+                "sslcache.default.redis_loaded"
+            ) >= 600));
+            assert_eq!(metric(port, "sslcache.default.redis_refused"), 0);
+        }
+    }
+}
+
+#[test]
+fn redis_outage_costs_no_handshake_and_loses_no_session() {
+    let _heavy = heavy();
+    let dir = test_dir("redis-outage");
     let redis_port = free_port();
-    let _redis = redis_server(&dir, "redis", redis_port);
+    let redis = redis_server(&dir, "redis", redis_port);
     let fleet = Fleet::start(&dir, redis_port, None, free_port());
     let lb = free_port();
     let _proxy = haproxy(&dir, lb, &fleet.backends());
-    let pre = Client::new(Proto::Tls12NoTickets).reconnects(lb, 300, &[]);
-    println!("tls12 {}", pre.resumed);
-    let client = Client::new(Proto::Tls13);
-    let mut session = None;
-    let mut failed = Vec::new();
-    for i in 0..300 {
-        let c = client.connect(lb, session.as_ref(), &[]).unwrap();
-        if i > 0 && !c.resumed {
-            failed.push(i);
-        }
-        if c.session.is_some() {
-            session = c.session;
-        }
+    // A resumption load through HAProxy, across the outage.
+    let load = std::thread::spawn(move || Client::new(Proto::Tls12NoTickets).reconnects(lb, 1500, &[]));
+    std::thread::sleep(Duration::from_millis(500));
+    drop(redis);
+    // Sessions made while Redis is down.
+    std::thread::sleep(Duration::from_millis(500));
+    let during = make_sessions(&fleet, Proto::Tls12NoTickets, 60);
+    std::thread::sleep(Duration::from_secs(1));
+    let _redis = redis_server(&dir, "redis-again", redis_port);
+    let outcome = load.join().unwrap();
+    assert!(outcome.errors.is_empty(), "handshakes failed: {:?}", outcome.errors);
+    assert!(
+        outcome.resumption_rate() >= 0.99,
+        "resumed {}/{}",
+        outcome.resumed,
+        outcome.attempts - 1
+    );
+    // The writers catch up once Redis is back: the sessions made during
+    // the outage reach the other nodes.
+    let mut resumed = 0;
+    assert!(
+        eventually(Duration::from_secs(15), || {
+            resumed = resumed_on_others(&fleet, Proto::Tls12NoTickets, &during);
+            resumed >= 59
+        }),
+        "sessions made during the outage resumed elsewhere: {resumed}/60"
+    );
+    for &port in &fleet.stats {
+        assert!(eventually(Duration::from_secs(5), || metric(
+            port,
+            "sslcache.default.redis_reconnects"
+        ) > 0
+            && metric(port, "sslcache.default.redis_errors") > 0));
     }
-    println!("failed at {failed:?}");
-    for &p in &fleet.stats {
-        let all = stats(p);
-        let m: Vec<String> = all["metrics"].as_object().unwrap().iter().filter(|(k, v)| k.starts_with("sslcache") && v["value"].as_u64().unwrap_or(0) > 0).map(|(k, v)| format!("{}={}", &k[17..], v["value"])).collect();
-        println!("{}", m.join(" "));
+    println!(
+        "outage: {} resumptions, {} errors; {resumed}/60 sessions of the outage resumed on other nodes",
+        outcome.attempts,
+        outcome.errors.len()
+    );
+}
+
+#[test]
+fn values_planted_in_redis_are_never_used() {
+    use sslcache_core::replication::keys::Key;
+    use sslcache_core::replication::seal::Sealer;
+    let _heavy = heavy();
+    let dir = test_dir("redis-planted");
+    let redis_port = free_port();
+    let _redis = redis_server(&dir, "redis", redis_port);
+    let key = key_file(&dir);
+    let mut fleet = Fleet::start(&dir, redis_port, Some(&key), free_port());
+    let sessions = make_sessions(&fleet, Proto::Tls12NoTickets, 30);
+    assert!(eventually(Duration::from_secs(10), || redis_cli(
+        redis_port,
+        &["DBSIZE"]
+    ) == "30"));
+    let names = redis_cli(redis_port, &["--raw", "KEYS", "sslcache:default:s:*"]);
+    let real: Vec<&str> = names.lines().collect();
+    let fake = |c: char| format!("sslcache:default:s:{}", c.to_string().repeat(32));
+    // Random bytes; a real record copied under another name; a session
+    // sealed with a key this fleet does not hold.
+    let random = dir.join("random");
+    std::fs::write(&random, (0..300u32).map(|i| (i * 7919 % 251) as u8).collect::<Vec<_>>()).unwrap();
+    let set_from = |name: &str, file: &Path| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &redis_port.to_string(), "-x", "SET", name])
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    };
+    set_from(&fake('a'), &random);
+    assert_eq!(redis_cli(redis_port, &["COPY", real[0], &fake('b')]), "1");
+    let mut frame = Vec::new();
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 300;
+    sslcache_core::replication::encode_set(&[9; 32], &[7; 120], expires, &mut frame).unwrap();
+    let mut forged = Vec::new();
+    let now_ms = (expires - 300) * 1000;
+    Sealer::new(&Key::new([5; 32])).seal(&frame, &std::sync::atomic::AtomicU64::new(0), now_ms, &mut forged);
+    let forged_file = dir.join("forged");
+    std::fs::write(&forged_file, &forged).unwrap();
+    set_from(&fake('c'), &forged_file);
+    // Published: random bytes (refused as not sealed), the forged value,
+    // a real record again (a replay).
+    let publish_from = |file: &Path| {
+        std::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &redis_port.to_string(),
+                "-x",
+                "PUBLISH",
+                "sslcache:default:updates",
+            ])
+            .stdin(std::fs::File::open(file).unwrap())
+            .output()
+            .unwrap();
+    };
+    publish_from(&random);
+    publish_from(&forged_file);
+    redis_cli(
+        redis_port,
+        &[
+            "EVAL",
+            "return redis.call('PUBLISH', ARGV[1], redis.call('GET', KEYS[1]))",
+            "1",
+            real[1],
+            "sslcache:default:updates",
+        ],
+    );
+    for &port in &fleet.stats[..2] {
+        assert!(
+            eventually(Duration::from_secs(5), || metric(port, "sslcache.default.forged") >= 1
+                && metric(port, "sslcache.default.replayed") >= 1
+                && metric(port, "sslcache.default.plain_refused")
+                    + metric(port, "sslcache.default.rejected")
+                    >= 1),
+            "forged {} replayed {} plain_refused {} rejected {}",
+            metric(port, "sslcache.default.forged"),
+            metric(port, "sslcache.default.replayed"),
+            metric(port, "sslcache.default.plain_refused"),
+            metric(port, "sslcache.default.rejected")
+        );
     }
+    // Node 3 starts again and reads the records back: the three planted
+    // ones are refused, only the 30 real sessions are stored.
+    fleet.nodes[2].stop();
+    let ini = std::fs::read_to_string(&fleet.nodes[2].ini_path).unwrap();
+    let stats_port = fleet.stats[2];
+    fleet.nodes[2] = Uwsgi::start(&dir, "node3-again", &ini, &[stats_port]);
+    assert!(eventually(Duration::from_secs(10), || metric(
+        stats_port,
+        "sslcache.default.redis_refused"
+    ) >= 3));
+    assert!(eventually(Duration::from_secs(5), || metric(
+        stats_port,
+        "sslcache.default.items"
+    ) == 30));
+    assert_eq!(metric(stats_port, "sslcache.default.redis_loaded"), 30);
+    // And every real session still resumes there.
+    let client = Client::new(Proto::Tls12NoTickets);
+    let node3 = fleet.backends()[2];
+    let resumed = sessions
+        .iter()
+        .filter(|s| client.connect_to(node3, Some(s), &[]).is_ok_and(|c| c.resumed))
+        .count();
+    assert_eq!(resumed, 30);
 }

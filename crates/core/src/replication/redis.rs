@@ -279,11 +279,13 @@ fn ensure_connected(link: &mut Link, counters: &ReplicationCounters) -> bool {
     match connect(&link.client) {
         Ok(c) => {
             link.connection = Some(c);
-            link.retry.connected("writing sessions to", &link.server.shown, counters);
+            link.retry
+                .connected("writing sessions to", &link.server.shown, counters);
             true
         }
         Err(e) => {
-            link.retry.failed("cannot write sessions to", &link.server.shown, &e, counters);
+            link.retry
+                .failed("cannot write sessions to", &link.server.shown, &e, counters);
             false
         }
     }
@@ -436,10 +438,12 @@ impl RedisInbound {
                 });
                 self.load_due = false;
             }
-            Err(e) => {
-                self.retry
-                    .failed("cannot read the sessions of record from", &self.server.shown, &e, counters)
-            }
+            Err(e) => self.retry.failed(
+                "cannot read the sessions of record from",
+                &self.server.shown,
+                &e,
+                counters,
+            ),
         }
     }
 
@@ -548,13 +552,21 @@ impl Inbound for RedisInbound {
             Err(e) => {
                 self.loader = None;
                 self.load_due = true;
-                self.retry
-                    .failed("lost the connection reading the sessions of record from", &self.server.shown, &e, counters);
+                self.retry.failed(
+                    "lost the connection reading the sessions of record from",
+                    &self.server.shown,
+                    &e,
+                    counters,
+                );
             }
         }
         let heard = self.heard.as_ref().expect("started above");
         // While a load runs, messages are taken between records.
-        let wait = if self.loader.is_some() { Duration::ZERO } else { Duration::from_secs(1) };
+        let wait = if self.loader.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1)
+        };
         let event = match heard.recv_timeout(wait) {
             Ok(event) => event,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => return Ok(None),
@@ -569,7 +581,8 @@ impl Inbound for RedisInbound {
                 Ok(Some(Received::datagram(len, None)))
             }
             Heard::Subscribed => {
-                self.retry.connected("receiving sessions from", &self.server.shown, counters);
+                self.retry
+                    .connected("receiving sessions from", &self.server.shown, counters);
                 self.load_due = true;
                 self.start_load(counters);
                 Ok(None)

@@ -18,7 +18,7 @@ PLUGIN := sslcache_plugin.so
 # Debian packages: the uWSGI binary and what bindgen needs to read its
 # headers, the TLS and balancer tools the tests drive, the Python plugin used
 # to reach the stats entry through uWSGI's cache API, dpkg-shlibdeps for
-# `make deb`.
+# `make deb`, Redis for replication through it.
 DEB_PACKAGES := uwsgi-core uwsgi-plugin-python3 libclang-dev libssl-dev libpcre3-dev \
 	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 iptables binutils gnutls-bin \
 	dpkg-dev redis-server
@@ -226,6 +226,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 	$(CARGO) run --release --quiet --example bench_sync
+	$(CARGO) run --release --quiet --example bench_redis
 
 # The fuzz targets depend on the core crate only; built (not run) by `make test`.
 fuzz-build:

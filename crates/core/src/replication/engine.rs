@@ -421,12 +421,18 @@ impl Replicator {
             ),
             None => "plain stock uWSGI cache datagrams".to_string(),
         };
-        let sync = if !settings.peer_sync {
+        let sync = if !settings.redis.is_empty() && self.sync_peers.is_empty() {
+            "sessions of record in Redis, read back at start and after each reconnection".to_string()
+        } else if !settings.peer_sync {
             "no warm start or repair (ssl-sessions-peer-sync = false)".to_string()
         } else if self.sync_peers.is_empty() || settings.servers.iter().all(|s| s.ip().is_multicast()) {
             "no warm start or repair (they need a unicast peer and a unicast receiving address)".to_string()
         } else {
             "warm start and repair with the unicast peers".to_string()
+        };
+        let sync = match (settings.redis.is_empty(), self.sync_peers.is_empty()) {
+            (false, false) => sync + "; sessions of record in Redis, read back at start and after each reconnection",
+            _ => sync,
         };
         format!(
             "replication of cache \"{cache}\": receiving on {receiving}; sending to {sending}; {mode}; {sync}; \

@@ -192,7 +192,7 @@ fn simulate(nodes: usize, mesh: Mesh, redis_port: u16) -> (f64, f64, f64, f64) {
                 },
                 Mesh::Multicast => Replication {
                     servers: vec![group],
-                    multicast: pinned.clone(),
+                    multicast: pinned,
                     peer_sync: false,
                     ..Replication::default()
                 },
@@ -224,7 +224,7 @@ fn simulate(nodes: usize, mesh: Mesh, redis_port: u16) -> (f64, f64, f64, f64) {
                             .collect(),
                         _ => vec![group],
                     },
-                    multicast: pinned.clone(),
+                    multicast: pinned,
                     peer_sync: false,
                     ..Replication::default()
                 };

@@ -33,13 +33,23 @@ impl Fleet {
     /// client's next connection comes after a response, not within the
     /// fraction of a millisecond a dead backend's 502 takes).
     fn start(dir: &Path, redis: u16, key: Option<&Path>, https: u16) -> Fleet {
+        Fleet::start_with(
+            dir,
+            &format!("ssl-sessions-redis = redis://127.0.0.1:{redis}\n"),
+            key,
+            https,
+        )
+    }
+
+    /// As `start`, with these Redis lines.
+    fn start_with(dir: &Path, redis_lines: &str, key: Option<&Path>, https: u16) -> Fleet {
         std::fs::create_dir_all(dir).unwrap();
         let backend = uwsgi_backend(Duration::from_secs(300));
         let mut nodes = Vec::new();
         let mut stats = Vec::new();
         for i in 1..=3 {
             let stats_port = free_port();
-            let mut lines = format!("ssl-sessions-redis = redis://127.0.0.1:{redis}\n");
+            let mut lines = redis_lines.to_string();
             if let Some(k) = key {
                 lines += &format!("cache-udp-key = {}\n", k.display());
             }
@@ -365,4 +375,99 @@ fn values_planted_in_redis_are_never_used() {
         .filter(|s| client.connect_to(node3, Some(s), &[]).is_ok_and(|c| c.resumed))
         .count();
     assert_eq!(resumed, 30);
+}
+
+/// A Redis Cluster of three masters on 127.0.0.1 (no replicas); their ports.
+fn redis_cluster(dir: &Path) -> (Vec<Process>, Vec<u16>) {
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let servers = ports
+        .iter()
+        .map(|&port| {
+            let p = port.to_string();
+            let conf = dir.join(format!("nodes-{port}.conf"));
+            let server = Process::spawn(
+                dir,
+                &format!("redis-{port}"),
+                "redis-server",
+                &[
+                    "--bind",
+                    "127.0.0.1",
+                    "--port",
+                    &p,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.to_str().unwrap(),
+                ],
+            );
+            wait_port(port, "redis-server");
+            server
+        })
+        .collect();
+    let mut create = vec!["--cluster".to_string(), "create".to_string()];
+    create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(String::from));
+    let out = std::process::Command::new("redis-cli")
+        .args(&create)
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    for &port in &ports {
+        assert!(
+            eventually(Duration::from_secs(15), || redis_cli(port, &["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")),
+            "cluster not ok on {port}"
+        );
+    }
+    (servers, ports)
+}
+
+#[test]
+fn a_fleet_on_a_redis_cluster_resumes_and_restarts() {
+    let _heavy = heavy();
+    let dir = test_dir("redis-cluster");
+    let (_servers, ports) = redis_cluster(&dir);
+    let key = key_file(&dir);
+    // Two of the three masters as seeds: the third is found.
+    let lines = format!(
+        "ssl-sessions-redis-cluster = redis://127.0.0.1:{}\nssl-sessions-redis-cluster = redis://127.0.0.1:{}\n",
+        ports[0], ports[1]
+    );
+    let https = free_port();
+    let mut fleet = Fleet::start_with(&dir.join("before"), &lines, Some(&key), https);
+    let lb = free_port();
+    let proxy = haproxy(&dir, lb, &fleet.backends());
+    let r12 = rate(&Client::new(Proto::Tls12NoTickets).reconnects(lb, RECONNECTS, &[]));
+    let r13 = rate(&Client::new(Proto::Tls13).reconnects(lb, RECONNECTS, &[]));
+    println!(
+        "Redis Cluster: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
+        r12 * 100.0,
+        r13 * 100.0
+    );
+    assert!(r12 >= 0.99 && r13 >= 0.99, "resumption {r12} {r13}");
+    drop(proxy);
+    let sessions = make_sessions(&fleet, Proto::Tls12NoTickets, 150);
+    // Spread over the masters by slot.
+    assert!(eventually(Duration::from_secs(10), || ports
+        .iter()
+        .all(|&p| redis_cli(p, &["DBSIZE"]).parse::<u32>().unwrap_or(0) > 10)));
+    stop_fleet(&mut fleet);
+    drop(fleet);
+    let fleet = Fleet::start_with(&dir.join("after"), &lines, Some(&key), https);
+    for node in &fleet.nodes {
+        assert!(
+            eventually(Duration::from_secs(10), || node
+                .log()
+                .contains("sessions of record from the Redis Cluster")),
+            "{}",
+            node.log()
+        );
+    }
+    let resumed = resumed_on_others(&fleet, Proto::Tls12NoTickets, &sessions);
+    println!("Redis Cluster, whole fleet restarted: {resumed}/150 resumed");
+    assert!(resumed >= 149, "{resumed}/150");
 }

@@ -49,7 +49,7 @@ pub fn setup(
     log::info!("{}", replicator.summary(replication, cache));
     if replicator.sealed_with().is_none() {
         log::warn!("{PLAIN_WARNING}");
-        if !replication.redis.is_empty() {
+        if !replication.redis.is_empty() || !replication.redis_cluster.is_empty() {
             log::warn!(
                 "sessions are written to Redis in clear under their ids: whoever reads Redis reads their master \
                  secrets, whoever writes to it can plant sessions (set cache-udp-key, or udp_key= in cache2, to \

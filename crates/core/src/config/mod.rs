@@ -48,6 +48,9 @@ pub struct CacheDef {
     pub key_file: Option<String>,
     /// Redis servers carrying replication (`ssl-sessions-redis`, `redis=`).
     pub redis: Vec<String>,
+    /// Seed nodes of a Redis Cluster (`ssl-sessions-redis-cluster`,
+    /// `redis_cluster=`).
+    pub redis_cluster: Vec<String>,
     /// File the store lives in (`cache-store`, `store=`), and the option
     /// that named it: the cache survives a stop and start.
     pub store: Option<(String, String)>,
@@ -105,6 +108,8 @@ pub struct Replication {
     pub peer_sync: bool,
     /// Redis servers carrying replication and holding the sessions.
     pub redis: Vec<RedisServer>,
+    /// Seed nodes of one Redis Cluster doing the same.
+    pub redis_cluster: Vec<RedisServer>,
 }
 
 /// A Redis server, as configured (`redis://` or `rediss://`).
@@ -127,13 +132,14 @@ impl Default for Replication {
             max_skew: DEFAULT_MAX_SKEW,
             peer_sync: true,
             redis: Vec::new(),
+            redis_cluster: Vec::new(),
         }
     }
 }
 
 impl Replication {
     pub fn is_enabled(&self) -> bool {
-        !self.servers.is_empty() || !self.nodes.is_empty() || !self.redis.is_empty()
+        !self.servers.is_empty() || !self.nodes.is_empty() || !self.redis.is_empty() || !self.redis_cluster.is_empty()
     }
 }
 
@@ -273,6 +279,7 @@ const KEYS_USED: &[&str] = &[
     "udp_key",
     "udpkey",
     "redis",
+    "redis_cluster",
     "store",
     "store_sync",
     "storesync",
@@ -344,6 +351,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     let mut nodes = Vec::new();
     let mut udp_servers = Vec::new();
     let mut redis = Vec::new();
+    let mut redis_cluster = Vec::new();
     let key_file = get(&["udp_key", "udpkey"]);
     let store = get(&["store"])
         .map(|v| v.trim().to_string())
@@ -359,6 +367,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
             "node" | "nodes" => nodes.extend(split_list(v)),
             "udp" | "udp_servers" | "udp_server" | "udpservers" | "udpserver" => udp_servers.extend(split_list(v)),
             "redis" => redis.extend(split_list(v)),
+            "redis_cluster" => redis_cluster.extend(split_list(v)),
             k if KEYS_USED.contains(&k) => {}
             k if KEYS_IGNORED.contains(&k) => ignored_keys.push(k.to_string()),
             k => ignored_keys.push(format!("{k} (unknown)")),
@@ -374,6 +383,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         udp_servers,
         key_file,
         redis,
+        redis_cluster,
         store,
         store_sync,
         ignored_keys,
@@ -396,6 +406,7 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
         udp_servers: raw.cache_udp_server.clone(),
         key_file: raw.cache_udp_key.clone(),
         redis: raw.redis.clone(),
+        redis_cluster: raw.redis_cluster.clone(),
         store: raw
             .cache_store
             .as_ref()
@@ -498,6 +509,15 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         .iter()
         .map(|v| redis_server(&redis_option, v))
         .collect::<Result<Vec<_>, _>>()?;
+    let cluster_option = match cache.origin {
+        CacheOrigin::Default => "ssl-sessions-redis-cluster".to_string(),
+        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" redis_cluster", cache.name),
+    };
+    let redis_cluster = cache
+        .redis_cluster
+        .iter()
+        .map(|v| redis_server(&cluster_option, v))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Replication {
         servers,
         nodes,
@@ -507,6 +527,7 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         max_skew,
         peer_sync,
         redis,
+        redis_cluster,
     })
 }
 
@@ -956,9 +977,15 @@ mod tests {
         }
         let mut r = raw();
         r.use_cache = Some("s".into());
-        r.cache2 = vec!["name=s,items=5,redis=redis://127.0.0.1:7000".into()];
+        r.cache2 = vec!["name=s,items=5,redis=redis://127.0.0.1:7000,redis_cluster=redis://h:1;redis://h:2".into()];
         let rep = resolve(&r).unwrap().unwrap().replication;
         assert_eq!(rep.redis[0].url, "redis://127.0.0.1:7000");
+        assert_eq!(rep.redis_cluster.len(), 2);
+        r.cache2 = vec!["name=s,items=5,redis_cluster=redis://h:0".into()];
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .starts_with("cache2 \"s\" redis_cluster = redis://h:0"));
     }
 
     #[test]

@@ -163,6 +163,13 @@ options! {
         readme: "Redis carrying the default cache's replication and holding its sessions of record: \
             `redis://[user:password@]host:port[/db]`, `rediss://` for TLS; alone or beside UDP peers; cache2: \
             `redis=` (see Replication through Redis)";
+    /// `ssl-sessions-redis-cluster`: seed nodes of a Redis Cluster carrying the default cache's replication.
+    redis_cluster: list, Plugin(Required), [c"ssl-sessions-redis-cluster"],
+        help: c"replicate the default cache's sessions through this Redis Cluster (a seed node, repeatable: \
+            redis://[user:password@]host:port or rediss://) [sslcache]",
+        readme: "a seed node of a Redis Cluster (sharded) carrying the default cache's replication, repeatable: \
+            `redis://[user:password@]host:port`, `rediss://` for TLS; cache2: `redis_cluster=` (see Replication \
+            through Redis)";
     /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
     max_skew: one, Plugin(Required), [c"ssl-sessions-max-skew"],
         help: c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]",

@@ -391,7 +391,8 @@ impl Replicator {
 
     /// The startup line: where it receives and sends, and how.
     pub fn summary(&self, settings: &Replication, cache: &str) -> String {
-        let receiving = if settings.servers.is_empty() && settings.redis.is_empty() {
+        let has_redis = !settings.redis.is_empty() || !settings.redis_cluster.is_empty();
+        let receiving = if settings.servers.is_empty() && !has_redis {
             "nowhere".to_string()
         } else {
             let addrs: Vec<String> = settings
@@ -399,6 +400,10 @@ impl Replicator {
                 .iter()
                 .map(|a| a.to_string())
                 .chain(settings.redis.iter().map(|r| r.shown.clone()))
+                .chain((!settings.redis_cluster.is_empty()).then(|| {
+                    let seeds: Vec<&str> = settings.redis_cluster.iter().map(|r| r.shown.as_str()).collect();
+                    format!("the Redis Cluster of {}", seeds.join(", "))
+                }))
                 .collect();
             addrs.join(", ")
         };
@@ -421,7 +426,7 @@ impl Replicator {
             ),
             None => "plain stock uWSGI cache datagrams".to_string(),
         };
-        let sync = if !settings.redis.is_empty() && self.sync_peers.is_empty() {
+        let sync = if has_redis && self.sync_peers.is_empty() {
             "sessions of record in Redis, read back at start and after each reconnection".to_string()
         } else if !settings.peer_sync {
             "no warm start or repair (ssl-sessions-peer-sync = false)".to_string()
@@ -430,8 +435,8 @@ impl Replicator {
         } else {
             "warm start and repair with the unicast peers".to_string()
         };
-        let sync = match (settings.redis.is_empty(), self.sync_peers.is_empty()) {
-            (false, false) => sync + "; sessions of record in Redis, read back at start and after each reconnection",
+        let sync = match (has_redis, self.sync_peers.is_empty()) {
+            (true, false) => sync + "; sessions of record in Redis, read back at start and after each reconnection",
             _ => sync,
         };
         format!(

@@ -55,18 +55,33 @@ const LAST_RETRY: Duration = Duration::from_secs(5);
 /// processes, a writer in the master, a subscriber per server.
 pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<Links, String> {
     let mut links = Links::default();
-    if settings.redis.is_empty() {
-        return Ok(links);
-    }
-    let mut clients = Vec::new();
+    let mut targets = Vec::new();
     for server in &settings.redis {
-        // TCP_NODELAY: a session published is a small write that must not
-        // wait for the previous one's ACK.
-        let client = redis::IntoConnectionInfo::into_connection_info(server.url.as_str())
-            .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-            .and_then(redis::Client::open)
-            .map_err(|e| format!("cannot use {} for cache \"{cache}\": {e}", server.shown))?;
-        clients.push((server.clone(), client));
+        let client = client(server).map_err(|e| format!("cannot use {} for cache \"{cache}\": {e}", server.shown))?;
+        targets.push(Target::Server {
+            server: server.clone(),
+            client,
+        });
+    }
+    if !settings.redis_cluster.is_empty() {
+        let shown: Vec<&str> = settings.redis_cluster.iter().map(|s| s.shown.as_str()).collect();
+        let shown = format!("the Redis Cluster of {}", shown.join(", "));
+        let fail = |e: redis::RedisError| format!("cannot use {shown} for cache \"{cache}\": {e}");
+        let cluster = redis::cluster::ClusterClient::builder(settings.redis_cluster.iter().map(|s| s.url.as_str()))
+            .connection_timeout(IO_TIMEOUT)
+            .response_timeout(IO_TIMEOUT)
+            .build()
+            .map_err(fail)?;
+        let seeds = settings
+            .redis_cluster
+            .iter()
+            .map(|s| client(s).map(|c| (s.url.clone(), c)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(fail)?;
+        targets.push(Target::Cluster { shown, cluster, seeds });
+    }
+    if targets.is_empty() {
+        return Ok(links);
     }
     let (routers, master) =
         UnixDatagram::pair().map_err(|e| format!("cannot make the hand-off to the Redis writer: {e}"))?;
@@ -75,25 +90,108 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
         .map_err(|e| format!("cannot make the hand-off to the Redis writer: {e}"))?;
     let _ = socket2::SockRef::from(&routers).set_send_buffer_size(HANDOFF_BUFFER);
     let _ = socket2::SockRef::from(&master).set_recv_buffer_size(HANDOFF_BUFFER);
-    let shown: Vec<String> = settings.redis.iter().map(|s| s.shown.clone()).collect();
+    let shown: Vec<&str> = targets.iter().map(Target::shown).collect();
     links.transports.push(Box::new(HandOff {
         socket: routers,
         shown: shown.join(", "),
     }));
-    for (server, client) in &clients {
+    for target in &targets {
         links
             .inbounds
-            .push(Box::new(RedisInbound::new(server, client.clone(), Arc::clone(&names))));
+            .push(Box::new(RedisInbound::new(target.clone(), Arc::clone(&names))));
     }
     links.pumps.push(Box::new(Writer {
         socket: master,
-        links: clients
-            .into_iter()
-            .map(|(server, client)| Link::new(server, client))
-            .collect(),
+        links: targets.into_iter().map(Link::new).collect(),
         names,
     }));
     Ok(links)
+}
+
+/// A client for one server. TCP_NODELAY: a session published is a small
+/// write that must not wait for the previous one's ACK.
+fn client(server: &RedisServer) -> redis::RedisResult<redis::Client> {
+    redis::IntoConnectionInfo::into_connection_info(server.url.as_str())
+        .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
+        .and_then(redis::Client::open)
+}
+
+/// Where a cache's sessions go: a Redis server, or a Redis Cluster.
+#[derive(Clone)]
+enum Target {
+    Server {
+        server: RedisServer,
+        client: redis::Client,
+    },
+    Cluster {
+        shown: String,
+        cluster: redis::cluster::ClusterClient,
+        /// The seed nodes given, by URL (credentials and scheme for the
+        /// other nodes too).
+        seeds: Vec<(String, redis::Client)>,
+    },
+}
+
+impl Target {
+    fn shown(&self) -> &str {
+        match self {
+            Target::Server { server, .. } => &server.shown,
+            Target::Cluster { shown, .. } => shown,
+        }
+    }
+
+    /// A connection to one node: the server, or the first seed that
+    /// answers (a cluster delivers every PUBLISH to every node's
+    /// subscribers).
+    fn any_node(&self) -> redis::RedisResult<redis::Connection> {
+        match self {
+            Target::Server { client, .. } => connect(client),
+            Target::Cluster { seeds, .. } => {
+                let mut last = None;
+                for (_, seed) in seeds {
+                    match connect(seed) {
+                        Ok(c) => return Ok(c),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.expect("at least one seed"))
+            }
+        }
+    }
+
+    /// Connections to every node holding sessions: the server, or each
+    /// master of the cluster (from `CLUSTER NODES`).
+    fn holders(&self) -> redis::RedisResult<Vec<redis::Connection>> {
+        let Target::Cluster { seeds, .. } = self else {
+            return Ok(vec![self.any_node()?]);
+        };
+        let mut any = self.any_node()?;
+        let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut any)?;
+        let template = &seeds[0].0;
+        let mut out = Vec::new();
+        for line in nodes.lines() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(address), Some(flags)) = (fields.get(1), fields.get(2)) else {
+                continue;
+            };
+            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
+                continue;
+            }
+            let address = address.split(['@', ',']).next().unwrap_or_default();
+            let url = with_address(template, address);
+            out.push(connect(&redis::Client::open(url.as_str())?)?);
+        }
+        Ok(out)
+    }
+}
+
+/// `url` (a seed's) pointing at `address` instead: same scheme and
+/// credentials.
+fn with_address(url: &str, address: &str) -> String {
+    let scheme_end = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[scheme_end..];
+    let auth = rest.rfind('@').map_or("", |at| &rest[..=at]);
+    format!("{}{auth}{address}", &url[..scheme_end])
 }
 
 /// Router side: hands plain frames to the master's writer, never waiting.
@@ -120,23 +218,41 @@ impl Transport for HandOff {
     }
 }
 
-/// One Redis server as the writer sees it.
+/// How the writer is connected to a target.
+enum Writing {
+    Server(redis::Connection),
+    /// Sets and deletes go to the slot's master; publishes to any node.
+    Cluster {
+        keys: Box<redis::cluster::ClusterConnection>,
+        publish: redis::Connection,
+    },
+}
+
+/// One target as the writer sees it.
 struct Link {
-    server: RedisServer,
-    client: redis::Client,
-    connection: Option<redis::Connection>,
+    target: Target,
+    connection: Option<Writing>,
     backlog: VecDeque<Arc<Vec<u8>>>,
     retry: Retry,
 }
 
 impl Link {
-    fn new(server: RedisServer, client: redis::Client) -> Link {
+    fn new(target: Target) -> Link {
         Link {
-            server,
-            client,
+            target,
             connection: None,
             backlog: VecDeque::new(),
             retry: Retry::default(),
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<Writing> {
+        match &self.target {
+            Target::Server { client, .. } => Ok(Writing::Server(connect(client)?)),
+            Target::Cluster { cluster, .. } => Ok(Writing::Cluster {
+                keys: Box::new(cluster.get_connection()?),
+                publish: self.target.any_node()?,
+            }),
         }
     }
 }
@@ -230,7 +346,7 @@ impl Pump for Writer {
     }
 
     fn describe(&self) -> String {
-        let shown: Vec<&str> = self.links.iter().map(|l| l.server.shown.as_str()).collect();
+        let shown: Vec<&str> = self.links.iter().map(|l| l.target.shown()).collect();
         format!("the Redis writer ({})", shown.join(", "))
     }
 }
@@ -276,16 +392,16 @@ fn ensure_connected(link: &mut Link, counters: &ReplicationCounters) -> bool {
     if !link.retry.due() {
         return false;
     }
-    match connect(&link.client) {
+    match link.connect() {
         Ok(c) => {
             link.connection = Some(c);
             link.retry
-                .connected("writing sessions to", &link.server.shown, counters);
+                .connected("writing sessions to", link.target.shown(), counters);
             true
         }
         Err(e) => {
             link.retry
-                .failed("cannot write sessions to", &link.server.shown, &e, counters);
+                .failed("cannot write sessions to", link.target.shown(), &e, counters);
             false
         }
     }
@@ -297,7 +413,9 @@ fn write_backlog(link: &mut Link, names: &Names, sealer: Option<&Sealer>, counte
         return;
     }
     let now_ms = clock::unix_ms();
-    let mut pipe = redis::pipe();
+    let (mut keyed, mut published) = (redis::pipe(), redis::pipe());
+    let mut clustered = redis::cluster::cluster_pipe();
+    let cluster = matches!(link.connection, Some(Writing::Cluster { .. }));
     let take = link.backlog.len().min(BATCH);
     let mut commands = 0;
     let mut sealed = Vec::new();
@@ -312,32 +430,42 @@ fn write_backlog(link: &mut Link, names: &Names, sealer: Option<&Sealer>, counte
             }
             None => frame,
         };
-        match wire::decode_plain(frame, ANY_FRAME) {
+        let mut command = match wire::decode_plain(frame, ANY_FRAME) {
             Ok(Frame::Set { key, expires, .. }) => {
                 let expires_ms = expires.saturating_mul(1000);
                 if expires_ms <= now_ms {
                     continue;
                 }
-                pipe.cmd("SET")
-                    .arg(names.key_for(key))
-                    .arg(payload)
-                    .arg("PXAT")
-                    .arg(expires_ms)
-                    .ignore();
+                let mut c = redis::cmd("SET");
+                c.arg(names.key_for(key)).arg(payload).arg("PXAT").arg(expires_ms);
+                c
             }
             Ok(Frame::Delete { key }) => {
-                pipe.cmd("DEL").arg(names.key_for(key)).ignore();
+                let mut c = redis::cmd("DEL");
+                c.arg(names.key_for(key));
+                c
             }
             _ => continue,
+        };
+        // One server: both in one pipeline, in order.
+        let publish = redis::cmd("PUBLISH").arg(names.channel()).arg(payload).to_owned();
+        if cluster {
+            clustered.add_command(std::mem::take(&mut command)).ignore();
+            published.add_command(publish).ignore();
+        } else {
+            keyed.add_command(command).ignore();
+            keyed.add_command(publish).ignore();
         }
-        pipe.cmd("PUBLISH").arg(names.channel()).arg(payload).ignore();
         commands += 1;
     }
-    let connection = link.connection.as_mut().expect("connected above");
-    let written = if commands == 0 {
-        Ok(())
-    } else {
-        pipe.query::<()>(connection)
+    let written = match (commands, link.connection.as_mut().expect("connected above")) {
+        (0, _) => Ok(()),
+        (_, Writing::Server(connection)) => keyed.query::<()>(connection),
+        // Published first: the other nodes wait for that, not for the
+        // sets spread over the masters.
+        (_, Writing::Cluster { keys, publish }) => published
+            .query::<()>(publish)
+            .and_then(|()| clustered.query::<()>(keys)),
     };
     match written {
         Ok(()) => {
@@ -348,7 +476,7 @@ fn write_backlog(link: &mut Link, names: &Names, sealer: Option<&Sealer>, counte
             link.connection = None;
             link.retry.failed(
                 "lost the connection writing sessions to",
-                &link.server.shown,
+                link.target.shown(),
                 &e,
                 counters,
             );
@@ -356,9 +484,10 @@ fn write_backlog(link: &mut Link, names: &Names, sealer: Option<&Sealer>, counte
     }
 }
 
-/// Reading a cache's sessions of record back, step by step.
+/// Reading a cache's sessions of record back, step by step: every node
+/// holding some (a cluster's masters), one after the other.
 struct Loader {
-    connection: redis::Connection,
+    holders: Vec<redis::Connection>,
     cursor: u64,
     scanned_once: bool,
     batch: VecDeque<(Vec<u8>, Vec<u8>)>,
@@ -387,8 +516,7 @@ const HEARD_QUEUE: usize = 65_536;
 /// there, where a timed-out request would make the client skip the next
 /// message as its late reply.
 pub struct RedisInbound {
-    server: RedisServer,
-    client: redis::Client,
+    target: Target,
     names: Arc<Names>,
     heard: Option<std::sync::mpsc::Receiver<Heard>>,
     loader: Option<Loader>,
@@ -398,10 +526,9 @@ pub struct RedisInbound {
 }
 
 impl RedisInbound {
-    fn new(server: &RedisServer, client: redis::Client, names: Arc<Names>) -> RedisInbound {
+    fn new(target: Target, names: Arc<Names>) -> RedisInbound {
         RedisInbound {
-            server: server.clone(),
-            client,
+            target,
             names,
             heard: None,
             loader: None,
@@ -413,12 +540,12 @@ impl RedisInbound {
     /// Starts the subscriber thread (once, from the receiver thread).
     fn start_subscriber(&mut self) -> io::Result<()> {
         let (tell, heard) = std::sync::mpsc::sync_channel(HEARD_QUEUE);
-        let (client, channel) = (self.client.clone(), self.names.channel().to_string());
+        let (target, channel) = (self.target.clone(), self.names.channel().to_string());
         std::thread::Builder::new()
             .name("sslcache-redis-sub".into())
             .spawn(move || {
                 crate::os::block_signals();
-                subscribe_forever(&client, &channel, &tell);
+                subscribe_forever(&target, &channel, &tell);
             })?;
         self.heard = Some(heard);
         Ok(())
@@ -426,10 +553,10 @@ impl RedisInbound {
 
     /// Starts reading the sessions of record back.
     fn start_load(&mut self, counters: &ReplicationCounters) {
-        match connect(&self.client) {
-            Ok(connection) => {
+        match self.target.holders() {
+            Ok(holders) => {
                 self.loader = Some(Loader {
-                    connection,
+                    holders,
                     cursor: 0,
                     scanned_once: false,
                     batch: VecDeque::new(),
@@ -440,7 +567,7 @@ impl RedisInbound {
             }
             Err(e) => self.retry.failed(
                 "cannot read the sessions of record from",
-                &self.server.shown,
+                self.target.shown(),
                 &e,
                 counters,
             ),
@@ -454,28 +581,38 @@ impl RedisInbound {
         };
         while loader.batch.is_empty() {
             if loader.scanned_once && loader.cursor == 0 {
+                // This holder is done; the next one, if any.
+                loader.holders.pop();
+                loader.scanned_once = false;
+            }
+            let Some(holder) = loader.holders.last_mut() else {
                 log::info!(
                     "read {} sessions of record from {} in {} ms",
                     loader.handed,
-                    self.server.shown,
+                    self.target.shown(),
                     loader.started.elapsed().as_millis()
                 );
                 self.loader = None;
                 return Ok(None);
-            }
+            };
             let (cursor, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                 .arg(loader.cursor)
                 .arg("MATCH")
                 .arg(format!("{}*", self.names.prefix()))
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
-                .query(&mut loader.connection)?;
+                .query(holder)?;
             loader.cursor = cursor;
             loader.scanned_once = true;
             if keys.is_empty() {
                 continue;
             }
-            let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&keys).query(&mut loader.connection)?;
+            // One GET each (keys of a cluster node span slots: no MGET).
+            let mut gets = redis::pipe();
+            for key in &keys {
+                gets.cmd("GET").arg(key);
+            }
+            let values: Vec<Option<Vec<u8>>> = gets.query(holder)?;
             loader
                 .batch
                 .extend(keys.into_iter().zip(values).filter_map(|(k, v)| Some((k, v?))));
@@ -500,10 +637,10 @@ impl RedisInbound {
 
 /// The subscriber thread: subscribes, passes every message on, and
 /// subscribes again with back-off when the connection breaks.
-fn subscribe_forever(client: &redis::Client, channel: &str, tell: &std::sync::mpsc::SyncSender<Heard>) {
+fn subscribe_forever(target: &Target, channel: &str, tell: &std::sync::mpsc::SyncSender<Heard>) {
     let mut wait = FIRST_RETRY;
     loop {
-        let lost = match connect(client) {
+        let lost = match target.any_node() {
             Ok(mut connection) => {
                 let mut pubsub = connection.as_pubsub();
                 match pubsub.subscribe(channel) {
@@ -554,7 +691,7 @@ impl Inbound for RedisInbound {
                 self.load_due = true;
                 self.retry.failed(
                     "lost the connection reading the sessions of record from",
-                    &self.server.shown,
+                    self.target.shown(),
                     &e,
                     counters,
                 );
@@ -582,21 +719,21 @@ impl Inbound for RedisInbound {
             }
             Heard::Subscribed => {
                 self.retry
-                    .connected("receiving sessions from", &self.server.shown, counters);
+                    .connected("receiving sessions from", self.target.shown(), counters);
                 self.load_due = true;
                 self.start_load(counters);
                 Ok(None)
             }
             Heard::Lost(why) => {
                 self.retry
-                    .failed("lost the subscription to", &self.server.shown, &why, counters);
+                    .failed("lost the subscription to", self.target.shown(), &why, counters);
                 Ok(None)
             }
         }
     }
 
     fn local(&self) -> String {
-        self.server.shown.clone()
+        self.target.shown().to_string()
     }
 
     fn replier(&self) -> Option<Box<dyn Replier>> {
@@ -605,5 +742,22 @@ impl Inbound for RedisInbound {
 
     fn names(&self) -> Option<&Names> {
         Some(&self.names)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_nodes_keep_the_seed_scheme_and_credentials() {
+        assert_eq!(
+            with_address("redis://127.0.0.1:7000", "10.0.0.2:7001"),
+            "redis://10.0.0.2:7001"
+        );
+        assert_eq!(
+            with_address("rediss://user:p@ss@seed:7000/0", "10.0.0.2:7001"),
+            "rediss://user:p@ss@10.0.0.2:7001"
+        );
     }
 }

@@ -338,7 +338,12 @@ impl Pump for Writer {
             for link in &mut self.links {
                 ensure_connected(link, counters);
             }
-            self.take_handed(&mut buf, counters);
+            // Catching up (a backlog and a connection): no waiting for more.
+            let catching_up = self
+                .links
+                .iter()
+                .any(|l| !l.backlog.is_empty() && l.connection.is_some());
+            self.take_handed(&mut buf, !catching_up, counters);
             for link in &mut self.links {
                 write_backlog(link, &self.names, sealer, counters);
             }
@@ -352,9 +357,13 @@ impl Pump for Writer {
 }
 
 impl Writer {
-    /// Waits a little for handed frames, then takes every one waiting.
-    fn take_handed(&mut self, buf: &mut [u8], counters: &ReplicationCounters) {
-        let mut first = true;
+    /// Waits a little for handed frames (if `wait`), then takes every one
+    /// waiting.
+    fn take_handed(&mut self, buf: &mut [u8], wait: bool, counters: &ReplicationCounters) {
+        let mut first = wait;
+        if !wait {
+            let _ = self.socket.set_nonblocking(true);
+        }
         loop {
             let received = self.socket.recv(buf);
             match received {
@@ -378,7 +387,7 @@ impl Writer {
                 break;
             }
         }
-        if !first {
+        if !first || !wait {
             let _ = self.socket.set_nonblocking(false);
         }
     }

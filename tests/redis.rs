@@ -471,3 +471,49 @@ fn a_fleet_on_a_redis_cluster_resumes_and_restarts() {
     println!("Redis Cluster, whole fleet restarted: {resumed}/150 resumed");
     assert!(resumed >= 149, "{resumed}/150");
 }
+
+#[test]
+fn rediss_carries_the_sessions_over_tls() {
+    let _heavy = heavy();
+    let dir = test_dir("redis-tls");
+    let (crt, key) = cert("localhost");
+    let port = free_port();
+    let p = port.to_string();
+    let _redis = Process::spawn(
+        &dir,
+        "redis-tls",
+        "redis-server",
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            crt.to_str().unwrap(),
+            "--tls-key-file",
+            key.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    );
+    wait_port(port, "redis-server (TLS)");
+    // A self-signed certificate: `#insecure` tells the client not to check it.
+    let lines = format!("ssl-sessions-redis = rediss://127.0.0.1:{port}/#insecure\n");
+    let fleet = Fleet::start_with(&dir, &lines, None, free_port());
+    let tls12 = make_sessions(&fleet, Proto::Tls12NoTickets, 60);
+    let mut resumed = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            resumed = resumed_on_others(&fleet, Proto::Tls12NoTickets, &tls12);
+            resumed >= 60
+        }),
+        "{resumed}/60 resumed on other nodes through rediss"
+    );
+    assert!(fleet.nodes[0].log().contains("receiving on rediss://127.0.0.1"));
+}

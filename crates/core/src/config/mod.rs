@@ -549,6 +549,9 @@ fn redis_server(option: &str, value: &str) -> Result<RedisServer, ConfigError> {
         "redis" | "rediss" => &url[scheme_end + 3..],
         _ => return Err(fail("not a redis:// or rediss:// URL")),
     };
+    // Query parameters and the fragment (`#insecure`: no certificate
+    // check with rediss) are the client library's.
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
     let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
     let (authority, db) = host_part.split_once('/').unwrap_or((host_part, ""));
     if !db.is_empty() && db.parse::<u32>().is_err() {
@@ -959,7 +962,11 @@ mod tests {
     #[test]
     fn redis_urls() {
         let mut r = raw();
-        r.redis = vec!["redis://127.0.0.1:6379".into(), "rediss://u:secret@[::1]:7000/2".into()];
+        r.redis = vec![
+            "redis://127.0.0.1:6379".into(),
+            "rediss://u:secret@[::1]:7000/2".into(),
+            "rediss://h:7001/#insecure".into(),
+        ];
         let rep = resolve(&r).unwrap().unwrap().replication;
         assert!(rep.is_enabled());
         assert_eq!(rep.redis[0].shown, "redis://127.0.0.1:6379");

@@ -3,11 +3,14 @@
 //! A router process that stores a new session hands it to the
 //! [`Replicator`], which encodes it ([`wire`], byte for byte uWSGI's cache
 //! sync packet), seals it when a cluster key is configured ([`seal`],
-//! [`keys`]) and gives the datagram to every [`Transport`] (today
-//! [`udp::UdpPeers`]: unicast peers or a multicast group), never waiting.
-//! In each node's master a receiver thread per [`Inbound`] (today
-//! [`udp::UdpInbound`], a bound address) opens and decodes what arrives and
-//! applies it to the local store ([`apply`]), counted in shared memory
+//! [`keys`]) and gives the datagram to every [`Transport`]
+//! ([`udp::UdpPeers`]: unicast peers or a multicast group;
+//! [`redis::HandOff`]: the plain frame to the master's Redis writer, a
+//! [`transport::Pump`] that seals and publishes it), never waiting. In each
+//! node's master a receiver thread per [`Inbound`] ([`udp::UdpInbound`], a
+//! bound address; [`redis::RedisInbound`], a subscription and the sessions
+//! of record read back, named by [`names`]) opens and decodes what arrives
+//! and applies it to the local store ([`apply`]), counted in shared memory
 //! ([`counters`]), logged within a [`log_budget`].
 
 pub mod apply;

@@ -669,7 +669,18 @@ pub fn redis_server(dir: &Path, name: &str, port: u16) -> Process {
         dir,
         name,
         "redis-server",
-        &["--bind", "127.0.0.1", "--port", &port_arg, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port_arg,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ],
     );
     wait_port(port, "redis-server");
     p

@@ -28,7 +28,15 @@ impl Names {
     pub fn new(cache: &str, keys: &[Key]) -> Names {
         let cache: String = cache
             .chars()
-            .map(|c| if c.is_ascii_graphic() && c != ':' { c } else { '_' })
+            // Nothing that separates name parts or means something to
+            // SCAN's pattern.
+            .map(|c| {
+                if c.is_ascii_graphic() && !":*?[]\\^".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         Names {
             prefix: format!("sslcache:{cache}:s:"),
@@ -99,6 +107,7 @@ mod tests {
         assert!(names.belongs(b"sslcache:default:s:ab01", &[0xab, 0x01]));
         assert!(!names.belongs(b"sslcache:default:s:ab02", &[0xab, 0x01]));
         assert!(!names.belongs(b"sslcache:other:s:ab01", &[0xab, 0x01]));
+        assert_eq!(Names::new("a*b?[c]:d", &[]).prefix(), "sslcache:a_b__c__d:s:");
     }
 
     #[test]

@@ -437,14 +437,18 @@ fn session_context(option: &str, value: &Option<String>) -> Result<Option<String
     Ok(Some(v.to_string()))
 }
 
+/// How errors name a setting of `cache`: the option of the default cache,
+/// or the key of its `cache2` line.
+fn option_name(cache: &CacheDef, default_option: &str, cache2_key: &str) -> String {
+    match cache.origin {
+        CacheOrigin::Default => default_option.to_string(),
+        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" {cache2_key}", cache.name),
+    }
+}
+
 fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, ConfigError> {
-    let (server_option, node_option) = match cache.origin {
-        CacheOrigin::Default => ("cache-udp-server".to_string(), "cache-udp-node".to_string()),
-        CacheOrigin::Cache2 { .. } => (
-            format!("cache2 \"{}\" udp", cache.name),
-            format!("cache2 \"{}\" node", cache.name),
-        ),
-    };
+    let server_option = option_name(cache, "cache-udp-server", "udp");
+    let node_option = option_name(cache, "cache-udp-node", "node");
     let servers = cache
         .udp_servers
         .iter()
@@ -478,10 +482,7 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
             Err(_) => return err(format!("multicast-loop = {v}: uWSGI reads a number here: 0 or 1")),
         };
     }
-    let key_option = match cache.origin {
-        CacheOrigin::Default => "cache-udp-key".to_string(),
-        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" udp_key", cache.name),
-    };
+    let key_option = option_name(cache, "cache-udp-key", "udp_key");
     let key_file = cache
         .key_file
         .as_ref()
@@ -500,24 +501,17 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         Some(v) => flag("ssl-sessions-peer-sync", v)?,
         None => true,
     };
-    let redis_option = match cache.origin {
-        CacheOrigin::Default => "ssl-sessions-redis".to_string(),
-        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" redis", cache.name),
+    let redis_servers = |values: &[String], option: String| {
+        values
+            .iter()
+            .map(|v| redis_server(&option, v))
+            .collect::<Result<Vec<_>, _>>()
     };
-    let redis = cache
-        .redis
-        .iter()
-        .map(|v| redis_server(&redis_option, v))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cluster_option = match cache.origin {
-        CacheOrigin::Default => "ssl-sessions-redis-cluster".to_string(),
-        CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" redis_cluster", cache.name),
-    };
-    let redis_cluster = cache
-        .redis_cluster
-        .iter()
-        .map(|v| redis_server(&cluster_option, v))
-        .collect::<Result<Vec<_>, _>>()?;
+    let redis = redis_servers(&cache.redis, option_name(cache, "ssl-sessions-redis", "redis"))?;
+    let redis_cluster = redis_servers(
+        &cache.redis_cluster,
+        option_name(cache, "ssl-sessions-redis-cluster", "redis_cluster"),
+    )?;
     Ok(Replication {
         servers,
         nodes,

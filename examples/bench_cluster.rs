@@ -13,9 +13,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use support::*;
 
@@ -116,7 +115,7 @@ fn rawrouter_side_by_side(dir: &std::path::Path) {
             let (rate, resumed) = s_time(*port, "-tls1_2", SECONDS);
             row[0].push(rate);
             row[1].push(resumed);
-            row[2].push(request_client(*port, SECONDS));
+            row[2].push(resuming_client(*port, SECONDS, &mut None).0);
         }
     }
     let medians: Vec<[f64; 3]> = rows.into_iter().map(|r| r.map(median)).collect();
@@ -132,46 +131,4 @@ fn rawrouter_side_by_side(dir: &std::path::Path) {
             requests / haproxy[2]
         );
     }
-}
-
-/// Connections per second of a client that resumes the last session,
-/// sends `GET /` and reads the response to the end (only answered,
-/// resumed connections count).
-fn request_client(port: u16, seconds: u32) -> f64 {
-    let client = Client::new(Proto::Tls12NoTickets);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    let mut session = None;
-    let mut answered = 0u32;
-    while started.elapsed() < Duration::from_secs(seconds.into()) {
-        // TCP_NODELAY as curl, browsers and s_time set it: without it, the
-        // request waits behind any balancer's delayed ACK of the Finished
-        // (about 40 ms, HAProxy's as much as the rawrouter's).
-        let Ok(tcp) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let Ok(mut stream) = client.handshake_on(tcp, session.as_ref()) else {
-            continue;
-        };
-        let resumed = stream.ssl().session_reused();
-        let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        // Read up to the known body, then close cleanly: OpenSSL drops a
-        // session whose connection ends in an error (an EOF without
-        // close_notify).
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !response.ends_with(b"hello") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => response.extend_from_slice(&chunk[..n]),
-            }
-        }
-        if resumed && response.ends_with(b"hello") {
-            answered += 1;
-        }
-        let _ = stream.shutdown();
-        session = stream.ssl().session().map(|s| s.to_owned());
-    }
-    f64::from(answered) / started.elapsed().as_secs_f64()
 }

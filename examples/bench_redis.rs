@@ -100,46 +100,6 @@ fn outage(dir: &std::path::Path) {
     drop(nodes);
 }
 
-/// Resumes `session` (made first if `None`) for `seconds` through
-/// 127.0.0.1:`port`: (resumed and answered connections per second, failed
-/// handshakes).
-fn resuming_client(port: u16, seconds: u32, session: &mut Option<openssl::ssl::SslSession>) -> (f64, u32) {
-    use std::io::{Read, Write};
-    let client = Client::new(Proto::Tls12NoTickets);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let started = Instant::now();
-    let (mut answered, mut failed) = (0u32, 0u32);
-    while started.elapsed() < Duration::from_secs(seconds.into()) {
-        let Ok(tcp) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
-            failed += 1;
-            continue;
-        };
-        let _ = tcp.set_nodelay(true);
-        let Ok(mut stream) = client.handshake_on(tcp, session.as_ref()) else {
-            failed += 1;
-            continue;
-        };
-        let resumed = stream.ssl().session_reused();
-        let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        let mut response = Vec::new();
-        let mut chunk = [0u8; 1024];
-        while !response.ends_with(b"hello") {
-            match stream.read(&mut chunk) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => response.extend_from_slice(&chunk[..n]),
-            }
-        }
-        if resumed && response.ends_with(b"hello") {
-            answered += 1;
-        }
-        let _ = stream.shutdown();
-        if session.is_none() {
-            *session = stream.ssl().session().map(|s| s.to_owned());
-        }
-    }
-    (f64::from(answered) / started.elapsed().as_secs_f64(), failed)
-}
-
 struct Run(AtomicBool);
 
 impl Observer for Run {

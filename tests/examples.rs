@@ -16,15 +16,13 @@
 
 mod support;
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -86,96 +84,35 @@ fn wait_ports_free(tcp: &[u16], udp: &[u16]) {
     );
 }
 
-fn signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: signals a process (group) this test started, by its id.
-    unsafe { libc::kill(pid, sig) == 0 }
-}
-
 /// A uWSGI instance started on an example file as written, in `dir`.
 struct Node {
     file: String,
-    child: Child,
-    pid: i32,
-    log_path: PathBuf,
+    uwsgi: Uwsgi,
 }
 
 impl Node {
     /// `uwsgi [--plugin-dir <repo>] --ini <file>` with `dir` as its current
-    /// directory, in its own process group, its output to `<file>.log`.
-    fn spawn(dir: &Path, file: &str, with_plugin_dir: bool) -> Node {
-        let log_path = dir.join(format!("{file}.log"));
-        let log = fs::File::create(&log_path).unwrap();
-        let mut cmd = Command::new(uwsgi_binary());
-        if with_plugin_dir {
-            cmd.arg("--plugin-dir").arg(plugin_dir());
-        }
-        cmd.arg("--ini").arg(file);
-        let child = cmd
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .expect("cannot start uwsgi");
-        let pid = child.id() as i32;
+    /// directory; waits until every address in `addrs` accepts.
+    fn start(dir: &Path, file: &str, with_plugin_dir: bool, addrs: &[SocketAddr]) -> Node {
+        let plugins = plugin_dir();
+        let before_ini: Vec<&OsStr> = match with_plugin_dir {
+            true => vec![OsStr::new("--plugin-dir"), plugins.as_os_str()],
+            false => Vec::new(),
+        };
+        let mut uwsgi = Uwsgi::spawn_file(&uwsgi_binary(), dir, file, Path::new(file), &before_ini);
+        uwsgi.wait_ready_on(addrs);
         Node {
             file: file.into(),
-            child,
-            pid,
-            log_path,
+            uwsgi,
         }
-    }
-
-    /// Spawns and waits until every address in `addrs` accepts.
-    fn start(dir: &Path, file: &str, with_plugin_dir: bool, addrs: &[SocketAddr]) -> Node {
-        let mut n = Node::spawn(dir, file, with_plugin_dir);
-        n.wait_listening(addrs);
-        n
     }
 
     fn log(&self) -> String {
-        fs::read_to_string(&self.log_path).unwrap_or_default()
+        self.uwsgi.log()
     }
 
-    fn wait_listening(&mut self, addrs: &[SocketAddr]) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for addr in addrs {
-            while TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err() {
-                if let Ok(Some(status)) = self.child.try_wait() {
-                    panic!("{} exited ({status}):\n{}", self.file, self.log());
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{} not listening on {addr}:\n{}",
-                    self.file,
-                    self.log()
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-
-    /// The processes whose parent is the master.
     fn children(&self) -> Vec<i32> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                continue;
-            };
-            let ppid = stat
-                .rsplit_once(") ")
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<i32>().ok());
-            if ppid == Some(self.pid) {
-                out.push(pid);
-            }
-        }
-        out.sort_unstable();
-        out
+        self.uwsgi.children()
     }
 
     /// The last startup line of sslcache's replication (one per start and
@@ -194,7 +131,8 @@ impl Node {
     /// completes a handshake again.
     fn reload(&mut self, https: SocketAddr) {
         let (before, _) = self.replication_lines();
-        assert!(signal(self.pid, libc::SIGHUP));
+        // SAFETY: signals the master this test started, by its pid.
+        assert_eq!(unsafe { libc::kill(self.uwsgi.pid, libc::SIGHUP) }, 0);
         assert!(
             eventually(Duration::from_secs(30), || self.replication_lines().0 > before),
             "{} did not reload:\n{}",
@@ -208,84 +146,6 @@ impl Node {
             self.file,
             self.log()
         );
-    }
-
-    /// SIGINT (uWSGI's shutdown; SIGTERM would reload), bounded; then its
-    /// processes are gone (SIGKILL to its group if they linger).
-    fn stop(&mut self) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let children = self.children();
-        signal(self.pid, libc::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(8);
-        let mut exited = false;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                exited = true;
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let gone = || children.iter().all(|c| !Path::new(&format!("/proc/{c}")).exists());
-        if !exited || !eventually(Duration::from_secs(5), gone) {
-            signal(-self.pid, libc::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// What the examples' `http-to` relays to: a uwsgi-protocol backend on
-/// 127.0.0.1:3031 answering every request with "hello", until dropped.
-struct Backend {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Backend {
-    fn start() -> Backend {
-        let listener = TcpListener::bind(("127.0.0.1", BACKEND)).expect("backend port 3031");
-        listener.set_nonblocking(true).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        // A uwsgi packet: modifier1, vars size (u16 LE), modifier2, vars.
-                        let mut header = [0u8; 4];
-                        if s.read_exact(&mut header).is_ok() {
-                            let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
-                            if s.read_exact(&mut vars).is_ok() {
-                                let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello");
-                            }
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Backend {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -417,7 +277,7 @@ fn setup1_resumes_across_router_processes() {
     let _heavy = heavy();
     wait_ports_free(&NODE_TCP, &[]);
     let dir = prepare("ex-setup1", &["setup1.ini"]);
-    let _backend = Backend::start();
+    let _backend = Backend::uwsgi_on(BACKEND);
     let https = node_addr(1);
     let node = Node::start(
         &dir,
@@ -462,7 +322,7 @@ fn setup2_behind_rawrouter_resumes() {
     let mut files = SETUP2.to_vec();
     files.push("setup2-rawrouter.ini");
     let dir = prepare("ex-setup2-rawrouter", &files);
-    let _backend = Backend::start();
+    let _backend = Backend::uwsgi_on(BACKEND);
     let nodes = start_nodes(&dir, "setup2");
     for (i, node) in nodes.iter().enumerate() {
         let (_, line) = node.replication_lines();
@@ -494,7 +354,7 @@ fn setup2_behind_haproxy_resumes() {
     let mut files = SETUP2.to_vec();
     files.push("haproxy.cfg");
     let dir = prepare("ex-setup2-haproxy", &files);
-    let _backend = Backend::start();
+    let _backend = Backend::uwsgi_on(BACKEND);
     let nodes = start_nodes(&dir, "setup2");
     let _haproxy = Process::spawn(&dir, "haproxy", "haproxy", &["-db", "-f", "haproxy.cfg"]);
     wait_port(HAPROXY, "haproxy");
@@ -512,7 +372,7 @@ fn multicast_nodes_resume_each_others_sessions() {
         "ex-multicast",
         &["multicast-node1.ini", "multicast-node2.ini", "multicast-node3.ini"],
     );
-    let _backend = Backend::start();
+    let _backend = Backend::uwsgi_on(BACKEND);
     let nodes = start_nodes(&dir, "multicast");
     for node in &nodes {
         let (_, line) = node.replication_lines();
@@ -566,7 +426,7 @@ fn sealed_cluster_rotates_its_key_without_a_flag_day() {
     assert!(made.success());
     let old = fs::read_to_string(dir.join("sslcache.key")).unwrap().trim().to_string();
     assert_eq!(old.len(), 64);
-    let _backend = Backend::start();
+    let _backend = Backend::uwsgi_on(BACKEND);
     let mut nodes = start_nodes(&dir, "sealed");
     for node in &nodes {
         let (_, line) = node.replication_lines();

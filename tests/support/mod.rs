@@ -4,14 +4,15 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslOptions, SslSession, SslStream, SslVerifyMode, SslVersion};
@@ -143,10 +144,17 @@ impl Uwsgi {
     /// Writes `<dir>/<name>.ini` and starts `binary --ini` on it.
     pub fn spawn_with(binary: &Path, dir: &Path, name: &str, ini: &str) -> Uwsgi {
         let ini_path = dir.join(format!("{name}.ini"));
-        let log_path = dir.join(format!("{name}.log"));
         fs::write(&ini_path, ini).unwrap();
+        Self::spawn_file(binary, dir, name, &ini_path, &[])
+    }
+
+    /// `binary <before_ini...> --ini <ini_path>` on a file as it is, with
+    /// `dir` as its current directory, its output to `<dir>/<name>.log`.
+    pub fn spawn_file(binary: &Path, dir: &Path, name: &str, ini_path: &Path, before_ini: &[&OsStr]) -> Uwsgi {
+        let ini_path = dir.join(ini_path);
+        let log_path = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(binary);
-        cmd.arg("--ini").arg(&ini_path);
+        cmd.args(before_ini).arg("--ini").arg(&ini_path);
         let child = spawn_logged(cmd, dir, &log_path);
         let pid = child.id() as i32;
         Uwsgi {
@@ -540,28 +548,66 @@ const HELLO: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello";
 
 /// A backend on 127.0.0.1 that reads one request per connection with
 /// `read_request` and answers `HELLO`, each connection on its own thread,
-/// until `lifetime` elapses. Returns its port.
-fn backend(lifetime: Duration, read_request: fn(&mut TcpStream) -> bool) -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    // Blocking accepts (a benchmark's connections must not wait for a
-    // polling tick); the thread ends at the first connection after
-    // `lifetime`, or with the test process.
-    std::thread::spawn(move || {
-        let deadline = Instant::now() + lifetime;
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut s, _)) => {
-                    std::thread::spawn(move || {
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        if read_request(&mut s) {
-                            let _ = s.write_all(HELLO);
-                        }
-                    });
+/// until dropped.
+pub struct Backend {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Backend {
+    /// Listens on 127.0.0.1:`port` (0: any free port).
+    fn serve(port: u16, read_request: fn(&mut TcpStream) -> bool) -> Backend {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap_or_else(|e| panic!("backend port {port}: {e}"));
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        // Blocking accepts (a benchmark's connections must not wait for a
+        // polling tick); dropping the backend wakes the last one.
+        let thread = std::thread::spawn(move || {
+            for s in listener.incoming() {
+                if flag.load(Ordering::Relaxed) {
+                    break;
                 }
-                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    if read_request(&mut s) {
+                        let _ = s.write_all(HELLO);
+                    }
+                });
             }
+        });
+        Backend {
+            port,
+            stop,
+            thread: Some(thread),
         }
+    }
+
+    /// A uwsgi-protocol backend (see [`uwsgi_backend`]) on a given port.
+    pub fn uwsgi_on(port: u16) -> Backend {
+        Backend::serve(port, read_uwsgi_request)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], self.port)), Duration::from_secs(1));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A backend on any free port, stopped after `lifetime`; its port.
+fn backend(lifetime: Duration, read_request: fn(&mut TcpStream) -> bool) -> u16 {
+    let backend = Backend::serve(0, read_request);
+    let port = backend.port;
+    std::thread::spawn(move || {
+        std::thread::sleep(lifetime);
+        drop(backend);
     });
     port
 }
@@ -586,15 +632,18 @@ pub fn http_backend(lifetime: Duration) -> u16 {
 /// uses: every request (one uwsgi packet) gets the tiny HTTP response with
 /// the body `hello`.
 pub fn uwsgi_backend(lifetime: Duration) -> u16 {
-    backend(lifetime, |s| {
-        // Header: modifier1, vars size (u16 little endian), modifier2.
-        let mut header = [0u8; 4];
-        if s.read_exact(&mut header).is_err() {
-            return false;
-        }
-        let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
-        s.read_exact(&mut vars).is_ok()
-    })
+    backend(lifetime, read_uwsgi_request)
+}
+
+/// Reads one uwsgi packet: modifier1, vars size (u16 little endian),
+/// modifier2, the vars.
+fn read_uwsgi_request(s: &mut TcpStream) -> bool {
+    let mut header = [0u8; 4];
+    if s.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let mut vars = vec![0u8; u16::from_le_bytes([header[1], header[2]]) as usize];
+    s.read_exact(&mut vars).is_ok()
 }
 
 /// A process other than uWSGI (HAProxy), stopped by its pid on drop.
@@ -767,6 +816,50 @@ pub fn s_time(port: u16, version: &str, seconds: u32) -> (f64, f64) {
     let total = marks.len().max(1);
     let resumed = marks.chars().filter(|&c| c == 'r').count();
     (total as f64 / wall, resumed as f64 / total as f64)
+}
+
+/// Resumes `session` (made first if `None`) over and over for `seconds`
+/// through 127.0.0.1:`port`: handshake, `GET /`, the response read to the
+/// end and checked, close_notify. Returns (resumed and answered
+/// connections per second, failed handshakes). TCP_NODELAY, as curl,
+/// browsers and s_time set it: without it, the request waits behind any
+/// balancer's delayed ACK of the Finished (about 40 ms).
+pub fn resuming_client(port: u16, seconds: u32, session: &mut Option<SslSession>) -> (f64, u32) {
+    let client = Client::new(Proto::Tls12NoTickets);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let started = Instant::now();
+    let (mut answered, mut failed) = (0u32, 0u32);
+    while started.elapsed() < Duration::from_secs(seconds.into()) {
+        let Ok(tcp) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+            failed += 1;
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(mut stream) = client.handshake_on(tcp, session.as_ref()) else {
+            failed += 1;
+            continue;
+        };
+        let resumed = stream.ssl().session_reused();
+        let _ = stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        // Up to the known body, then a clean close: OpenSSL drops a session
+        // whose connection ends in an error (an EOF without close_notify).
+        let mut response = Vec::new();
+        let mut chunk = [0u8; 1024];
+        while !response.ends_with(b"hello") {
+            match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => response.extend_from_slice(&chunk[..n]),
+            }
+        }
+        if resumed && response.ends_with(b"hello") {
+            answered += 1;
+        }
+        let _ = stream.shutdown();
+        if session.is_none() {
+            *session = stream.ssl().session().map(|s| s.to_owned());
+        }
+    }
+    (f64::from(answered) / started.elapsed().as_secs_f64(), failed)
 }
 
 pub fn median(mut v: Vec<f64>) -> f64 {

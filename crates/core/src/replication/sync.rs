@@ -15,6 +15,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -198,6 +199,8 @@ pub struct Worker<'a> {
     tokens: u64,
     refilled_ms: u64,
     buckets: usize,
+    /// The store's inserts and removals when last looked at.
+    last_activity: u64,
     scratch: Vec<u8>,
     sealed: Vec<u8>,
 }
@@ -260,6 +263,7 @@ impl<'a> Worker<'a> {
             digests_seen: HashMap::new(),
             tokens: BURST,
             refilled_ms: now,
+            last_activity: 0,
             buckets: digest::buckets_for(store.limits().capacity),
             scratch: Vec::new(),
             sealed: Vec::new(),
@@ -573,6 +577,17 @@ impl<'a> Worker<'a> {
 
     /// Pulls and digests that are due.
     fn timers(&mut self, now: u64) {
+        // Sessions coming in: the next digests within DIGEST_CHANGED_MS, not
+        // after an idle interval (what is lost then is repaired seconds, not
+        // an idle interval, later).
+        let counters = self.store.counters();
+        let activity = counters.inserts.load(Ordering::Relaxed) + counters.removed.load(Ordering::Relaxed);
+        if activity != self.last_activity {
+            self.last_activity = activity;
+            for peer in &mut self.peers {
+                peer.next_digest_ms = peer.next_digest_ms.min(now + DIGEST_CHANGED_MS);
+            }
+        }
         if now >= self.next_progress_ms {
             self.next_progress_ms = now + PULL_PROGRESS_MS;
             let acked: Vec<SocketAddr> = self

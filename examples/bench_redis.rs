@@ -218,7 +218,7 @@ fn simulate(nodes: usize, mesh: Mesh, redis_port: u16) -> (f64, f64, f64, f64) {
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&k.to_le_bytes());
             id[8..16].copy_from_slice(&(i as u64).to_le_bytes());
-            s.stored(&id, &[7; VALUE], expires);
+            s.stored(&id, &[7; VALUE], expires, sslcache_core::record::Origin::Local);
         }
         let due = started + Duration::from_secs_f64((k + 1) as f64 / RATE as f64);
         if let Some(wait) = due.checked_duration_since(Instant::now()) {

@@ -148,9 +148,9 @@ unsafe extern "C" fn jail(_start: Option<unsafe extern "C" fn(*mut c_void) -> c_
 struct Events;
 
 impl SessionEvents for Events {
-    fn stored(&self, id: &[u8], der: &[u8], expires: u64) {
+    fn stored(&self, id: &[u8], der: &[u8], expires: u64, origin: sslcache_core::record::Origin) {
         if let Some(r) = replication::get() {
-            r.stored(id, der, expires);
+            r.stored(id, der, expires, origin);
         }
     }
 

@@ -114,8 +114,9 @@ impl SessionCounters {
 
 /// Told about every change the callbacks make to the store.
 pub trait SessionEvents: Send + Sync {
-    /// A session created here was stored, valid until `expires`.
-    fn stored(&self, _id: &[u8], _der: &[u8], _expires: u64) {}
+    /// A session created here was stored, valid until `expires`; `origin`
+    /// says whether it carries a client identity.
+    fn stored(&self, _id: &[u8], _der: &[u8], _expires: u64, _origin: Origin) {}
     /// OpenSSL asked to forget a session.
     fn removed(&self, _id: &[u8]) {}
     /// The store changed (for stats).
@@ -603,6 +604,16 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
         )
     };
     let expires = (established + lifetime).min(now + cache.timeout as u64);
+    // A client identity (a certificate, or a context that verifies
+    // clients): the session never leaves the node in the clear.
+    // SAFETY: `sess` is this connection's session and `ssl` the live
+    // connection (the contract); both calls only read them.
+    let identified = unsafe { !ffi::SSL_SESSION_get0_peer(sess).is_null() || Verify::of_ssl(ssl).checks_clients() };
+    let origin = if identified {
+        Origin::LocalIdentity
+    } else {
+        Origin::Local
+    };
     let limits = cache.store.limits();
     let max = (limits.blocksize as usize).saturating_sub(record::OVERHEAD);
     // SAFETY: as above.
@@ -610,13 +621,13 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
         Some(der) => {
             let result = cache
                 .store
-                .insert(&id, &record::encode(Origin::Local, &der), expires, now);
+                .insert(&id, &record::encode(origin, &der), expires, now);
             if cache.verbose {
                 log::info!("new session {}.. ({} bytes): {result:?}", hex(&id), der.len());
             }
             let stored = matches!(result, Insert::Stored { .. });
             if stored {
-                cache.events.stored(&id, &der, expires);
+                cache.events.stored(&id, &der, expires, origin);
             }
             stored
         }

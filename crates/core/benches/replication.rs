@@ -144,7 +144,7 @@ fn run_via(rate: u64, sealed: bool, path: Path) -> (u64, u64, u64, u64, u64) {
             let mut id = [0u8; 32];
             id[..8].copy_from_slice(&(seq as u64).to_le_bytes());
             observer.sent_at[seq].store(observer.base.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            a.stored(&id, &[7; VALUE], expires);
+            a.stored(&id, &[7; VALUE], expires, sslcache_core::record::Origin::Local);
             seq += 1;
         }
         // Pace: the next batch is due when the rate says so.

@@ -1,13 +1,18 @@
 //! What the store keeps for a session: one byte saying where it came from,
 //! then its DER encoding. The origin decides what a session may open: one
 //! learnt from an unauthenticated (plain) datagram never resumes a context
-//! that verifies client certificates and never carries a client identity.
+//! that verifies client certificates and never carries a client identity;
+//! one made here with a client identity never leaves the node in the clear.
 
 /// Where a stored session came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// Made by a handshake on this node.
     Local,
+    /// Made by a handshake on this node with a client identity (a client
+    /// certificate, or on a context that verifies clients): replicated
+    /// only sealed, never in the clear.
+    LocalIdentity,
     /// Received in a sealed (authenticated) datagram.
     Sealed,
     /// Received in a plain datagram: anyone who reaches the port may have
@@ -19,14 +24,22 @@ impl Origin {
     fn byte(self) -> u8 {
         match self {
             Origin::Local => b'L',
+            Origin::LocalIdentity => b'I',
             Origin::Sealed => b'S',
             Origin::Plain => b'P',
         }
     }
 
+    /// Whether a session of this origin may be sent in a plain
+    /// (unauthenticated, readable) datagram or Redis value.
+    pub fn sendable_in_clear(self) -> bool {
+        self != Origin::LocalIdentity
+    }
+
     fn from_byte(b: u8) -> Option<Origin> {
         match b {
             b'L' => Some(Origin::Local),
+            b'I' => Some(Origin::LocalIdentity),
             b'S' => Some(Origin::Sealed),
             b'P' => Some(Origin::Plain),
             _ => None,
@@ -78,7 +91,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_unknown_origins() {
-        for origin in [Origin::Local, Origin::Sealed, Origin::Plain] {
+        for origin in [Origin::Local, Origin::LocalIdentity, Origin::Sealed, Origin::Plain] {
             let v = encode(origin, b"\x30\x03der");
             assert_eq!(decode(&v), Some((origin, &b"\x30\x03der"[..])));
         }

@@ -75,6 +75,9 @@ pub struct ReplicationCounters {
     /// Redis: records refused (forged, under another session's name,
     /// plain on a sealed node, malformed).
     pub redis_refused: AtomicU64,
+    /// Sessions with a client identity kept on this node: plain
+    /// replication never sends them (not pushed, pulled nor repaired).
+    pub kept_identity: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -84,7 +87,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 30] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 31] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -116,6 +119,7 @@ impl ReplicationCounters {
             ("redis_reconnects", &self.redis_reconnects),
             ("redis_loaded", &self.redis_loaded),
             ("redis_refused", &self.redis_refused),
+            ("kept_identity", &self.kept_identity),
         ]
     }
 

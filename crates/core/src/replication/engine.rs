@@ -30,6 +30,7 @@ use crate::boundary::Boundary;
 use crate::clock;
 use crate::config::Replication;
 use crate::os::{self, fork_guard};
+use crate::record::Origin;
 use crate::store::Store;
 
 /// Told what the receiver did with each datagram (stats, benchmarks).
@@ -163,9 +164,14 @@ impl Replicator {
         receivers.iter().map(|r| r.local()).collect()
     }
 
-    /// Sends a session just stored here to every peer.
-    pub fn stored(&self, id: &[u8], der: &[u8], expires: u64) {
+    /// Sends a session just stored here to every peer; one with a client
+    /// identity only when sealing.
+    pub fn stored(&self, id: &[u8], der: &[u8], expires: u64, origin: Origin) {
         if self.transports.is_empty() {
+            return;
+        }
+        if self.sealer.is_none() && !origin.sendable_in_clear() {
+            ReplicationCounters::bump(&self.counters().kept_identity);
             return;
         }
         let mut frame = Vec::with_capacity(der.len() + id.len() + 32);
@@ -450,7 +456,8 @@ impl Replicator {
 pub const PLAIN_WARNING: &str = "session replication is unauthenticated and readable on the network: anyone who \
     can reach the receiving port can plant sessions, anyone on the path reads their master secrets (set \
     cache-udp-key, or udp_key= in cache2, to seal it); sessions from plain datagrams never resume where client \
-    certificates are verified and never carry one";
+    certificates are verified and never carry one; sessions with a client identity (a client certificate, or made \
+    where client certificates are verified) are never sent in the clear";
 
 #[cfg(test)]
 mod tests {
@@ -520,7 +527,7 @@ mod tests {
                 stop: AtomicBool::new(false),
             });
             b.start_receivers(observer.clone(), false);
-            a.stored(b"session-id", b"der", clock::unix_secs() + 100);
+            a.stored(b"session-id", b"der", clock::unix_secs() + 100, Origin::Local);
             let started = Instant::now();
             while observer.applied.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(5) {
                 std::thread::sleep(Duration::from_millis(5));

@@ -815,6 +815,7 @@ fn held(value: &[u8], sealing: bool) -> Option<Held> {
     Some(match record::read(value)? {
         Record::Tombstone => Held::Tombstone,
         Record::Session(Origin::Plain, _) if sealing => Held::Unsendable,
+        Record::Session(origin, _) if !sealing && !origin.sendable_in_clear() => Held::Unsendable,
         Record::Session(..) => Held::Session,
     })
 }
@@ -823,6 +824,7 @@ fn held(value: &[u8], sealing: bool) -> Option<Held> {
 fn sendable(value: &[u8], sealing: bool) -> Option<&[u8]> {
     match record::read(value)? {
         Record::Session(Origin::Plain, _) if sealing => None,
+        Record::Session(origin, _) if !sealing && !origin.sendable_in_clear() => None,
         Record::Session(_, der) => Some(der),
         Record::Tombstone => None,
     }

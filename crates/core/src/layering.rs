@@ -17,11 +17,11 @@ const CORE: &[&[&str]] = &[
     &["replication"],
 ];
 
-/// The replication engine's modules: formats, keys and counters, then
+/// The replication engine's modules: formats, keys, counters and cookies, then
 /// sealing, digests and Redis names, then the transport traits, then what
 /// uses them, then the engine.
 const REPLICATION: &[&[&str]] = &[
-    &["counters", "keys", "log_budget", "wire"],
+    &["counters", "keys", "log_budget", "wire", "routability"],
     &["seal", "digest", "names"],
     &["transport"],
     &["apply", "udp", "sync", "redis"],
@@ -173,6 +173,7 @@ fn the_check_sees_an_upward_import() {
                 "sync",
                 "names",
                 "redis",
+                "routability",
             ],
             &["wire"],
         ],

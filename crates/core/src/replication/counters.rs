@@ -78,6 +78,13 @@ pub struct ReplicationCounters {
     /// Sessions with a client identity kept on this node: plain
     /// replication never sends them (not pushed, pulled nor repaired).
     pub kept_identity: AtomicU64,
+    /// Sync messages not acted on: without a valid cookie for the address
+    /// answers would go to (answered with a cookie, within a rate), naming
+    /// another node as recipient, or over a rate (requests, scans, cookie
+    /// answers).
+    pub sync_unproven: AtomicU64,
+    pub sync_misdirected: AtomicU64,
+    pub sync_throttled: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -87,7 +94,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 31] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 34] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -120,6 +127,9 @@ impl ReplicationCounters {
             ("redis_loaded", &self.redis_loaded),
             ("redis_refused", &self.redis_refused),
             ("kept_identity", &self.kept_identity),
+            ("sync_unproven", &self.sync_unproven),
+            ("sync_misdirected", &self.sync_misdirected),
+            ("sync_throttled", &self.sync_throttled),
         ]
     }
 

@@ -15,7 +15,13 @@
 //! command [`CMD_SYNC`](super::wire::CMD_SYNC)), integers big endian:
 //!
 //! ```text
+//! u8 version = 0xC2
 //! u8 kind
+//! addr to:    where the sender sent it (this node, as the sender knows it)
+//! addr from:  where the sender takes answers (its receiving address)
+//! u64 proof:  a cookie of the recipient's for the sender (0: none yet)
+//! u64 grant:  the sender's cookie for the recipient
+//! then by kind:
 //! 1 Pull:   u8 version, u64 instance (random per process image of the puller)
 //! 2 Pulled: u64 sessions sent
 //! 3 Digest: window, u64 xor * buckets
@@ -23,14 +29,25 @@
 //! 5 Want:   u64 id * n
 //! 6 PullStarted: u64 sessions about to be sent
 //! 7 PullProgress: u64 sessions of the answer received so far
+//! 8 Cookie: nothing (the answer to a message without a valid proof)
 //! window:   u64 lo, u64 hi (unix seconds: lo < expires <= hi), u16 buckets
+//! addr:     u8 4, 4 bytes, u16 port | u8 6, 16 bytes, u16 port
 //! ```
+//!
+//! The envelope binds a message to its recipient and its answers to an
+//! address that proved it receives (see [`super::routability`]): a node
+//! acts on a message only when its proof is a cookie it gave the sender's
+//! address lately, and answers anything else with a `Cookie` no larger than
+//! the message. Sealed, the envelope is authenticated: a message replayed
+//! to another node names the wrong recipient, and answers go to `from`,
+//! never to a datagram's (forgeable) source.
 //!
 //! An id is a keyed hash of the session id that every node computes alike;
 //! its two low bits are flags in `Keys` ([`SETTLED`], [`TOMBSTONE`]).
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
+use std::net::{IpAddr, SocketAddr};
 
 use siphasher::sip::SipHasher13;
 
@@ -45,8 +62,12 @@ const FLAGS: u64 = SETTLED | TOMBSTONE;
 /// Largest sync message body built for `Keys` and `Want`: a few IP
 /// fragments at most on a 1500-byte MTU.
 pub const MAX_BODY: usize = 8192;
+/// Largest envelope (IPv6 addresses).
+pub const MAX_ENVELOPE: usize = 2 + 2 * 19 + 16;
+/// Bytes of a body left for a message after its envelope.
+const MAX_MESSAGE: usize = MAX_BODY - MAX_ENVELOPE;
 /// Ids that fit a `Want`.
-pub const WANT_IDS: usize = (MAX_BODY - 1) / 8;
+pub const WANT_IDS: usize = (MAX_MESSAGE - 1) / 8;
 /// Fewest and most buckets in a digest.
 const MIN_BUCKETS: usize = 64;
 pub const MAX_BUCKETS: usize = 2048;
@@ -58,7 +79,12 @@ const KEYS: u8 = 4;
 const WANT: u8 = 5;
 const PULL_STARTED: u8 = 6;
 const PULL_PROGRESS: u8 = 7;
+const COOKIE: u8 = 8;
+/// Of a `Pull`'s own format.
 const VERSION: u8 = 1;
+/// Of the envelope: sync messages of earlier versions started with their
+/// kind (1 to 7) and are refused.
+pub const ENVELOPE_VERSION: u8 = 0xC2;
 
 /// The id of a session in sync messages (low flag bits clear).
 pub fn id_of(key: &[u8]) -> u64 {
@@ -160,13 +186,72 @@ pub enum Message {
     Want {
         ids: Vec<u64>,
     },
+    /// Carries only its envelope: the grant the recipient needs to be
+    /// heard, and as proof the grant of the message it answers.
+    Cookie,
+}
+
+/// Who a sync message is for, where its answers go, and the cookies that
+/// prove the two addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Envelope {
+    pub to: SocketAddr,
+    pub from: SocketAddr,
+    pub proof: u64,
+    pub grant: u64,
+}
+
+impl Envelope {
+    fn encode(&self, kind: u8, out: &mut Vec<u8>) {
+        out.push(ENVELOPE_VERSION);
+        out.push(kind);
+        encode_addr(&self.to, out);
+        encode_addr(&self.from, out);
+        out.extend_from_slice(&self.proof.to_be_bytes());
+        out.extend_from_slice(&self.grant.to_be_bytes());
+    }
+}
+
+fn encode_addr(addr: &SocketAddr, out: &mut Vec<u8>) {
+    match addr.ip() {
+        IpAddr::V4(ip) => {
+            out.push(4);
+            out.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.push(6);
+            out.extend_from_slice(&ip.octets());
+        }
+    }
+    out.extend_from_slice(&addr.port().to_be_bytes());
+}
+
+fn decode_addr(r: &mut Reader<'_>) -> Result<SocketAddr, WireError> {
+    let ip = match r.u8()? {
+        4 => IpAddr::from(<[u8; 4]>::try_from(r.take(4)?).expect("4 bytes")),
+        6 => IpAddr::from(<[u8; 16]>::try_from(r.take(16)?).expect("16 bytes")),
+        _ => return Err(WireError::BadValue),
+    };
+    Ok(SocketAddr::new(ip, r.u16_be()?))
 }
 
 impl Message {
-    /// Decodes a sync message body; strict: every byte accounted for.
-    pub fn decode(body: &[u8]) -> Result<Message, WireError> {
+    /// Decodes a sync message body and its envelope; strict: every byte
+    /// accounted for.
+    pub fn decode(body: &[u8]) -> Result<(Envelope, Message), WireError> {
         let mut r = Reader::new(body);
-        let message = match r.u8()? {
+        if r.u8()? != ENVELOPE_VERSION {
+            return Err(WireError::BadModifier);
+        }
+        let kind = r.u8()?;
+        let envelope = Envelope {
+            to: decode_addr(&mut r)?,
+            from: decode_addr(&mut r)?,
+            proof: r.u64_be()?,
+            grant: r.u64_be()?,
+        };
+        let message = match kind {
+            COOKIE => Message::Cookie,
             PULL => match r.u8()? {
                 VERSION => Message::Pull { instance: r.u64_be()? },
                 _ => return Err(WireError::BadModifier),
@@ -216,50 +301,67 @@ impl Message {
         if !r.rest.is_empty() {
             return Err(WireError::TrailingBytes);
         }
-        Ok(message)
+        Ok((envelope, message))
     }
 
-    /// The bodies that carry this message: one, or for `Keys` and `Want`
-    /// as many as keep each under [`MAX_BODY`] (a bucket's ids are never
-    /// split: those beyond a body are left out and the bucket marked
-    /// incomplete).
-    pub fn encode(&self) -> Vec<Vec<u8>> {
+    fn kind(&self) -> u8 {
+        match self {
+            Message::Pull { .. } => PULL,
+            Message::Pulled { .. } => PULLED,
+            Message::PullStarted { .. } => PULL_STARTED,
+            Message::PullProgress { .. } => PULL_PROGRESS,
+            Message::Digest { .. } => DIGEST,
+            Message::Keys { .. } => KEYS,
+            Message::Want { .. } => WANT,
+            Message::Cookie => COOKIE,
+        }
+    }
+
+    /// The bodies that carry this message in `envelope`: one, or for
+    /// `Keys` and `Want` as many as keep each under [`MAX_BODY`] (a
+    /// bucket's ids are never split: those beyond a body are left out and
+    /// the bucket marked incomplete).
+    pub fn encode(&self, envelope: &Envelope) -> Vec<Vec<u8>> {
+        let kind = self.kind();
+        let mut bodies = self.payloads();
+        for body in &mut bodies {
+            let mut out = Vec::with_capacity(MAX_ENVELOPE + body.len());
+            envelope.encode(kind, &mut out);
+            out.append(body);
+            *body = out;
+        }
+        bodies
+    }
+
+    /// What follows the envelope, per body.
+    fn payloads(&self) -> Vec<Vec<u8>> {
         match self {
             Message::Pull { instance } => {
-                let mut out = vec![PULL, VERSION];
+                let mut out = vec![VERSION];
                 out.extend_from_slice(&instance.to_be_bytes());
                 vec![out]
             }
             Message::Pulled { sessions: n }
             | Message::PullStarted { sessions: n }
-            | Message::PullProgress { received: n } => {
-                let kind = match self {
-                    Message::Pulled { .. } => PULLED,
-                    Message::PullStarted { .. } => PULL_STARTED,
-                    _ => PULL_PROGRESS,
-                };
-                let mut out = vec![kind];
-                out.extend_from_slice(&n.to_be_bytes());
-                vec![out]
-            }
+            | Message::PullProgress { received: n } => vec![n.to_be_bytes().to_vec()],
             Message::Digest { window, xors } => {
-                let mut out = vec![DIGEST];
+                let mut out = Vec::new();
                 window.encode(&mut out);
                 xors.iter().for_each(|x| out.extend_from_slice(&x.to_be_bytes()));
                 vec![out]
             }
             Message::Keys { window, buckets } => {
                 let start = || {
-                    let mut out = vec![KEYS];
+                    let mut out = Vec::new();
                     window.encode(&mut out);
                     out
                 };
-                let fits = (MAX_BODY - start().len() - 5) / 8;
+                let fits = (MAX_MESSAGE - 1 - start().len() - 5) / 8;
                 let mut bodies = Vec::new();
                 let mut out = start();
                 for b in buckets {
                     let n = b.ids.len().min(fits);
-                    if out.len() + 5 + 8 * n > MAX_BODY {
+                    if 1 + out.len() + 5 + 8 * n > MAX_MESSAGE {
                         bodies.push(std::mem::replace(&mut out, start()));
                     }
                     out.extend_from_slice(&b.bucket.to_be_bytes());
@@ -276,12 +378,9 @@ impl Message {
             }
             Message::Want { ids } => ids
                 .chunks(WANT_IDS)
-                .map(|chunk| {
-                    let mut out = vec![WANT];
-                    chunk.iter().for_each(|id| out.extend_from_slice(&id.to_be_bytes()));
-                    out
-                })
+                .map(|chunk| chunk.iter().flat_map(|id| id.to_be_bytes()).collect())
                 .collect(),
+            Message::Cookie => vec![Vec::new()],
         }
     }
 }
@@ -434,8 +533,32 @@ mod tests {
         s
     }
 
+    fn envelope() -> Envelope {
+        Envelope {
+            to: "127.0.0.2:4000".parse().unwrap(),
+            from: "[::1]:4001".parse().unwrap(),
+            proof: 7,
+            grant: u64::MAX,
+        }
+    }
+
     fn roundtrip(m: &Message) -> Vec<Message> {
-        m.encode().iter().map(|b| Message::decode(b).unwrap()).collect()
+        m.encode(&envelope())
+            .iter()
+            .map(|b| {
+                let (e, m) = Message::decode(b).unwrap();
+                assert_eq!(e, envelope());
+                m
+            })
+            .collect()
+    }
+
+    /// A body of `kind` with `payload` after a valid envelope.
+    fn body(kind: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        envelope().encode(kind, &mut out);
+        out.extend_from_slice(payload);
+        out
     }
 
     #[test]
@@ -542,7 +665,7 @@ mod tests {
             window: window(),
             buckets: buckets.clone(),
         };
-        let bodies = keys.encode();
+        let bodies = keys.encode(&envelope());
         assert_eq!(bodies.len(), 3);
         assert!(bodies.iter().all(|b| b.len() <= MAX_BODY));
         for (i, m) in roundtrip(&keys).into_iter().enumerate() {
@@ -570,48 +693,52 @@ mod tests {
         let want = Message::Want {
             ids: (0..2500).collect(),
         };
-        assert_eq!(want.encode().len(), 3);
+        assert_eq!(want.encode(&envelope()).len(), 3);
     }
 
     #[test]
     fn rejects_malformed_bodies() {
-        let mut digest = Message::Digest {
+        let digest = Message::Digest {
             window: window(),
             xors: vec![0; 64],
         }
-        .encode()
+        .encode(&envelope())
         .remove(0);
+        let mut keys_head = Vec::new();
+        window().encode(&mut keys_head);
         let cases: Vec<Vec<u8>> = vec![
             vec![],
-            vec![9],
-            vec![PULL],
-            vec![PULL, 2],
-            vec![PULLED, 1, 2],
+            // An earlier version's Pull (no envelope).
+            vec![PULL, VERSION, 0, 0, 0, 0, 0, 0, 0, 0],
+            body(9, &[]),
+            body(PULL, &[]),
+            body(PULL, &[2]),
+            body(PULLED, &[1, 2]),
+            body(COOKIE, &[0]),
             digest[..digest.len() - 1].to_vec(),
             [&digest[..], &[0]].concat(),
-            vec![WANT],
-            vec![WANT, 1, 2, 3],
+            body(WANT, &[]),
+            body(WANT, &[1, 2, 3]),
             // A bucket id beyond the window's buckets.
-            {
-                let mut k = vec![KEYS];
-                window().encode(&mut k);
-                k.extend_from_slice(&[0, 64, 1, 0, 0]);
-                k
-            },
+            body(KEYS, &[&keys_head[..], &[0, 64, 1, 0, 0]].concat()),
             // An id listed under the wrong bucket.
+            body(KEYS, &[&keys_head[..], &[0, 1, 1, 0, 1], &0u64.to_be_bytes()].concat()),
+            // An address of no family, a truncated envelope.
             {
-                let mut k = vec![KEYS];
-                window().encode(&mut k);
-                k.extend_from_slice(&[0, 1, 1, 0, 1]);
-                k.extend_from_slice(&0u64.to_be_bytes());
-                k
+                let mut b = body(COOKIE, &[]);
+                b[2] = 5;
+                b
             },
+            body(COOKIE, &[])[..20].to_vec(),
         ];
         for case in cases {
             assert!(Message::decode(&case).is_err(), "{case:?}");
         }
+        assert_eq!(Message::decode(&body(COOKIE, &[])), Ok((envelope(), Message::Cookie)));
         // Buckets not a power of two.
-        digest[1 + 16 + 1] = 63;
+        let mut digest = digest;
+        let at = digest.len() - 64 * 8 - 1;
+        digest[at] = 63;
         assert!(Message::decode(&digest).is_err());
     }
 

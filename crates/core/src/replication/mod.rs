@@ -21,6 +21,7 @@ pub mod keys;
 pub mod log_budget;
 pub mod names;
 pub mod redis;
+pub mod routability;
 pub mod seal;
 pub mod sync;
 pub mod transport;

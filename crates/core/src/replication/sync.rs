@@ -3,10 +3,15 @@
 //!
 //! It talks to the unicast peers of the configuration from the node's own
 //! receiving address, so that their answers arrive where it listens.
-//! A request is answered only when it was sealed with the cluster key, or
-//! (plain replication) comes from a configured peer's address: a plain node
-//! never hands its sessions to whoever asks. Sessions learnt from plain
-//! datagrams are never sent sealed (that would vouch for them).
+//! A message is acted on only when it names this node as its recipient,
+//! its proof is a cookie this node gave the address answers go to (see
+//! [`super::routability`]: anything else gets a `Cookie`, no larger than
+//! the message), and it was sealed with the cluster key — then answers go
+//! to the address the sealed envelope names, never to the datagram's
+//! source — or (plain replication) it comes from a configured peer's
+//! address. Requests are rate-limited per address, store scans per second.
+//! Sessions learnt from plain datagrams are never sent sealed (that would
+//! vouch for them); sessions with a client identity never in the clear.
 //!
 //! Everything it sends in answer is paced ([`SESSIONS_PER_SEC`]) so that
 //! serving a pull of a large store never starves the node's handshakes,
@@ -21,7 +26,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::counters::ReplicationCounters;
-use super::digest::{self, Held, Message, Snapshot, Window};
+use super::digest::{self, Envelope, Held, Message, Snapshot, Window};
+use super::routability::{Bucket, Cookies, PerAddress};
 use super::seal::Sealer;
 use super::transport::Replier;
 use super::wire::{self, Via};
@@ -70,6 +76,25 @@ const DIFFERENCES_FRESH_MS: u64 = 3_000;
 const MIN_DIGEST_GAP_MS: u64 = DIGEST_FAST_MS / 2;
 /// A snapshot of this node is reused for this long.
 const SNAPSHOT_MS: u64 = DIGEST_FAST_MS / 2;
+/// Whole-store scans (snapshots, sessions asked for) a second, at most, and
+/// at once; sessions asked for are gathered for one scan this often.
+const SCANS_PER_SEC: u64 = 20;
+const SCANS_BURST: u64 = 10;
+const GATHER_MS: u64 = 50;
+/// `Cookie` answers a second to one address, and to all.
+const COOKIES_PER_ADDRESS_PER_SEC: u64 = 4;
+const COOKIES_PER_SEC: u64 = 200;
+/// Pulls a second from one address (a puller retries every
+/// [`PULL_RETRY_MS`]), and `Keys`/`Want` bodies (a digest's answer is a few).
+const PULLS_PER_SEC: u64 = 1;
+const PULLS_BURST: u64 = 2;
+const ASKS_PER_SEC: u64 = 64;
+const ASKS_BURST: u64 = 128;
+/// A peer's window is compared as it is when it is this close to this
+/// node's own (clocks a few seconds apart); otherwise the node's own.
+const WINDOW_TOLERANCE_SECS: u64 = 5;
+/// Cookies of other nodes kept (for the messages sent to them).
+const MAX_THEIR_COOKIES: usize = 4096;
 
 static SYNC: Boundary = Boundary::new("a sync step (warm start, repair)");
 
@@ -105,6 +130,13 @@ struct Job {
     written_off: u64,
     /// A pull answer: the puller's instance.
     instance: u64,
+}
+
+/// Sessions asked for by one peer (or deleted there), for the next scan.
+#[derive(Default)]
+struct Asked {
+    send: HashSet<u64>,
+    delete: HashSet<u64>,
 }
 
 /// Whether a job may send now.
@@ -203,6 +235,19 @@ pub struct Worker<'a> {
     last_activity: u64,
     scratch: Vec<u8>,
     sealed: Vec<u8>,
+    /// Where this node receives (recipients it answers to).
+    own: Vec<SocketAddr>,
+    cookies: Cookies,
+    /// The cookies other nodes gave this one: the proofs it sends them.
+    their_cookies: HashMap<SocketAddr, u64>,
+    cookie_answers: PerAddress,
+    cookies_total: Bucket,
+    pulls: PerAddress,
+    asks: PerAddress,
+    scans: Bucket,
+    /// Sessions asked for, by peer, until the next scan.
+    asked: HashMap<SocketAddr, Asked>,
+    next_gather_ms: u64,
 }
 
 impl<'a> Worker<'a> {
@@ -245,7 +290,6 @@ impl<'a> Worker<'a> {
             tombstone_secs,
             sealer,
             counters,
-            repliers,
             verbose,
             cache,
             peers,
@@ -267,6 +311,17 @@ impl<'a> Worker<'a> {
             buckets: digest::buckets_for(store.limits().capacity),
             scratch: Vec::new(),
             sealed: Vec::new(),
+            own: repliers.iter().map(|r| r.local_addr()).collect(),
+            repliers,
+            cookies: Cookies::new(),
+            their_cookies: HashMap::new(),
+            cookie_answers: PerAddress::new(COOKIES_PER_ADDRESS_PER_SEC, COOKIES_PER_ADDRESS_PER_SEC),
+            cookies_total: Bucket::new(COOKIES_PER_SEC, COOKIES_PER_SEC, now),
+            pulls: PerAddress::new(PULLS_PER_SEC, PULLS_BURST),
+            asks: PerAddress::new(ASKS_PER_SEC, ASKS_BURST),
+            scans: Bucket::new(SCANS_PER_SEC, SCANS_BURST, now),
+            asked: HashMap::new(),
+            next_gather_ms: now,
         }
     }
 
@@ -304,6 +359,7 @@ impl<'a> Worker<'a> {
             SYNC.guard((), || {
                 let now = clock::monotonic_ms();
                 self.timers(now);
+                self.gather(now);
                 self.send_queued(now);
             });
             drop(held);
@@ -314,6 +370,9 @@ impl<'a> Worker<'a> {
     fn wait_ms(&self, now: u64) -> u64 {
         if self.jobs.iter().any(|j| !j.queue.is_empty() || j.next_shard.is_some()) {
             return 5;
+        }
+        if !self.asked.is_empty() {
+            return self.next_gather_ms.saturating_sub(now).clamp(1, GATHER_MS);
         }
         let next = self
             .peers
@@ -331,27 +390,63 @@ impl<'a> Worker<'a> {
         next.saturating_sub(now).clamp(1, 500)
     }
 
-    /// Whether a request may be answered: sealed with the cluster key, or
-    /// from a configured peer.
-    fn answerable(&self, request: &Request) -> bool {
-        request.origin == Origin::Sealed || self.peers.iter().any(|p| p.addr == request.from)
+    /// Whether `to` names this node: one of its receiving addresses (any
+    /// address at the port of one bound to all).
+    fn is_me(&self, to: &SocketAddr) -> bool {
+        self.own
+            .iter()
+            .any(|o| o == to || (o.ip().is_unspecified() && o.port() == to.port()))
     }
 
     fn ignored(&self) {
         ReplicationCounters::bump(&self.counters.sync_ignored);
     }
 
+    /// Where answers to `request` go: for a sealed message the address its
+    /// authenticated envelope names (the datagram's source only fills in an
+    /// address bound to all); for a plain one its source, which must be a
+    /// configured peer. `None`: not answered at all.
+    fn answer_address(&self, request: &Request, envelope: &Envelope) -> Option<SocketAddr> {
+        match request.origin {
+            Origin::Sealed if envelope.from.ip().is_unspecified() => {
+                Some(SocketAddr::new(request.from.ip(), envelope.from.port()))
+            }
+            Origin::Sealed => Some(envelope.from),
+            _ => self.peers.iter().any(|p| p.addr == request.from).then_some(request.from),
+        }
+    }
+
     fn handle(&mut self, request: Request) {
         let now = clock::monotonic_ms();
-        let message = match Message::decode(&request.body) {
-            Ok(m) if self.answerable(&request) => m,
-            _ => return self.ignored(),
+        let Ok((envelope, message)) = Message::decode(&request.body) else {
+            return self.ignored();
         };
-        let from = request.from;
+        if !self.is_me(&envelope.to) {
+            ReplicationCounters::bump(&self.counters.sync_misdirected);
+            return self.ignored();
+        }
+        let Some(from) = self.answer_address(&request, &envelope) else {
+            return self.ignored();
+        };
+        if !self.cookies.verify(&from, envelope.proof, clock::unix_secs()) {
+            // Only the holder of `from` sees the cookie, and nothing larger
+            // than what came goes there.
+            ReplicationCounters::bump(&self.counters.sync_unproven);
+            if message != Message::Cookie {
+                self.answer_cookie(from, envelope.grant, now);
+            }
+            return;
+        }
+        self.keep_cookie(from, envelope.grant);
         if self.verbose {
             log::info!("sync message from {from}: {}", describe(&message));
         }
         match message {
+            Message::Cookie => self.proven(from, now),
+            Message::Pull { .. } | Message::Keys { .. } | Message::Want { .. } if !self.may_ask(&message, from, now) => {
+                ReplicationCounters::bump(&self.counters.sync_throttled);
+                self.ignored();
+            }
             Message::Pull { instance } => self.start_pull_answer(from, instance, now),
             Message::Pulled { sessions } => self.pull_answered(from, sessions, now),
             Message::PullProgress { received } => {
@@ -363,9 +458,7 @@ impl<'a> Worker<'a> {
                     }
                 } else if let Some(&(sessions, _, _)) = self.pulls_answered.get(&from) {
                     // Its `Pulled` was lost: again.
-                    for body in (Message::Pulled { sessions }).encode() {
-                        self.send_sync(&body, from);
-                    }
+                    self.send_message(&Message::Pulled { sessions }, from);
                 }
             }
             Message::PullStarted { sessions } => {
@@ -379,23 +472,62 @@ impl<'a> Worker<'a> {
             Message::Keys { .. } if self.pull_between(from) => {}
             Message::Keys { window, buckets } => {
                 self.noted_difference(from, now);
-                let snapshot = self.snapshot_for(window, now);
+                let Some(snapshot) = self.snapshot_near(window, now) else {
+                    return self.ignored();
+                };
                 let d = snapshot.compare(&buckets);
                 // What a pull from that peer brings is not asked for twice.
                 if !self.pulling_from(from) {
-                    for body in (Message::Want { ids: d.want }).encode() {
-                        self.send_sync(&body, from);
-                    }
+                    self.send_message(&Message::Want { ids: d.want }, from);
                 }
-                let send: HashSet<u64> = d.send.into_iter().collect();
-                let delete: HashSet<u64> = d.delete.into_iter().collect();
-                self.queue_sessions(from, &send, &delete);
+                self.ask(from, d.send, d.delete);
             }
             Message::Want { ids } => {
                 self.noted_difference(from, now);
-                let ids: HashSet<u64> = ids.into_iter().collect();
-                self.queue_sessions(from, &ids, &HashSet::new());
+                self.ask(from, ids, Vec::new());
             }
+        }
+    }
+
+    /// Whether `from` may make this request now (a rate per address).
+    fn may_ask(&mut self, message: &Message, from: SocketAddr, now: u64) -> bool {
+        match message {
+            Message::Pull { .. } => self.pulls.take(from, now),
+            _ => self.asks.take(from, now),
+        }
+    }
+
+    /// Answers a message that proved nothing with this node's cookie for
+    /// `to`, and as proof the `grant` it came with, within the rates.
+    fn answer_cookie(&mut self, to: SocketAddr, grant: u64, now: u64) {
+        if !self.cookie_answers.take(to, now) || !self.cookies_total.take(now) {
+            return ReplicationCounters::bump(&self.counters.sync_throttled);
+        }
+        self.send_with_proof(&Message::Cookie, to, grant);
+    }
+
+    /// Keeps the cookie `from` gave this node (its messages proved it).
+    fn keep_cookie(&mut self, from: SocketAddr, grant: u64) {
+        if grant == 0 {
+            return;
+        }
+        if self.their_cookies.len() >= MAX_THEIR_COOKIES && !self.their_cookies.contains_key(&from) {
+            let peers: HashSet<SocketAddr> = self.peers.iter().map(|p| p.addr).collect();
+            self.their_cookies.retain(|a, _| peers.contains(a));
+        }
+        self.their_cookies.insert(from, grant);
+    }
+
+    /// `from` answered with its cookie what it did not act on: ask again
+    /// at once (a pull not yet answered, the next digest).
+    fn proven(&mut self, from: SocketAddr, now: u64) {
+        let instance = self.instance;
+        let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from) else {
+            return;
+        };
+        peer.next_digest_ms = peer.next_digest_ms.min(now);
+        if peer.pulling.is_some() && !peer.pull_acked {
+            self.send_message(&Message::Pull { instance }, from);
         }
     }
 
@@ -406,17 +538,13 @@ impl<'a> Worker<'a> {
         if let Some(&(sessions, at, asked_by)) = self.pulls_answered.get(&to) {
             if asked_by == instance && now.saturating_sub(at) < PULL_ANSWER_KEPT_MS {
                 for message in [Message::PullStarted { sessions }, Message::Pulled { sessions }] {
-                    for body in message.encode() {
-                        self.send_sync(&body, to);
-                    }
+                    self.send_message(&message, to);
                 }
                 return;
             }
         }
         let sessions = self.store.len();
-        for body in (Message::PullStarted { sessions }).encode() {
-            self.send_sync(&body, to);
-        }
+        self.send_message(&Message::PullStarted { sessions }, to);
         if self.jobs.iter().any(|j| j.to == to && j.via == Via::Pulled) {
             return;
         }
@@ -478,7 +606,9 @@ impl<'a> Worker<'a> {
         if self.digests_seen.len() > 4096 {
             self.digests_seen.retain(|_, t| now.saturating_sub(*t) < 60_000);
         }
-        let snapshot = self.snapshot_for(window, now);
+        let Some(snapshot) = self.snapshot_near(window, now) else {
+            return self.ignored();
+        };
         let mut differing = snapshot.differing(xors);
         if differing.is_empty() {
             return;
@@ -486,31 +616,32 @@ impl<'a> Worker<'a> {
         // One round trip less for buckets that differ by one session.
         let (theirs_lack, mine_lack) = snapshot.single_differences(xors, &differing);
         if !self.pulling_from(from) {
-            for body in (Message::Want { ids: mine_lack }).encode() {
-                self.send_sync(&body, from);
-            }
+            self.send_message(&Message::Want { ids: mine_lack }, from);
         }
-        self.queue_sessions(from, &theirs_lack.into_iter().collect(), &HashSet::new());
+        self.ask(from, theirs_lack, Vec::new());
         // Bounded answer; the buckets left out come in the next rounds.
         let mut listed = 0;
         differing.retain(|&b| {
             listed += snapshot.ids[b].len();
             listed <= MAX_KEYS_PER_ANSWER
         });
-        let keys = snapshot.keys(&differing);
-        for body in keys.encode() {
-            self.send_sync(&body, from);
-        }
+        self.send_message(&snapshot.keys(&differing), from);
         self.noted_difference(from, now);
     }
 
     /// What this node holds through `window`: the last snapshot when it was
-    /// made for the same window lately, else a new one.
-    fn snapshot_for(&mut self, window: Window, now: u64) -> Snapshot {
+    /// made for the same window lately, else a new one if a scan is left
+    /// this second, else the last one (a digest compared across windows
+    /// finds more differences than there are, which repair shrugs off).
+    fn snapshot_for(&mut self, window: Window, now: u64) -> Option<Snapshot> {
         if let Some((made, s)) = &self.snapshot {
             if s.window == window && now.saturating_sub(*made) < SNAPSHOT_MS {
-                return s.clone();
+                return Some(s.clone());
             }
+        }
+        if !self.scans.take(now) {
+            ReplicationCounters::bump(&self.counters.sync_throttled);
+            return self.snapshot.as_ref().map(|(_, s)| s.clone());
         }
         let sealing = self.sealer.is_some();
         let mut snapshot = Snapshot::new(window);
@@ -520,58 +651,94 @@ impl<'a> Worker<'a> {
             }
         });
         self.snapshot = Some((now, snapshot.clone()));
-        snapshot
+        Some(snapshot)
     }
 
-    /// Queues for `to` the sessions whose ids are in `send`, and deletes
-    /// here those in `delete` (a peer deleted them).
-    fn queue_sessions(&mut self, to: SocketAddr, send: &HashSet<u64>, delete: &HashSet<u64>) {
+    /// A snapshot for a peer's `window` when it is close to this node's own
+    /// (their clocks differ by seconds), else through this node's own: a
+    /// window a sender makes up never decides what is scanned or sent.
+    fn snapshot_near(&mut self, theirs: Window, now: u64) -> Option<Snapshot> {
+        let own = Window::at(clock::unix_secs(), self.timeout, self.buckets)?;
+        let near = theirs.buckets == own.buckets
+            && theirs.lo.abs_diff(own.lo) <= WINDOW_TOLERANCE_SECS
+            && theirs.hi.abs_diff(own.hi) <= WINDOW_TOLERANCE_SECS;
+        self.snapshot_for(if near { theirs } else { own }, now)
+    }
+
+    /// Notes the sessions `to` asked for (`send`) and those it deleted
+    /// lately (`delete`), for the next scan, which serves every peer's.
+    fn ask(&mut self, to: SocketAddr, send: Vec<u64>, delete: Vec<u64>) {
         if send.is_empty() && delete.is_empty() {
             return;
         }
+        if !self.asked.contains_key(&to) && self.asked.len() >= self.peers.len().max(64) {
+            return self.ignored();
+        }
+        let asked = self.asked.entry(to).or_default();
+        let room = MAX_QUEUED.saturating_sub(asked.send.len() + asked.delete.len());
+        asked.send.extend(send.into_iter().take(room));
+        let room = MAX_QUEUED.saturating_sub(asked.send.len() + asked.delete.len());
+        asked.delete.extend(delete.into_iter().take(room));
+    }
+
+    /// One scan for every session asked for since the last: queued for the
+    /// peers that asked, or deleted here (a peer deleted them).
+    fn gather(&mut self, now: u64) {
+        if self.asked.is_empty() || now < self.next_gather_ms {
+            return;
+        }
+        if !self.scans.take(now) {
+            ReplicationCounters::bump(&self.counters.sync_throttled);
+            self.next_gather_ms = now + GATHER_MS;
+            return;
+        }
+        self.next_gather_ms = now + GATHER_MS;
+        let asked = std::mem::take(&mut self.asked);
         let queued: usize = self.jobs.iter().map(|j| j.queue.len()).sum();
-        let room = MAX_QUEUED.saturating_sub(queued);
+        let mut room = MAX_QUEUED.saturating_sub(queued);
         let sealing = self.sealer.is_some();
-        let mut items = VecDeque::new();
+        let mut items: HashMap<SocketAddr, VecDeque<Item>> = HashMap::new();
         let mut doomed = Vec::new();
         self.store.scan(clock::unix_secs(), |key, value, expires| {
             let id = digest::id_of(key);
-            if delete.contains(&id) {
-                doomed.push(key.to_vec());
-            } else if send.contains(&id) && items.len() < room {
-                if let Some(der) = sendable(value, sealing) {
-                    items.push_back(Item {
-                        key: key.to_vec(),
-                        der: der.to_vec(),
-                        expires,
-                    });
+            for (to, a) in &asked {
+                if a.delete.contains(&id) {
+                    doomed.push(key.to_vec());
+                } else if a.send.contains(&id) && room > 0 {
+                    if let Some(der) = sendable(value, sealing) {
+                        room -= 1;
+                        items.entry(*to).or_default().push_back(Item {
+                            key: key.to_vec(),
+                            der: der.to_vec(),
+                            expires,
+                        });
+                    }
                 }
             }
         });
-        let now = clock::unix_secs();
+        let unix_now = clock::unix_secs();
         for key in doomed {
-            let tombstone =
-                self.store
-                    .insert_unless(&key, record::TOMBSTONE, now + self.tombstone_secs.max(1), now, |v| {
-                        record::read(v) == Some(Record::Tombstone)
-                    });
+            let tombstone = self.store.insert_unless(
+                &key,
+                record::TOMBSTONE,
+                unix_now + self.tombstone_secs.max(1),
+                unix_now,
+                |v| record::read(v) == Some(Record::Tombstone),
+            );
             if matches!(tombstone, Insert::Stored { replaced: true, .. }) {
                 ReplicationCounters::bump(&self.counters.repair_deleted);
             }
         }
-        if items.is_empty() {
-            return;
-        }
-        match self.jobs.iter_mut().find(|j| j.to == to && j.via == Via::Repaired) {
-            Some(job) => {
-                // Asked again before it went: queued once.
-                let queued: HashSet<u64> = job.queue.iter().map(|i| digest::id_of(&i.key)).collect();
-                job.queue
-                    .extend(items.into_iter().filter(|i| !queued.contains(&digest::id_of(&i.key))));
+        for (to, items) in items {
+            match self.jobs.iter_mut().find(|j| j.to == to && j.via == Via::Repaired) {
+                Some(job) => {
+                    // Asked again before it went: queued once.
+                    let queued: HashSet<u64> = job.queue.iter().map(|i| digest::id_of(&i.key)).collect();
+                    job.queue
+                        .extend(items.into_iter().filter(|i| !queued.contains(&digest::id_of(&i.key))));
+                }
+                None => self.jobs.push(Job::new(to, Via::Repaired, items, None, now)),
             }
-            None => self
-                .jobs
-                .push(Job::new(to, Via::Repaired, items, None, clock::monotonic_ms())),
         }
     }
 
@@ -604,9 +771,7 @@ impl<'a> Worker<'a> {
                     .get(&addr)
                     .copied()
                     .unwrap_or(0);
-                for body in (Message::PullProgress { received }).encode() {
-                    self.send_sync(&body, addr);
-                }
+                self.send_message(&Message::PullProgress { received }, addr);
             }
         }
         for i in 0..self.peers.len() {
@@ -630,13 +795,10 @@ impl<'a> Worker<'a> {
                     } else {
                         self.peers[i].pulling = Some(attempts + 1);
                         self.peers[i].next_pull_ms = now + PULL_RETRY_MS;
-                        for body in (Message::Pull {
+                        let pull = Message::Pull {
                             instance: self.instance,
-                        })
-                        .encode()
-                        {
-                            self.send_sync(&body, addr);
-                        }
+                        };
+                        self.send_message(&pull, addr);
                     }
                 }
             }
@@ -647,7 +809,11 @@ impl<'a> Worker<'a> {
                 self.peers[i].next_digest_ms = u64::MAX;
                 continue;
             };
-            let snapshot = self.snapshot_for(window, now);
+            let Some(snapshot) = self.snapshot_for(window, now) else {
+                // No scan left this second: the next round.
+                self.peers[i].next_digest_ms = now + DIGEST_FAST_MS;
+                continue;
+            };
             // What the digest says, not its window (which moves every second).
             let fingerprint = snapshot.xors.iter().fold(0u64, |acc, x| acc.rotate_left(7) ^ x);
             let peer = &mut self.peers[i];
@@ -665,9 +831,7 @@ impl<'a> Worker<'a> {
                 window,
                 xors: snapshot.xors,
             };
-            for body in message.encode() {
-                self.send_sync(&body, addr);
-            }
+            self.send_message(&message, addr);
         }
     }
 
@@ -722,7 +886,7 @@ impl<'a> Worker<'a> {
             let Some(item) = self.jobs[j].queue.pop_front() else {
                 let job = self.jobs.remove(j);
                 if job.via == Via::Pulled {
-                    self.send_sync(&Message::Pulled { sessions: job.sent }.encode()[0], job.to);
+                    self.send_message(&Message::Pulled { sessions: job.sent }, job.to);
                     if self.pulls_answered.len() >= 1024 {
                         self.pulls_answered
                             .retain(|_, (_, at, _)| now.saturating_sub(*at) < PULL_ANSWER_KEPT_MS);
@@ -748,10 +912,6 @@ impl<'a> Worker<'a> {
             }
             let mut frame = std::mem::take(&mut self.scratch);
             if wire::encode_set_via(&item.key, &item.der, item.expires, via, &mut frame).is_ok() {
-                // A repair answers a loss: sent twice, it is lost less.
-                if via == Via::Repaired {
-                    let _ = self.send(&frame, to);
-                }
                 match self.send(&frame, to) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // The socket buffer is full: try again later.
@@ -769,10 +929,30 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn send_sync(&mut self, body: &[u8], to: SocketAddr) {
-        let mut frame = Vec::with_capacity(body.len() + 4);
-        if wire::encode_sync(body, &mut frame).is_ok() {
-            let _ = self.send(&frame, to);
+    /// Sends `message` to `to` with the cookie `to` gave this node as proof.
+    fn send_message(&mut self, message: &Message, to: SocketAddr) {
+        let proof = self.their_cookies.get(&to).copied().unwrap_or(0);
+        self.send_with_proof(message, to, proof);
+    }
+
+    /// Sends `message` to `to` in an envelope: from the address `to`
+    /// answers to, with `proof`, granting `to` this node's cookie.
+    fn send_with_proof(&mut self, message: &Message, to: SocketAddr, proof: u64) {
+        let Some(from) = self.repliers.iter().find(|r| r.reaches(&to)).map(|r| r.local_addr()) else {
+            return;
+        };
+        let envelope = Envelope {
+            to,
+            from,
+            proof,
+            grant: self.cookies.mint(&to, clock::unix_secs()),
+        };
+        let mut frame = Vec::new();
+        for body in message.encode(&envelope) {
+            frame.clear();
+            if wire::encode_sync(&body, &mut frame).is_ok() {
+                let _ = self.send(&frame, to);
+            }
         }
     }
 
@@ -839,5 +1019,6 @@ fn describe(message: &Message) -> String {
         Message::Digest { window, .. } => format!("digest of {} buckets", window.buckets),
         Message::Keys { buckets, .. } => format!("keys of {} buckets", buckets.len()),
         Message::Want { ids } => format!("want {} sessions", ids.len()),
+        Message::Cookie => "cookie".into(),
     }
 }

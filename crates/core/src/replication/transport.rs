@@ -98,4 +98,6 @@ pub trait Replier: Send {
     fn send_to(&self, datagram: &[u8], to: SocketAddr) -> io::Result<()>;
     /// Whether it can send to `to` at all (its address family).
     fn reaches(&self, to: &SocketAddr) -> bool;
+    /// The address it sends from (and receives on).
+    fn local_addr(&self) -> SocketAddr;
 }

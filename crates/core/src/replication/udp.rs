@@ -159,6 +159,10 @@ impl Replier for UdpReplier {
     fn reaches(&self, to: &SocketAddr) -> bool {
         to.is_ipv4() == self.local.is_ipv4()
     }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
 }
 
 /// Binds a receiving socket. A multicast group is bound with SO_REUSEADDR

@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -36,61 +35,6 @@ const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
 const RESPONSE_BODY: &str = "\r\n\r\nhello";
 const S_CLIENT_DEADLINE: Duration = Duration::from_secs(10);
 const SNI_HOST: &str = "c.example";
-
-// ---------------------------------------------------------------------------
-// Certificates
-
-/// Listener certificates (self-signed), a CA that the client-certificate
-/// listeners trust, and a client certificate it signed.
-struct Pki {
-    a: (PathBuf, PathBuf),
-    b: (PathBuf, PathBuf),
-    ca_crt: PathBuf,
-    client_crt: PathBuf,
-    client_key: PathBuf,
-}
-
-/// `openssl` with `args` (split on whitespace) in `dir`.
-fn openssl(dir: &Path, args: &str) {
-    let out = Command::new("openssl")
-        .args(args.split_whitespace())
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl CLI");
-    assert!(
-        out.status.success(),
-        "openssl {args} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Made once per test process.
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let dir = test_dir("isolation-pki");
-        openssl(
-            &dir,
-            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=isolation-ca -keyout ca.key -out ca.crt",
-        );
-        openssl(
-            &dir,
-            "req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
-        );
-        openssl(
-            &dir,
-            "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt",
-        );
-        Pki {
-            a: cert("isolation-a"),
-            b: cert("isolation-b"),
-            ca_crt: dir.join("ca.crt"),
-            client_crt: dir.join("client.crt"),
-            client_key: dir.join("client.key"),
-        }
-    })
-}
 
 // ---------------------------------------------------------------------------
 // openssl s_client

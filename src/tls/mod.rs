@@ -619,9 +619,7 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
     // SAFETY: as above.
     let stored = match unsafe { encode(sess, max) } {
         Some(der) => {
-            let result = cache
-                .store
-                .insert(&id, &record::encode(origin, &der), expires, now);
+            let result = cache.store.insert(&id, &record::encode(origin, &der), expires, now);
             if cache.verbose {
                 log::info!("new session {}.. ({} bytes): {result:?}", hex(&id), der.len());
             }

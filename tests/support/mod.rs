@@ -88,6 +88,58 @@ pub fn cert(cn: &str) -> (PathBuf, PathBuf) {
     (crt, key)
 }
 
+/// Listener certificates (self-signed), a CA that client-certificate
+/// listeners trust, and a client certificate it signed.
+pub struct Pki {
+    pub a: (PathBuf, PathBuf),
+    pub b: (PathBuf, PathBuf),
+    pub ca_crt: PathBuf,
+    pub client_crt: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// `openssl` with `args` (split on whitespace) in `dir`.
+pub fn openssl(dir: &Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split_whitespace())
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Made once per test process.
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = test_dir("pki");
+        openssl(
+            &dir,
+            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt",
+        );
+        openssl(
+            &dir,
+            "req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
+        );
+        openssl(
+            &dir,
+            "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt",
+        );
+        Pki {
+            a: cert("listener-a"),
+            b: cert("listener-b"),
+            ca_crt: dir.join("ca.crt"),
+            client_crt: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        }
+    })
+}
+
 /// A loopback port free for both TCP and UDP right now.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -312,8 +364,21 @@ pub struct Client {
 
 impl Client {
     pub fn new(proto: Proto) -> Client {
+        Client::build(proto, None)
+    }
+
+    /// A client that presents a client certificate.
+    pub fn with_identity(proto: Proto, crt: &Path, key: &Path) -> Client {
+        Client::build(proto, Some((crt, key)))
+    }
+
+    fn build(proto: Proto, identity: Option<(&Path, &Path)>) -> Client {
         let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
         b.set_verify(SslVerifyMode::NONE);
+        if let Some((crt, key)) = identity {
+            b.set_certificate_file(crt, openssl::ssl::SslFiletype::PEM).unwrap();
+            b.set_private_key_file(key, openssl::ssl::SslFiletype::PEM).unwrap();
+        }
         match proto {
             Proto::Tls12NoTickets => {
                 b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();

@@ -412,7 +412,11 @@ impl<'a> Worker<'a> {
                 Some(SocketAddr::new(request.from.ip(), envelope.from.port()))
             }
             Origin::Sealed => Some(envelope.from),
-            _ => self.peers.iter().any(|p| p.addr == request.from).then_some(request.from),
+            _ => self
+                .peers
+                .iter()
+                .any(|p| p.addr == request.from)
+                .then_some(request.from),
         }
     }
 
@@ -443,7 +447,9 @@ impl<'a> Worker<'a> {
         }
         match message {
             Message::Cookie => self.proven(from, now),
-            Message::Pull { .. } | Message::Keys { .. } | Message::Want { .. } if !self.may_ask(&message, from, now) => {
+            Message::Pull { .. } | Message::Keys { .. } | Message::Want { .. }
+                if !self.may_ask(&message, from, now) =>
+            {
                 ReplicationCounters::bump(&self.counters.sync_throttled);
                 self.ignored();
             }

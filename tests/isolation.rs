@@ -630,12 +630,11 @@ fn plain_pair(name: &str) -> (PathBuf, ReplicaNode, ReplicaNode) {
     (dir, x, y)
 }
 
-/// A session made with a client certificate on one node reaches its peer
-/// in a plain datagram: there it never opens the client-certificate
-/// listener, with or without the certificate (a plain peer could have
-/// forged it), and the refusal is counted.
+/// A session made with a client certificate stays on its node when
+/// replication is plain: never sent (counted), it resumes there and
+/// nowhere else.
 #[test]
-fn plain_replication_never_plants_a_client_identity() {
+fn plain_replication_keeps_client_identities_home() {
     let (dir, x, y) = plain_pair("isolation-plain-identity");
     let pki = pki();
     let cert = [
@@ -644,16 +643,25 @@ fn plain_replication_never_plants_a_client_identity() {
         "-key",
         pki.client_key.to_str().unwrap(),
     ];
+    // The control: a session without identity reaches y.
+    new_session(&dir, &x.pa, Proto::Tls12NoTickets, &[]);
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(y.stats, "sslcache.default.applied") >= 1
+    }));
     for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
-        let before = metric(y.stats, "sslcache.default.applied");
+        let (kept, applied) = (
+            metric(x.stats, "sslcache.default.kept_identity"),
+            metric(y.stats, "sslcache.default.applied"),
+        );
         let session = new_session(&dir, &x.pb, proto, &cert);
         assert!(
-            eventually(Duration::from_secs(5), || metric(y.stats, "sslcache.default.applied")
-                > before),
-            "{}: nothing replicated to y",
+            eventually(Duration::from_secs(5), || metric(
+                x.stats,
+                "sslcache.default.kept_identity"
+            ) > kept),
+            "{}: not kept on x",
             proto_label(proto)
         );
-        // The control: on its own node the session resumes (with the cert).
         let home = offer(&session, &x.pb, proto, &cert);
         assert!(
             home.reused && home.response,
@@ -661,6 +669,91 @@ fn plain_replication_never_plants_a_client_identity() {
             proto_label(proto),
             home.summary()
         );
+        let away = offer(&session, &y.pb, proto, &cert);
+        assert!(!away.reused, "{} on y: {}", proto_label(proto), away.summary());
+        assert_eq!(
+            metric(y.stats, "sslcache.default.applied"),
+            applied,
+            "{}: replicated to y",
+            proto_label(proto)
+        );
+    }
+    drop((x.uwsgi, y.uwsgi));
+}
+
+/// A session with a client identity planted through a plain datagram (a
+/// plain peer could have forged it: here it is a real one, taken from a
+/// sealed node's datagram and sent on in the clear) never opens the
+/// client-certificate listener, with or without the certificate, and the
+/// refusal is counted.
+#[test]
+fn a_planted_client_identity_never_resumes() {
+    use sslcache_core::replication::keys::Key;
+    use sslcache_core::replication::seal::Opener;
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = test_dir("isolation-planted-identity");
+    let key_path = dir.join("cluster.key");
+    std::fs::write(&key_path, format!("{}\n", "7e".repeat(32))).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ux, uy, tap) = (free_port(), free_port(), free_port());
+    let tap_socket = std::net::UdpSocket::bind(("127.0.0.1", tap)).unwrap();
+    tap_socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // x seals (to y, which refuses nothing plain, and to the test's tap).
+    let x = replica_node(
+        &dir,
+        "x",
+        &format!(
+            "cache-udp-server = 127.0.0.1:{ux}
+cache-udp-node = 127.0.0.1:{tap}
+cache-udp-key = {}
+",
+            key_path.display()
+        ),
+    );
+    let y = replica_node(
+        &dir,
+        "y",
+        &format!(
+            "cache-udp-server = 127.0.0.1:{uy}
+cache-udp-key = {}
+ssl-sessions-accept-plain = true
+",
+            key_path.display()
+        ),
+    );
+    let opener = Opener::new(vec![Key::new([0x7e; 32])], 30, now_ms());
+    let pki = pki();
+    let cert = [
+        "-cert",
+        pki.client_crt.to_str().unwrap(),
+        "-key",
+        pki.client_key.to_str().unwrap(),
+    ];
+    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
+        let applied = metric(y.stats, "sslcache.default.applied");
+        let session = new_session(&dir, &x.pb, proto, &cert);
+        // x's sealed sets, opened and sent on to y in the clear.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = [0u8; 65_536];
+        let (mut planted, mut last) = (0, None::<Instant>);
+        // Until 300 ms after the last set (TLS 1.3 makes two sessions).
+        while Instant::now() < deadline && last.is_none_or(|t| t.elapsed() < Duration::from_millis(300)) {
+            let Ok(n) = tap_socket.recv(&mut buf) else { continue };
+            let Ok(frame) = opener.open(&buf[..n], now_ms()) else {
+                continue;
+            };
+            // A stock set (modifier2 10).
+            if frame.get(3) == Some(&10) {
+                tap_socket.send_to(&frame, ("127.0.0.1", uy)).unwrap();
+                planted += 1;
+                last = Some(Instant::now());
+            }
+        }
+        assert!(planted > 0, "{}: no sealed set from x", proto_label(proto));
+        assert!(eventually(Duration::from_secs(5), || {
+            metric(y.stats, "sslcache.default.applied") >= applied + planted
+        }));
         let refused = metric(y.stats, "sslcache.default.refused_plain_identity");
         let without = offer(&session, &y.pb, proto, &[]);
         assert!(
@@ -685,6 +778,13 @@ fn plain_replication_never_plants_a_client_identity() {
         );
     }
     drop((x.uwsgi, y.uwsgi));
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// Someone who saw a TLS 1.2 session id offers it with a cipher list that

@@ -27,6 +27,7 @@ use std::time::Duration;
 
 use super::counters::ReplicationCounters;
 use super::digest::{self, Envelope, Held, Message, Snapshot, Window};
+use super::log_budget::{LogBudget, Verdict};
 use super::routability::{Bucket, Cookies, PerAddress};
 use super::seal::Sealer;
 use super::transport::Replier;
@@ -248,6 +249,9 @@ pub struct Worker<'a> {
     /// Sessions asked for, by peer, until the next scan.
     asked: HashMap<SocketAddr, Asked>,
     next_gather_ms: u64,
+    /// Lines about messages naming another node (a peer that knows this
+    /// one by an address it does not receive on).
+    misdirected_log: LogBudget,
 }
 
 impl<'a> Worker<'a> {
@@ -322,6 +326,7 @@ impl<'a> Worker<'a> {
             scans: Bucket::new(SCANS_PER_SEC, SCANS_BURST, now),
             asked: HashMap::new(),
             next_gather_ms: now,
+            misdirected_log: LogBudget::new(1, 60_000),
         }
     }
 
@@ -427,6 +432,17 @@ impl<'a> Worker<'a> {
         };
         if !self.is_me(&envelope.to) {
             ReplicationCounters::bump(&self.counters.sync_misdirected);
+            if let Verdict::Log { .. } = self.misdirected_log.check(now) {
+                let own: Vec<String> = self.own.iter().map(|a| a.to_string()).collect();
+                log::warn!(
+                    "cache \"{}\": a sync message from {} names {} as its recipient, not this node ({}): ignored \
+                     (a peer that names this node by another address, or a replay; at most one line a minute)",
+                    self.cache,
+                    request.from,
+                    envelope.to,
+                    own.join(", ")
+                );
+            }
             return self.ignored();
         }
         let Some(from) = self.answer_address(&request, &envelope) else {

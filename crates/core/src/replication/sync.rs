@@ -305,6 +305,8 @@ impl<'a> Worker<'a> {
                 let now = clock::monotonic_ms();
                 self.timers(now);
                 self.send_queued(now);
+                // No session stays in it for a fork to inherit.
+                super::keys::wipe_capacity(&mut self.scratch);
             });
             drop(held);
         }

@@ -201,6 +201,8 @@ fn keep_for_reload(fd: OwnedFd) {
         std::env::set_var(ENV, format!("{raw}:{dev}:{ino}"));
     }
     HANDED_OVER.store(raw, Ordering::Relaxed);
+    // The application's processes could map the store through it.
+    sslcache_core::shm::scrub::register_fd(raw);
     // Open as long as the image lives: the next one inherits it.
     std::mem::forget(fd);
 }

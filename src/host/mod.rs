@@ -10,7 +10,9 @@
 //! the SNI lists `sni` reads during handshakes, as uWSGI's callback does.
 
 mod abi;
+mod alloc;
 mod handover;
+mod isolation;
 mod logger;
 mod metrics;
 mod plugin;

@@ -24,7 +24,7 @@ use super::handover::{self, Origin};
 use super::server::{ContextKind, Server};
 use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
-use super::{abi, logger, metrics, replication, stats_entry, symbols};
+use super::{abi, isolation, logger, metrics, replication, stats_entry, symbols};
 use crate::tls::fingerprint::{self, Verify};
 use crate::tls::{self, SessionCache, SessionCounters, SessionEvents};
 
@@ -193,6 +193,8 @@ fn setup() -> Result<(), String> {
         .map(|(option, path)| (option.as_str(), Path::new(path)));
     let (store, origin) = handover::store(limits, persist)
         .map_err(|e| format!("cannot create the session store for cache \"{}\": {e}", cache.name))?;
+    // Router processes share it; the application's never see it.
+    store.forget_in_app_children();
     let store = Arc::new(store);
 
     let contexts = server.listener_contexts();
@@ -298,6 +300,8 @@ fn setup() -> Result<(), String> {
         digests,
         runtime_prepared: Mutex::new(HashSet::new()),
     });
+    // Before any fork: the application's processes keep none of the above.
+    isolation::install(counts[2] > 0);
     let _ = ACTIVE.set(Active {
         settings,
         hashsize,

@@ -64,6 +64,12 @@ pub fn setup(
     Ok(())
 }
 
+/// In a process forked for the application: drops the engine's sealing
+/// and opening contexts (see `isolation`). False if one was busy.
+pub fn forget_secrets() -> bool {
+    get().is_none_or(|r| r.forget_secrets())
+}
+
 /// Refreshes the stats entry after each datagram.
 struct StatsEntry(Arc<Store>);
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use super::apply::{Applied, Applier};
 use super::counters::{ReplicationCounters, SharedCounters};
-use super::keys::Key;
+use super::keys::{wipe, Key};
 use super::log_budget::{LogBudget, Verdict};
 use super::names::Names;
 use super::redis;
@@ -31,6 +31,7 @@ use crate::clock;
 use crate::config::Replication;
 use crate::os::{self, fork_guard};
 use crate::record::Origin;
+use crate::shm::scrub;
 use crate::store::Store;
 
 /// Told what the receiver did with each datagram (stats, benchmarks).
@@ -151,6 +152,15 @@ impl Replicator {
         self.counters.get()
     }
 
+    /// In a process forked for the application (no other thread runs):
+    /// drops the sealing and opening contexts, which hold keys derived
+    /// from the cluster key. False if one was busy at the fork.
+    pub fn forget_secrets(&self) -> bool {
+        let sealer = self.sealer.as_ref().is_none_or(|s| s.forget());
+        let opener = self.opener.as_ref().is_none_or(|o| o.forget());
+        sealer && opener
+    }
+
     /// Whether datagrams are sealed: this node's sender id and how many
     /// keys open.
     pub fn sealed_with(&self) -> Option<(u64, usize)> {
@@ -237,6 +247,7 @@ impl Replicator {
             let what = pump.describe();
             let spawned = std::thread::Builder::new().name("sslcache-pump".into()).spawn(move || {
                 PUMP_THREAD.guard((), || {
+                    let _stack = scrub::register_this_thread_stack();
                     os::block_signals();
                     pump.run(this.sealer.as_ref(), this.counters(), &|| observer.keep_running());
                 })
@@ -249,9 +260,12 @@ impl Replicator {
         for inbound in inbounds {
             let (this, observer, requests) = (Arc::clone(self), Arc::clone(&observer), requests.clone());
             let local = inbound.local();
-            let spawned = std::thread::Builder::new()
-                .name("sslcache-recv".into())
-                .spawn(move || RECEIVER_THREAD.guard((), || this.receive(inbound, &*observer, requests)));
+            let spawned = std::thread::Builder::new().name("sslcache-recv".into()).spawn(move || {
+                RECEIVER_THREAD.guard((), || {
+                    let _stack = scrub::register_this_thread_stack();
+                    this.receive(inbound, &*observer, requests)
+                })
+            });
             if let Err(e) = spawned {
                 log::error!("cannot start the receiver thread for {local}: {e}");
             }
@@ -274,6 +288,7 @@ impl Replicator {
         let (this, observer) = (Arc::clone(self), Arc::clone(observer));
         let spawned = std::thread::Builder::new().name("sslcache-sync".into()).spawn(move || {
             SYNC_THREAD.guard((), || {
+                let _stack = scrub::register_this_thread_stack();
                 let worker = Worker::new(
                     &this.store,
                     this.timeout,
@@ -333,6 +348,7 @@ impl Replicator {
                 let outcome = APPLYING.guard(None, || {
                     Some(applier.apply_record(&buf[..n], name, names, clock::unix_ms()))
                 });
+                wipe(&mut buf[..n]);
                 drop(held);
                 if let Some(outcome) = outcome {
                     observer.applied(&[], outcome);
@@ -367,6 +383,9 @@ impl Replicator {
                 }
                 Some(outcome)
             });
+            // Plain datagrams carry sessions in clear: nothing of them stays
+            // in this buffer for a later fork to inherit.
+            wipe(&mut buf[..n]);
             drop(held);
             if let (Some(Applied::Sync), Some(origin), Some(from)) = (applied, sync_origin, from) {
                 let request = Request {

@@ -52,6 +52,15 @@ pub fn wipe(buf: &mut [u8]) {
     std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Overwrites the whole capacity of a buffer that held sessions, and
+/// empties it.
+pub fn wipe_capacity(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.resize(buf.capacity(), 0);
+    wipe(buf);
+    buf.clear();
+}
+
 impl Key {
     /// A key from its bytes (tests, benches); panics if no page can be
     /// mapped.

@@ -19,8 +19,9 @@ const HASH_SHOWN: usize = 16;
 pub struct Names {
     prefix: String,
     channel: String,
-    /// Derived from each cluster key, the sealing one first.
-    hash_keys: Vec<[u8; 32]>,
+    /// Derived from each cluster key, the sealing one first; in key pages
+    /// (kept from application processes, as the keys are).
+    hash_keys: Vec<Key>,
 }
 
 impl Names {
@@ -58,7 +59,7 @@ impl Names {
     /// The Redis key of session `id`.
     pub fn key_for(&self, id: &[u8]) -> String {
         match self.hash_keys.first() {
-            Some(k) => self.prefix.clone() + &hex(&keyed_hash(k, id)[..HASH_SHOWN]),
+            Some(k) => self.prefix.clone() + &hex(&keyed_hash(k.bytes(), id)[..HASH_SHOWN]),
             None => self.prefix.clone() + &hex(id),
         }
     }
@@ -74,14 +75,16 @@ impl Names {
         }
         self.hash_keys
             .iter()
-            .any(|k| shown == hex(&keyed_hash(k, id)[..HASH_SHOWN]).as_bytes())
+            .any(|k| shown == hex(&keyed_hash(k.bytes(), id)[..HASH_SHOWN]).as_bytes())
     }
 }
 
-fn hash_key(key: &Key) -> [u8; 32] {
+fn hash_key(key: &Key) -> Key {
     let mut out = [0u8; 32];
     out.copy_from_slice(&keyed_hash(key.bytes(), b"sslcache v1 redis names"));
-    out
+    let derived = Key::new(out);
+    super::keys::wipe(&mut out);
+    derived
 }
 
 fn keyed_hash(key: &[u8], data: &[u8]) -> Vec<u8> {

@@ -90,6 +90,10 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
         .map_err(|e| format!("cannot make the hand-off to the Redis writer: {e}"))?;
     let _ = socket2::SockRef::from(&routers).set_send_buffer_size(HANDOFF_BUFFER);
     let _ = socket2::SockRef::from(&master).set_recv_buffer_size(HANDOFF_BUFFER);
+    // Sessions cross it in clear: not for application processes.
+    for end in [&routers, &master] {
+        crate::shm::scrub::register_fd(std::os::fd::AsRawFd::as_raw_fd(end));
+    }
     let shown: Vec<&str> = targets.iter().map(Target::shown).collect();
     links.transports.push(Box::new(HandOff {
         socket: routers,

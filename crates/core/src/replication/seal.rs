@@ -128,6 +128,16 @@ impl Gcm {
     }
 }
 
+impl Gcm {
+    /// Frees the context, key schedule included (OpenSSL clears it), for
+    /// an empty one.
+    fn forget(&mut self) {
+        if let Ok(empty) = CipherCtx::new() {
+            self.ctx = empty;
+        }
+    }
+}
+
 fn gcm_for_opening(key: &[u8; 32]) -> Gcm {
     let mut ctx = CipherCtx::new().expect("cipher context");
     ctx.decrypt_init(Some(Cipher::aes_256_gcm()), Some(key), None)
@@ -164,6 +174,18 @@ impl Sealer {
 
     pub fn sender(&self) -> u64 {
         self.sender
+    }
+
+    /// In a process that must hold no key (forked for the application,
+    /// nobody else running): drops the derived key's context. Sealing
+    /// fails from then on. False if the context was busy.
+    pub fn forget(&self) -> bool {
+        match self.gcm.try_lock() {
+            Ok(mut gcm) => gcm.forget(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().forget(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
+        true
     }
 
     /// Seals `frame` with the next sequence of `seq` (shared memory) at
@@ -259,6 +281,17 @@ impl Opener {
 
     pub fn key_count(&self) -> usize {
         self.keys.len()
+    }
+
+    /// As [`Sealer::forget`]: drops the contexts of every sender heard of
+    /// (the keys themselves are in key pages, see `keys`).
+    pub fn forget(&self) -> bool {
+        match self.windows.try_lock() {
+            Ok(mut windows) => windows.clear(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().clear(),
+            Err(std::sync::TryLockError::WouldBlock) => return false,
+        }
+        true
     }
 
     /// Verifies and decrypts a sealed datagram kept as a record (Redis):

@@ -366,6 +366,8 @@ impl<'a> Worker<'a> {
                 self.timers(now);
                 self.gather(now);
                 self.send_queued(now);
+                // No session stays in it for a fork to inherit.
+                super::keys::wipe_capacity(&mut self.scratch);
             });
             drop(held);
         }

@@ -20,6 +20,8 @@ pub fn links(settings: &Replication, cache: &str) -> Result<Links, String> {
     for addr in &settings.servers {
         let socket = bind_receiver(*addr, mc)
             .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
+        // Plain datagrams carry sessions: not for application processes.
+        crate::shm::scrub::register_fd(std::os::fd::AsRawFd::as_raw_fd(&socket));
         links.inbounds.push(Box::new(UdpInbound::new(socket)));
     }
     if !settings.nodes.is_empty() {

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 
 mod lock;
+pub mod scrub;
 
 pub use lock::{Locked, RobustMutex};
 
@@ -53,6 +54,8 @@ unsafe impl<T: Concurrent> Concurrent for crossbeam_utils::CachePadded<T> {}
 pub struct Region {
     base: NonNull<u8>,
     len: usize,
+    /// Set when application processes must not keep this mapping.
+    scrub: std::sync::OnceLock<scrub::Registration>,
 }
 
 // SAFETY: the region is plain memory; synchronisation of what is inside it is
@@ -137,7 +140,19 @@ impl Region {
             return Err(io::Error::last_os_error());
         }
         let base = NonNull::new(ptr.cast::<u8>()).ok_or_else(io::Error::last_os_error)?;
-        Ok(Region { base, len })
+        Ok(Region {
+            base,
+            len,
+            scrub: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Processes forked for the application (see [`scrub`]) get private
+    /// zeros instead of this mapping, for as long as it lives.
+    pub fn forget_in_app_children(&self) {
+        let _ = self
+            .scrub
+            .get_or_init(|| scrub::register_range(self.base.as_ptr() as usize, self.len));
     }
 
     /// Reserved size in bytes (never zero).
@@ -184,7 +199,8 @@ impl Region {
 
 /// A private page (or more) for secrets: left out of core dumps
 /// (`MADV_DONTDUMP`), kept out of swap when the limits allow (`mlock`),
-/// and zeroed before it is unmapped.
+/// replaced by zeros in processes forked for the application (see
+/// [`scrub`]), and zeroed before it is unmapped.
 pub struct SecretPage {
     region: Region,
 }
@@ -192,6 +208,7 @@ pub struct SecretPage {
 impl SecretPage {
     pub fn new(len: usize) -> io::Result<SecretPage> {
         let region = Region::map(len, libc::MAP_PRIVATE)?;
+        region.forget_in_app_children();
         let base = region.base.as_ptr().cast::<libc::c_void>();
         // SAFETY: base/len describe our own fresh mapping.
         if unsafe { libc::madvise(base, region.len, libc::MADV_DONTDUMP) } != 0 {
@@ -228,6 +245,8 @@ impl Drop for SecretPage {
 
 impl Drop for Region {
     fn drop(&mut self) {
+        // Unregistered before the range can be mapped by anyone else.
+        drop(self.scrub.take());
         // SAFETY: base/len are exactly what mmap returned; nothing borrowed
         // from the region outlives it (all references borrow `self`).
         unsafe {

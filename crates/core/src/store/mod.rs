@@ -487,6 +487,12 @@ impl Store {
         self.limits
     }
 
+    /// Processes forked for the application from now on get private zeros
+    /// instead of the store's mapping (see [`crate::shm::scrub`]).
+    pub fn forget_in_app_children(&self) {
+        self.region.forget_in_app_children();
+    }
+
     /// Bytes reserved (virtual); only touched pages are resident.
     pub fn reserved_bytes(&self) -> usize {
         self.region.size()

@@ -157,6 +157,13 @@ struct Header {
 unsafe impl SharedPod for Header {}
 
 const MAGIC: [u8; 8] = *b"SSLCSTOR";
+
+/// Whether the first bytes of a file are those of a store's region (the
+/// first test [`Header::refusal`] makes): a store file, possibly of other
+/// sizes, another format or damaged, but one this store may overwrite.
+fn is_store_prefix(first: &[u8]) -> bool {
+    first.len() >= MAGIC.len() && first[..MAGIC.len()] == MAGIC
+}
 /// Version of the region's layout; bump when it changes meaning.
 const FORMAT: u64 = 1;
 
@@ -389,12 +396,20 @@ impl Store {
     pub fn create_in_file(limits: Limits, fd: OwnedFd) -> io::Result<(Store, OwnedFd)> {
         let layout = Layout::new(limits)?;
         let len = libc::off_t::try_from(layout.total).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        for size in [0, len] {
-            // SAFETY: resizes the file the caller handed us: to nothing, then
-            // to the store's size (sparse zeros).
-            if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        // SAFETY: empties the file the caller handed us.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The magic first: however far this gets (a full disk, a kill),
+        // the file is empty or says it is a store, so the next start takes
+        // it again (file::open_private refuses any other content).
+        let file = std::fs::File::from(fd);
+        std::os::unix::fs::FileExt::write_all_at(&file, &MAGIC, 0)?;
+        let fd = OwnedFd::from(file);
+        // SAFETY: resizes the file the caller handed us to the store's size
+        // (sparse zeros after the magic).
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
         }
         file::reserve(fd.as_fd(), layout.total as u64)?;
         let region = Region::map_file(fd.as_fd())?;

@@ -469,13 +469,16 @@ fn store_size(cache: &CacheDef) -> Result<(), ConfigError> {
     };
     let shown = format!("{items} = {} with {blocksize} = {}", cache.items, cache.blocksize);
     match limits.reserved_bytes() {
-        Ok(bytes) if bytes <= store::MAX_RESERVED => Ok(()),
-        Ok(bytes) => err(format!(
+        Ok(bytes) if bytes > store::MAX_RESERVED => err(format!(
             "{shown} would reserve {} GiB for the store (at most {} GiB): lower either",
             bytes.div_ceil(1 << 30),
             store::MAX_RESERVED >> 30
         )),
         Err(why) => err(format!("{shown}: {why}")),
+        Ok(_) => match limits.refusal() {
+            Some(why) => err(format!("{shown}: {why}")),
+            None => Ok(()),
+        },
     }
 }
 

@@ -74,12 +74,18 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Bytes a store of these sizes reserves, bounds aside; `Err` says why
-    /// it cannot be laid out at all.
+    /// Bytes a store of these sizes would reserve, bounds aside; `Err`
+    /// says why it cannot be laid out at all.
     pub fn reserved_bytes(&self) -> Result<u64, String> {
         Layout::compute(*self)
             .map(|l| l.total as u64)
             .map_err(|e| e.to_string())
+    }
+
+    /// Why no store of these sizes can be made ([`MAX_ITEMS`],
+    /// [`MAX_RESERVED`], the index's own limits), if none can.
+    pub fn refusal(&self) -> Option<String> {
+        Layout::new(*self).err().map(|e| e.to_string())
     }
 }
 
@@ -286,8 +292,8 @@ fn align(n: usize, to: usize) -> usize {
 }
 
 impl Layout {
-    /// The layout of a store of these sizes, within [`MAX_ITEMS`] and
-    /// [`MAX_RESERVED`].
+    /// The layout of a store of these sizes, within [`MAX_ITEMS`],
+    /// [`MAX_RESERVED`] and what 32-bit links can reach.
     fn new(limits: Limits) -> io::Result<Layout> {
         let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
         if limits.capacity > MAX_ITEMS {
@@ -301,9 +307,18 @@ impl Layout {
                 MAX_RESERVED >> 30
             )));
         }
+        // Links are u32 slot and chunk numbers.
+        if layout.slots as u64 >= u32::MAX as u64 / 2 {
+            return Err(invalid("too many items".into()));
+        }
+        if layout.chunks as u64 >= u32::MAX as u64 / 2 {
+            return Err(invalid("items * blocksize is too large".into()));
+        }
         Ok(layout)
     }
 
+    /// Where everything goes, bounds aside (arithmetic checked: `Err` only
+    /// for sizes past any address space).
     fn compute(limits: Limits) -> io::Result<Layout> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         if limits.capacity == 0 || limits.keysize == 0 || limits.blocksize == 0 {
@@ -312,6 +327,7 @@ impl Layout {
         if limits.keysize > u16::MAX as u32 {
             return Err(invalid("keysize must be below 65536"));
         }
+        let too_large = || invalid("store too large");
         let shards = (limits.capacity / MIN_ENTRIES_PER_SHARD)
             .clamp(1, MAX_SHARDS as u64)
             .next_power_of_two()
@@ -325,16 +341,23 @@ impl Layout {
         } else {
             per_shard + per_shard / 4 + 16
         };
-        if slots >= u32::MAX as u64 / 2 {
-            return Err(invalid("too many items"));
-        }
-        let slots = slots as usize;
         let per_entry = (limits.keysize as u64).min(POOL_KEY_BYTES) + limits.blocksize as u64;
-        let chunks = (slots as u64)
+        let chunks = slots
             .checked_mul(per_entry.div_ceil(CHUNK as u64))
-            .filter(|c| *c < u32::MAX as u64 / 2)
-            .ok_or_else(|| invalid("items * blocksize is too large"))? as usize;
-        let buckets = slots.next_power_of_two();
+            .ok_or_else(too_large)?;
+        let buckets = slots.checked_next_power_of_two().ok_or_else(too_large)?;
+        // Each array of a shard below 2^60 bytes: the sums below cannot
+        // overflow.
+        let arrays = [
+            buckets.checked_mul(4),
+            slots.checked_mul(std::mem::size_of::<Entry>() as u64),
+            chunks.checked_mul(4),
+            chunks.checked_mul(CHUNK as u64),
+        ];
+        if arrays.iter().any(|a| a.is_none_or(|a| a > 1 << 60)) {
+            return Err(too_large());
+        }
+        let (slots, chunks, buckets) = (slots as usize, chunks as usize, buckets as usize);
 
         let counters_at = align(std::mem::size_of::<Header>(), 64);
         let lens_at = align(counters_at + std::mem::size_of::<Counters>(), 64);
@@ -348,7 +371,7 @@ impl Layout {
         let total = shards
             .checked_mul(shard_stride)
             .and_then(|t| t.checked_add(shard_base))
-            .ok_or_else(|| invalid("store too large"))?;
+            .ok_or_else(too_large)?;
         Ok(Layout {
             shards,
             slots,

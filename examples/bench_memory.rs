@@ -10,6 +10,17 @@
 //! the `Rss` of the master's cache mappings in /proc/<pid>/smaps (mappings
 //! of 1 MiB or more, anonymous), measured after startup and after the
 //! sessions arrived (each store is written only by its master here).
+//!
+//! Then the master at the largest capacity (`at_capacity`): uWSGI with
+//! sslcache, `cache = 10000000` (the bound) and `cache-blocksize = 4096`,
+//! receiving the same kind of datagrams, 10,000 sessions. The master's
+//! resident memory (`VmRSS` in /proc/<pid>/status, its store mapping
+//! included) and the store mapping's `Rss` are read 4 s after startup
+//! (empty store, the master's 3-second sweep has run), and 7 s after the
+//! sessions arrived (two more sweeps). With `SSLCACHE_BEFORE_PLUGIN_DIR`
+//! naming the directory of another build's `sslcache_plugin.so` (e.g. one
+//! made before issue 18, whose sweep read every bucket), that build runs
+//! beside this one, at the same time, and gets a row of its own.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -46,6 +57,85 @@ fn big_anon_rss(pid: i32) -> u64 {
     total
 }
 
+/// `VmRSS` of a process, bytes.
+fn vm_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap();
+    kb * 1024
+}
+
+fn send_sessions(socket: &UdpSocket, ports: &[u16]) {
+    let mut datagram = Vec::new();
+    for i in 0..SESSIONS {
+        let mut key = [0x5au8; 32];
+        key[..8].copy_from_slice(&i.to_le_bytes());
+        sslcache_core::replication::encode_set(&key, &[(i % 251) as u8; 150], 4_000_000_000, &mut datagram).unwrap();
+        for port in ports {
+            socket.send_to(&datagram, ("127.0.0.1", *port)).unwrap();
+        }
+        // Stock's receiver keeps the default socket buffer: pace.
+        if i % 50 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+fn at_capacity() {
+    let dir = test_dir("bench-memory-capacity");
+    let mut builds = vec![("this version".to_string(), plugin_dir())];
+    if let Some(before) = std::env::var_os("SSLCACHE_BEFORE_PLUGIN_DIR") {
+        builds.push(("before (SSLCACHE_BEFORE_PLUGIN_DIR)".to_string(), before.into()));
+    }
+    let mut nodes = Vec::new();
+    for (i, (_, plugins)) in builds.iter().enumerate() {
+        let (udp, stats) = (free_port(), free_port());
+        let ini = seed_setup1(
+            plugins,
+            free_port(),
+            stats,
+            1,
+            "cache = 10000000\ncache-blocksize = 4096\nssl-sessions-use-cache = true",
+        ) + &format!("cache-udp-server = 127.0.0.1:{udp}\n");
+        nodes.push((Uwsgi::start(&dir, &format!("node{i}"), &ini, &[stats]), udp, stats));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let empty: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|(n, _, _)| (vm_rss(n.pid), big_anon_rss(n.pid)))
+        .collect();
+    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ports: Vec<u16> = nodes.iter().map(|(_, udp, _)| *udp).collect();
+    send_sessions(&socket, &ports);
+    let filled = eventually(Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|(_, _, stats)| cache_stats(*stats, "default")["items"] == SESSIONS)
+    });
+    assert!(filled, "not all sessions arrived");
+    std::thread::sleep(Duration::from_secs(7));
+    let stored: Vec<(u64, u64)> = nodes
+        .iter()
+        .map(|(n, _, _)| (vm_rss(n.pid), big_anon_rss(n.pid)))
+        .collect();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("\nThe master at capacity 10000000 (cache-blocksize 4096), MiB: VmRSS (store mapping's Rss)\n");
+    println!("| build | empty, after startup | with {SESSIONS} sessions, after 2 more sweeps |");
+    println!("|---|---|---|");
+    for (i, (name, _)) in builds.iter().enumerate() {
+        println!(
+            "| {name} | {:.1} ({:.1}) | {:.1} ({:.1}) |",
+            mib(empty[i].0),
+            mib(empty[i].1),
+            mib(stored[i].0),
+            mib(stored[i].1)
+        );
+    }
+}
+
 fn main() {
     let dir = test_dir("bench-memory");
     let (stock_udp, ours_udp, stock_stats, ours_stats) = (free_port(), free_port(), free_port(), free_port());
@@ -66,18 +156,7 @@ fn main() {
     let (stock_before, ours_before) = (big_anon_rss(stock.pid), big_anon_rss(ours.pid));
 
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let mut datagram = Vec::new();
-    for i in 0..SESSIONS {
-        let mut key = [0x5au8; 32];
-        key[..8].copy_from_slice(&i.to_le_bytes());
-        sslcache_core::replication::encode_set(&key, &[(i % 251) as u8; 150], 4_000_000_000, &mut datagram).unwrap();
-        socket.send_to(&datagram, ("127.0.0.1", stock_udp)).unwrap();
-        socket.send_to(&datagram, ("127.0.0.1", ours_udp)).unwrap();
-        // Stock's receiver keeps the default socket buffer: pace.
-        if i % 50 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+    send_sessions(&socket, &[stock_udp, ours_udp]);
     let filled = eventually(Duration::from_secs(10), || {
         cache_stats(stock_stats, "default")["items"] == SESSIONS
             && cache_stats(ours_stats, "default")["items"] == SESSIONS
@@ -111,4 +190,6 @@ fn main() {
         "\nratio, total per session: stock / sslcache = {:.1}",
         stock_after as f64 / ours_after.max(1) as f64
     );
+    drop((stock, ours));
+    at_capacity();
 }

@@ -84,6 +84,38 @@ fn non_numeric_and_zero_sizes() {
     );
 }
 
+/// Capacity is bounded (10 M sessions, 1 TiB reserved): past it, one line
+/// naming the setting; the review's `cache = 1073741823` was accepted.
+#[test]
+fn sizes_past_the_store_bounds() {
+    fails_with(
+        "items-bound",
+        "cache = 1073741823\nssl-sessions-use-cache = true",
+        "cache = 1073741823 is too large (at most 10000000 sessions)",
+    );
+    fails_with(
+        "cache2-items-bound",
+        "cache2 = name=ssl,items=10000001\nssl-sessions-use-cache = ssl",
+        "cache2 \"ssl\" items = 10000001 is too large (at most 10000000 sessions)",
+    );
+    let reserved = sslcache_core::store::Limits {
+        capacity: 10_000_000,
+        keysize: 2048,
+        blocksize: 1 << 20,
+    }
+    .reserved_bytes()
+    .unwrap();
+    fails_with(
+        "reserved-bound",
+        "cache = 10000000\ncache-blocksize = 1048576\nssl-sessions-use-cache = true",
+        &format!(
+            "cache = 10000000 with cache-blocksize = 1048576 would reserve {} GiB for the store (at most 1024 GiB): \
+             lower either",
+            reserved.div_ceil(1 << 30)
+        ),
+    );
+}
+
 #[test]
 fn keysize_too_small_for_a_session_id() {
     fails_with(

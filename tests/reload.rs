@@ -295,8 +295,9 @@ fn a_store_file_keeps_sessions_across_a_stop_and_start() {
     );
 }
 
-/// A store file others may read is refused (uWSGI does not start); random
-/// bytes, or a store of other cache sizes, are discarded in one line.
+/// A store file others may read, or random bytes, are refused (uWSGI does
+/// not start, the file is left as it is); an empty file is used; a store of
+/// other cache sizes is discarded in one line.
 #[test]
 fn bad_store_files_are_refused_or_discarded_in_one_line() {
     use std::os::unix::fs::PermissionsExt;
@@ -323,16 +324,27 @@ fn bad_store_files_are_refused_or_discarded_in_one_line() {
             .any(|l| l.contains("cache-store = ") && l.contains("(mode 0644): chmod 600 it")),
         "{log}"
     );
-    // Random bytes: discarded, and the cache works.
+    // Random bytes: refused (uWSGI does not start), the file left as it is.
     let noise: Vec<u8> = (0..100_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    std::fs::write(&store, noise).unwrap();
+    std::fs::write(&store, &noise).unwrap();
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut node = Uwsgi::start(&dir, "noise", &ini(20000), &[https]);
+    let (status, log) = run_to_exit(&dir, "noise", &ini(20000));
+    assert!(!status.expect("exits").success(), "{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("cache-store = ")
+            && l.contains("the file is not a session store")
+            && l.contains("left as it is")),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&store).unwrap(), noise);
+    // An empty file is used: a new store, and the cache works.
+    std::fs::write(&store, "").unwrap();
+    let mut node = Uwsgi::start(&dir, "empty", &ini(20000), &[https]);
     let log = node.log();
-    assert_eq!(log.matches("discarded the store file").count(), 1, "{log}");
-    assert!(log.contains("not a session store"), "{log}");
+    assert!(!log.contains("discarded"), "{log}");
     let client = Client::new(Proto::Tls12NoTickets);
     let mut sessions = make_sessions(&client, https, 20);
     node.stop();

@@ -1,9 +1,14 @@
 //! What the core asks of the operating system beyond the `libc` crate's
-//! declarations, in one place: glibc functions `libc` lacks, the fork guard
-//! of threads that run beside uWSGI's forks, and thread signal masks.
+//! declarations, in one place: glibc functions `libc` lacks, opening a path
+//! without following symbolic links, the fork guard of threads that run
+//! beside uWSGI's forks, and thread signal masks.
 
 use std::cell::UnsafeCell;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::Once;
 
 extern "C" {
@@ -39,6 +44,123 @@ pub fn check_private(meta: &std::fs::Metadata, shown: &str, what: &str, owner: u
         ));
     }
     Ok(())
+}
+
+/// `struct open_how` of `<linux/openat2.h>` (its first version, 24 bytes):
+/// the `libc` crate's is `#[non_exhaustive]`, so it cannot be built here.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+fn c_path(path: &OsStr) -> io::Result<CString> {
+    CString::new(path.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in the path"))
+}
+
+/// A descriptor the kernel just returned (`rc >= 0`), or the error.
+fn owned(rc: libc::c_long) -> io::Result<OwnedFd> {
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor just returned by the kernel to this call, owned
+    // by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
+}
+
+/// Opens `path` (relative paths from the current directory, as uWSGI
+/// resolves them) without following a symbolic link in any component,
+/// the last one included: an error of kind `ELOOP` if one is met.
+/// `flags` are open(2)'s (close-on-exec is always added); `mode` is used
+/// with `O_CREAT` only.
+///
+/// `openat2(2)` with `RESOLVE_NO_SYMLINKS` (Linux >= 5.6); where the kernel
+/// (or a seccomp filter) refuses that call, the same walk done one
+/// component at a time ([`open_walking`]).
+pub fn open_no_symlinks(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let c = c_path(path.as_os_str())?;
+    let flags = flags | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let how = OpenHow {
+        flags: flags as u32 as u64,
+        // openat2 refuses a mode without O_CREAT.
+        mode: if flags & libc::O_CREAT != 0 { u64::from(mode) } else { 0 },
+        resolve: libc::RESOLVE_NO_SYMLINKS,
+    };
+    // SAFETY: openat2 reads a NUL-terminated path and `size` bytes of `how`,
+    // both alive for the call; it returns a new descriptor or -1.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    match owned(rc) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => open_walking(path, flags, mode),
+        other => other,
+    }
+}
+
+/// [`open_no_symlinks`] without openat2: from `/` (absolute paths) or the
+/// current directory, each directory component is opened with `O_PATH |
+/// O_NOFOLLOW` and checked to be a directory, not a symbolic link; the last
+/// one is opened with `O_NOFOLLOW`.
+pub fn open_walking(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.is_empty() {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT));
+    }
+    if bytes.ends_with(b"/") {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    let mut parts: Vec<&[u8]> = bytes.split(|b| *b == b'/').filter(|p| !p.is_empty()).collect();
+    let last = parts.pop().expect("a path not ending in / has a last component");
+    let mut dir: Option<OwnedFd> = if bytes.starts_with(b"/") {
+        Some(open_at(None, OsStr::new("/"), libc::O_PATH | libc::O_DIRECTORY, 0)?)
+    } else {
+        None
+    };
+    for part in parts {
+        let next = open_at(
+            dir.as_ref(),
+            OsStr::from_bytes(part),
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+        )?;
+        match file_type(&next)? {
+            libc::S_IFDIR => dir = Some(next),
+            libc::S_IFLNK => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        }
+    }
+    open_at(dir.as_ref(), OsStr::from_bytes(last), flags | libc::O_NOFOLLOW, mode)
+}
+
+/// openat(2) relative to `dir` (the current directory when `None`),
+/// close-on-exec.
+fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
+    let c = c_path(name)?;
+    let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: openat reads a NUL-terminated name alive for the call; `dir`
+    // is AT_FDCWD or a descriptor the caller holds; it returns a new
+    // descriptor or -1.
+    let rc = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    owned(libc::c_long::from(rc))
+}
+
+/// The `S_IFMT` bits of an open descriptor's file.
+fn file_type(fd: &OwnedFd) -> io::Result<libc::mode_t> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat fills `st` for a descriptor the caller holds (O_PATH
+    // descriptors included).
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fstat succeeded, so `st` is initialised.
+    Ok(unsafe { st.assume_init() }.st_mode & libc::S_IFMT)
 }
 
 /// `CLOCK_MONOTONIC` now.

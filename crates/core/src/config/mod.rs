@@ -7,6 +7,8 @@
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 
+use crate::store;
+
 pub mod addr;
 pub mod options;
 
@@ -333,7 +335,8 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
     let name = get(&["name"]).unwrap_or_default();
     let what = |key: &str| format!("cache2 \"{name}\" {key}");
     let items = match get(&["max_items", "maxitems", "items"]) {
-        Some(v) => positive(&what("items"), &v, u32::MAX as u64 / 4)?,
+        // Bounded with the other sizes (see store_size).
+        Some(v) => positive(&what("items"), &v, u64::MAX)?,
         None => {
             return err(format!(
                 "cache2 \"{name}\" needs items=N (the number of sessions to keep)"
@@ -391,7 +394,7 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
 }
 
 fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError> {
-    let items = positive("cache", items, u32::MAX as u64 / 4)?;
+    let items = positive("cache", items, u64::MAX)?;
     let blocksize = match &raw.cache_blocksize {
         Some(v) => positive("cache-blocksize", v, u32::MAX as u64 / 2)? as u32,
         None => DEFAULT_BLOCKSIZE,
@@ -443,6 +446,39 @@ fn option_name(cache: &CacheDef, default_option: &str, cache2_key: &str) -> Stri
     match cache.origin {
         CacheOrigin::Default => default_option.to_string(),
         CacheOrigin::Cache2 { .. } => format!("cache2 \"{}\" {cache2_key}", cache.name),
+    }
+}
+
+/// The store's bounds ([`store::MAX_ITEMS`] sessions,
+/// [`store::MAX_RESERVED`] bytes reserved): past them, an error naming the
+/// cache's `items` (and `blocksize`) setting.
+fn store_size(cache: &CacheDef) -> Result<(), ConfigError> {
+    let items = option_name(cache, "cache", "items");
+    if cache.items > store::MAX_ITEMS {
+        return err(format!(
+            "{items} = {} is too large (at most {} sessions)",
+            cache.items,
+            store::MAX_ITEMS
+        ));
+    }
+    let blocksize = option_name(cache, "cache-blocksize", "blocksize");
+    let limits = store::Limits {
+        capacity: cache.items,
+        keysize: cache.keysize,
+        blocksize: cache.blocksize,
+    };
+    let shown = format!("{items} = {} with {blocksize} = {}", cache.items, cache.blocksize);
+    match limits.reserved_bytes() {
+        Ok(bytes) if bytes > store::MAX_RESERVED => err(format!(
+            "{shown} would reserve {} GiB for the store (at most {} GiB): lower either",
+            bytes.div_ceil(1 << 30),
+            store::MAX_RESERVED >> 30
+        )),
+        Err(why) => err(format!("{shown}: {why}")),
+        Ok(_) => match limits.refusal() {
+            Some(why) => err(format!("{shown}: {why}")),
+            None => Ok(()),
+        },
     }
 }
 
@@ -627,6 +663,7 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
             cache.name, cache.keysize, SESSION_ID_MAX
         ));
     }
+    store_size(&cache)?;
     let timeout = match &raw.timeout {
         Some(v) => positive("ssl-sessions-timeout", v, u32::MAX as u64)? as u32,
         None => DEFAULT_TIMEOUT,
@@ -1088,5 +1125,44 @@ mod tests {
         r.cache_blocksize = Some("512".into());
         let s = resolve(&r).unwrap().unwrap();
         assert!(s.warnings[0].contains("blocksize = 512 is small"));
+    }
+
+    #[test]
+    fn store_sizes_are_bounded_naming_the_setting() {
+        let error = |r: &RawOptions| resolve(r).unwrap_err().0;
+        // The review's case, and the bound itself.
+        let mut r = raw();
+        r.cache = Some("1073741823".into());
+        assert_eq!(error(&r), "cache = 1073741823 is too large (at most 10000000 sessions)");
+        r.cache = Some("10000001".into());
+        assert_eq!(error(&r), "cache = 10000001 is too large (at most 10000000 sessions)");
+        // Ten million sessions at the default blocksize: accepted.
+        r.cache = Some("10000000".into());
+        r.cache_blocksize = None;
+        assert_eq!(resolve(&r).unwrap().unwrap().cache.items, 10_000_000);
+        // More than a terabyte reserved: refused, naming both settings.
+        r.cache_blocksize = Some("131072".into());
+        let e = error(&r);
+        assert!(
+            e.starts_with("cache = 10000000 with cache-blocksize = 131072 would reserve ")
+                && e.ends_with("GiB for the store (at most 1024 GiB): lower either"),
+            "{e}"
+        );
+        let mut r = raw();
+        r.use_cache = Some("ssl".into());
+        r.cache2 = vec!["name=ssl,items=20000000".into()];
+        assert_eq!(
+            error(&r),
+            "cache2 \"ssl\" items = 20000000 is too large (at most 10000000 sessions)"
+        );
+        r.cache2 = vec!["name=ssl,items=100,blocksize=2147483647".into()];
+        assert!(
+            error(&r).starts_with("cache2 \"ssl\" items = 100 with cache2 \"ssl\" blocksize = 2147483647: "),
+            "{}",
+            error(&r)
+        );
+        // Numbers beyond any bound still parse to this one message.
+        r.cache2 = vec!["name=ssl,items=99999999999".into()];
+        assert!(error(&r).contains("is too large (at most 10000000 sessions)"));
     }
 }

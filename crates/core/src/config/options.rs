@@ -100,7 +100,9 @@ options! {
     /// `cache`: items of the default cache.
     cache: one, Uwsgi, [c"cache"],
         help: c"",
-        readme: "capacity of the default cache, in sessions";
+        readme: "capacity of the default cache, in sessions: at most 10,000,000, and at most 1 TiB reserved \
+            with `cache-blocksize` (10 M sessions at the default blocksize reserve 812 GiB, resident only as \
+            used)";
     /// `cache-blocksize`.
     cache_blocksize: one, Uwsgi, [c"cache-blocksize"],
         help: c"",
@@ -108,13 +110,14 @@ options! {
     /// Every `cache2` value, in order.
     cache2: list, Uwsgi, [c"cache2"],
         help: c"",
-        readme: "`name=`, `items=` (`max_items`, `maxitems`), `blocksize=`, `keysize=` (`key_size`, default \
+        readme: "`name=`, `items=` (`max_items`, `maxitems`; the bounds of `cache`), `blocksize=`, `keysize=` (`key_size`, default \
             2048, at least 32), `udp=`, `node=`, `udp_key=`, `store=`, `store_sync=`";
     /// `cache-store`: file of the default cache.
     cache_store: one, Uwsgi, [c"cache-store"],
         help: c"",
         readme: "file the default cache lives in, so that it survives a stop and start (mode 0600; it holds \
-            session secrets); cache2: `store=`";
+            session secrets; no symbolic link anywhere on its path; an existing file must be empty or a store \
+            file); cache2: `store=`";
     /// `cache-store-sync`: seconds between write-backs of that file.
     cache_store_sync: one, Uwsgi, [c"cache-store-sync"],
         help: c"",

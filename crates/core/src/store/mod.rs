@@ -52,6 +52,16 @@ const MIN_ENTRIES_PER_SHARD: u64 = 128;
 /// is sized for keys of up to this many bytes.
 const POOL_KEY_BYTES: u64 = 64;
 
+/// Most sessions one store holds: ten million, a node's worth at thousands
+/// of new TLS sessions a second kept for minutes. Beyond it the index alone
+/// (buckets, entries, chunk links: all sized by the capacity) would cost
+/// gigabytes of address space and of page tables as it fills.
+pub const MAX_ITEMS: u64 = 10_000_000;
+/// Most bytes one store reserves (virtual, resident only as used; a store
+/// file's whole size on disk): 1 TiB, room for [`MAX_ITEMS`] sessions at
+/// the default blocksize (65535: 812 GiB).
+pub const MAX_RESERVED: u64 = 1 << 40;
+
 /// Sizes of a store, as configured (uWSGI `items`, `keysize`, `blocksize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -61,6 +71,22 @@ pub struct Limits {
     pub keysize: u32,
     /// Longest value accepted.
     pub blocksize: u32,
+}
+
+impl Limits {
+    /// Bytes a store of these sizes would reserve, bounds aside; `Err`
+    /// says why it cannot be laid out at all.
+    pub fn reserved_bytes(&self) -> Result<u64, String> {
+        Layout::compute(*self)
+            .map(|l| l.total as u64)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Why no store of these sizes can be made ([`MAX_ITEMS`],
+    /// [`MAX_RESERVED`], the index's own limits), if none can.
+    pub fn refusal(&self) -> Option<String> {
+        Layout::new(*self).err().map(|e| e.to_string())
+    }
 }
 
 /// Store-wide counters, all in shared memory.
@@ -157,6 +183,13 @@ struct Header {
 unsafe impl SharedPod for Header {}
 
 const MAGIC: [u8; 8] = *b"SSLCSTOR";
+
+/// Whether the first bytes of a file are those of a store's region (the
+/// first test [`Header::refusal`] makes): a store file, possibly of other
+/// sizes, another format or damaged, but one this store may overwrite.
+fn is_store_prefix(first: &[u8]) -> bool {
+    first.len() >= MAGIC.len() && first[..MAGIC.len()] == MAGIC
+}
 /// Version of the region's layout; bump when it changes meaning.
 const FORMAT: u64 = 1;
 
@@ -259,7 +292,34 @@ fn align(n: usize, to: usize) -> usize {
 }
 
 impl Layout {
+    /// The layout of a store of these sizes, within [`MAX_ITEMS`],
+    /// [`MAX_RESERVED`] and what 32-bit links can reach.
     fn new(limits: Limits) -> io::Result<Layout> {
+        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
+        if limits.capacity > MAX_ITEMS {
+            return Err(invalid(format!("more than {MAX_ITEMS} items")));
+        }
+        let layout = Layout::compute(limits)?;
+        if layout.total as u64 > MAX_RESERVED {
+            return Err(invalid(format!(
+                "{} GiB reserved, more than {} GiB",
+                (layout.total as u64).div_ceil(1 << 30),
+                MAX_RESERVED >> 30
+            )));
+        }
+        // Links are u32 slot and chunk numbers.
+        if layout.slots as u64 >= u32::MAX as u64 / 2 {
+            return Err(invalid("too many items".into()));
+        }
+        if layout.chunks as u64 >= u32::MAX as u64 / 2 {
+            return Err(invalid("items * blocksize is too large".into()));
+        }
+        Ok(layout)
+    }
+
+    /// Where everything goes, bounds aside (arithmetic checked: `Err` only
+    /// for sizes past any address space).
+    fn compute(limits: Limits) -> io::Result<Layout> {
         let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
         if limits.capacity == 0 || limits.keysize == 0 || limits.blocksize == 0 {
             return Err(invalid("capacity, keysize and blocksize must be positive"));
@@ -267,6 +327,7 @@ impl Layout {
         if limits.keysize > u16::MAX as u32 {
             return Err(invalid("keysize must be below 65536"));
         }
+        let too_large = || invalid("store too large");
         let shards = (limits.capacity / MIN_ENTRIES_PER_SHARD)
             .clamp(1, MAX_SHARDS as u64)
             .next_power_of_two()
@@ -280,16 +341,23 @@ impl Layout {
         } else {
             per_shard + per_shard / 4 + 16
         };
-        if slots >= u32::MAX as u64 / 2 {
-            return Err(invalid("too many items"));
-        }
-        let slots = slots as usize;
         let per_entry = (limits.keysize as u64).min(POOL_KEY_BYTES) + limits.blocksize as u64;
-        let chunks = (slots as u64)
+        let chunks = slots
             .checked_mul(per_entry.div_ceil(CHUNK as u64))
-            .filter(|c| *c < u32::MAX as u64 / 2)
-            .ok_or_else(|| invalid("items * blocksize is too large"))? as usize;
-        let buckets = slots.next_power_of_two();
+            .ok_or_else(too_large)?;
+        let buckets = slots.checked_next_power_of_two().ok_or_else(too_large)?;
+        // Each array of a shard below 2^60 bytes: the sums below cannot
+        // overflow.
+        let arrays = [
+            buckets.checked_mul(4),
+            slots.checked_mul(std::mem::size_of::<Entry>() as u64),
+            chunks.checked_mul(4),
+            chunks.checked_mul(CHUNK as u64),
+        ];
+        if arrays.iter().any(|a| a.is_none_or(|a| a > 1 << 60)) {
+            return Err(too_large());
+        }
+        let (slots, chunks, buckets) = (slots as usize, chunks as usize, buckets as usize);
 
         let counters_at = align(std::mem::size_of::<Header>(), 64);
         let lens_at = align(counters_at + std::mem::size_of::<Counters>(), 64);
@@ -303,7 +371,7 @@ impl Layout {
         let total = shards
             .checked_mul(shard_stride)
             .and_then(|t| t.checked_add(shard_base))
-            .ok_or_else(|| invalid("store too large"))?;
+            .ok_or_else(too_large)?;
         Ok(Layout {
             shards,
             slots,
@@ -389,12 +457,20 @@ impl Store {
     pub fn create_in_file(limits: Limits, fd: OwnedFd) -> io::Result<(Store, OwnedFd)> {
         let layout = Layout::new(limits)?;
         let len = libc::off_t::try_from(layout.total).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        for size in [0, len] {
-            // SAFETY: resizes the file the caller handed us: to nothing, then
-            // to the store's size (sparse zeros).
-            if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+        // SAFETY: empties the file the caller handed us.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // The magic first: however far this gets (a full disk, a kill),
+        // the file is empty or says it is a store, so the next start takes
+        // it again (file::open_private refuses any other content).
+        let file = std::fs::File::from(fd);
+        std::os::unix::fs::FileExt::write_all_at(&file, &MAGIC, 0)?;
+        let fd = OwnedFd::from(file);
+        // SAFETY: resizes the file the caller handed us to the store's size
+        // (sparse zeros after the magic).
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+            return Err(io::Error::last_os_error());
         }
         file::reserve(fd.as_fd(), layout.total as u64)?;
         let region = Region::map_file(fd.as_fd())?;
@@ -750,10 +826,36 @@ impl Store {
 
     /// Drops every entry expired at `now`; returns how many. Shards whose
     /// lock is busy are skipped until the next sweep.
+    ///
+    /// Its cost follows the sessions stored, not the capacity: a shard
+    /// whose live count (read without its lock) is zero is not locked, and
+    /// in the others only the live entries are visited (see
+    /// `ShardView::sweep`), so the sweep reads no page of the region that
+    /// no stored session uses. A count left stale by a holder killed
+    /// mid-insert only delays that shard's sweep until its next use; a
+    /// lookup never returns an expired session anyway.
     pub fn sweep(&self, now: u64) -> u64 {
         let mut removed = 0;
         for shard in 0..self.layout.shards {
+            if self.shard_len(shard).load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             removed += self.with_shard(shard, |view| view.sweep(now)).unwrap_or(0) as u64;
+        }
+        if removed > 0 {
+            self.counters().expired.fetch_add(removed, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// The sweep as it was before (every bucket of every shard, whatever
+    /// is stored): the reference the tests and `benches/store.rs` compare
+    /// [`sweep`](Self::sweep) with. Not for production use.
+    #[doc(hidden)]
+    pub fn sweep_every_bucket(&self, now: u64) -> u64 {
+        let mut removed = 0;
+        for shard in 0..self.layout.shards {
+            removed += self.with_shard(shard, |view| view.sweep_every_bucket(now)).unwrap_or(0) as u64;
         }
         if removed > 0 {
             self.counters().expired.fetch_add(removed, Ordering::Relaxed);

@@ -387,20 +387,11 @@ impl ShardView<'_> {
             return false;
         }
         let hash = self.entry(slot).hash;
-        // Find its bucket predecessor.
-        let mut prev = 0;
-        let mut cur = self.buckets[self.bucket_of(hash)];
-        let mut steps = 0;
-        while cur != 0 && cur != slot && steps < self.entries.len() {
-            prev = cur;
-            cur = self.entry(cur).next;
-            steps += 1;
-        }
-        if cur != slot {
+        let Some(prev) = self.bucket_prev(slot, hash) else {
             // The LRU list and the index disagree: only a repair fixes that.
             self.repair();
             return self.meta.len > 0 && self.evict_lru();
-        }
+        };
         self.remove_slot(slot, prev);
         true
     }
@@ -501,7 +492,64 @@ impl ShardView<'_> {
     }
 
     /// Removes every entry that expired at or before `now`.
+    ///
+    /// Walks the LRU list, which links exactly the live entries: the cost
+    /// follows the sessions stored, and no page of the index is read that
+    /// no stored session uses (the bucket array is sized for the capacity;
+    /// walking it faulted in every page of it, every sweep). An expired
+    /// entry's bucket chain is walked to unlink it.
     pub fn sweep(&mut self, now: u64) -> usize {
+        let mut removed = 0;
+        let mut repaired = false;
+        let mut slot = self.meta.lru_head;
+        let mut steps = 0;
+        while slot != 0 && steps < self.entries.len() {
+            steps += 1;
+            let e = *self.entry(slot);
+            if e.live == 1 && e.expires <= now {
+                match self.bucket_prev(slot, e.hash) {
+                    Some(prev) => {
+                        self.remove_slot(slot, prev);
+                        removed += 1;
+                    }
+                    // The LRU list and the index disagree: only a repair
+                    // fixes that; then walk the rebuilt list once more.
+                    None if !repaired => {
+                        self.repair();
+                        repaired = true;
+                        slot = self.meta.lru_head;
+                        steps = 0;
+                        continue;
+                    }
+                    None => break,
+                }
+            }
+            slot = e.lru_next;
+        }
+        removed
+    }
+
+    /// The predecessor of `slot` in the chain of the bucket of `hash` (0:
+    /// it is the chain's head); `None` when `slot` is not in that chain.
+    fn bucket_prev(&self, slot: Link, hash: u64) -> Option<Link> {
+        let mut prev = 0;
+        let mut cur = self.buckets[self.bucket_of(hash)];
+        let mut steps = 0;
+        while cur != 0 && steps < self.entries.len() {
+            if cur == slot {
+                return Some(prev);
+            }
+            prev = cur;
+            cur = self.entry(cur).next;
+            steps += 1;
+        }
+        None
+    }
+
+    /// The sweep as it was before it walked the LRU list: every bucket of
+    /// the index, whatever is stored. Kept as the reference the tests and
+    /// the bench compare [`sweep`](Self::sweep) with.
+    pub fn sweep_every_bucket(&mut self, now: u64) -> usize {
         let mut removed = 0;
         for b in 0..self.buckets.len() {
             let mut prev = 0;
@@ -787,6 +835,47 @@ mod tests {
         v.insert(h(b"old"), b"old", b"v", 5, false).unwrap();
         v.insert(h(b"new"), b"new", b"v", 50, false).unwrap();
         assert_eq!(v.sweep(10), 1);
+        assert!(get(&mut v, b"old").is_none());
+        assert!(get(&mut v, b"new").is_some());
+    }
+
+    #[test]
+    fn sweep_visits_the_live_entries_in_any_lru_order() {
+        let mut s = Owned::new(64, 256);
+        let mut v = s.view();
+        for i in 0..40u8 {
+            v.insert(h(&[i]), &[i], &[i; 70], 10 + u64::from(i % 4), false).unwrap();
+        }
+        // Reorder the LRU list, replace and remove some.
+        for i in (0..40u8).step_by(3) {
+            get(&mut v, &[i]);
+        }
+        v.insert(h(&[5]), &[5], b"later", 99, false).unwrap();
+        assert!(v.remove(h(&[6]), &[6]));
+        // Expiring at 10 or 11: i % 4 in {0, 1}, but not 5 (replaced) or 6.
+        let expired = (0..40u8).filter(|i| i % 4 < 2 && *i != 5).count();
+        assert_eq!(v.sweep(11), expired);
+        assert_eq!(v.len() as usize, 40 - 1 - expired);
+        for i in 0..40u8 {
+            let kept = i == 5 || (i % 4 >= 2 && i != 6);
+            assert_eq!(get(&mut v, &[i]).is_some(), kept, "key {i}");
+        }
+        assert_eq!(v.sweep(11), 0);
+    }
+
+    #[test]
+    fn sweep_repairs_an_index_that_disagrees_with_the_lru_list() {
+        let mut s = Owned::new(8, 64);
+        {
+            let mut v = s.view();
+            v.insert(h(b"old"), b"old", b"v", 5, false).unwrap();
+            v.insert(h(b"new"), b"new", b"v", 50, false).unwrap();
+        }
+        // The expired entry is on the LRU list but in no bucket chain.
+        s.buckets.iter_mut().for_each(|b| *b = 0);
+        let mut v = s.view();
+        assert_eq!(v.sweep(10), 1);
+        assert_eq!(v.len(), 1);
         assert!(get(&mut v, b"old").is_none());
         assert!(get(&mut v, b"new").is_some());
     }

@@ -609,3 +609,137 @@ fn damage_behind_the_header_is_repaired_on_takeover() {
         assert_eq!(get(&store, &key(i)), Some(value_for(&key(i), 150)), "{i}");
     }
 }
+
+/// The sweep at the largest capacity with a few sessions stored reads no
+/// page of the region that no session uses: resident memory does not grow,
+/// where the sweep over every bucket faulted the whole index in.
+#[test]
+fn the_sweep_touches_only_what_is_stored() {
+    let store = Store::create(Limits {
+        capacity: MAX_ITEMS,
+        keysize: 64,
+        blocksize: 512,
+    })
+    .unwrap();
+    for i in 0..10_000 {
+        store.insert(&key(i), &value_for(&key(i), 150), NOW + 10 + i % 2, NOW);
+    }
+    let page = 4096;
+    let stored = store.resident_bytes().unwrap();
+    // Nothing expired: every session visited, none removed.
+    assert_eq!(store.sweep(NOW), 0);
+    assert!(store.resident_bytes().unwrap() <= stored + 16 * page);
+    // Half expired: removed, still without a new page.
+    assert_eq!(store.sweep(NOW + 10), 5_000);
+    assert_eq!(store.len(), 5_000);
+    assert!(store.resident_bytes().unwrap() <= stored + 16 * page);
+    for i in 0..10_000 {
+        assert_eq!(get(&store, &key(i)).is_some(), i % 2 == 1, "key {i}");
+    }
+    // The reference sweep reads every bucket: the whole bucket array
+    // (4 bytes a bucket) becomes resident.
+    assert_eq!(store.sweep_every_bucket(NOW), 0);
+    let buckets = store.bucket_count() * 4;
+    assert!(store.resident_bytes().unwrap() >= stored + buckets / 2);
+}
+
+/// An empty store is swept without locking a shard or reading its index.
+#[test]
+fn an_empty_store_is_swept_without_reading_it() {
+    let store = Store::create(limits(MAX_ITEMS)).unwrap();
+    let before = store.resident_bytes().unwrap();
+    for _ in 0..3 {
+        assert_eq!(store.sweep(NOW), 0);
+    }
+    assert_eq!(store.resident_bytes().unwrap(), before);
+    assert!(before < 64 * 4096, "{before} bytes resident when empty");
+}
+
+/// The sweep over the live entries removes exactly what the sweep over
+/// every bucket removes, after a mix of inserts, replacements, removals,
+/// lookups (which reorder the LRU list) and evictions.
+#[test]
+fn the_sweep_removes_what_the_reference_sweep_removes() {
+    for seed in 1..=4u64 {
+        let a = Store::create(limits(3000)).unwrap();
+        let b = Store::create(limits(3000)).unwrap();
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..8000 {
+            let r = next();
+            let k = key(r % 4000);
+            match (r >> 20) % 8 {
+                0 => {
+                    a.remove(&k, NOW);
+                    b.remove(&k, NOW);
+                }
+                1 => {
+                    get(&a, &k);
+                    get(&b, &k);
+                }
+                _ => {
+                    let expires = NOW + 1 + (r >> 32) % 20;
+                    let v = value_for(&k, 20 + (r >> 40) as usize % 300);
+                    a.insert(&k, &v, expires, NOW);
+                    b.insert(&k, &v, expires, NOW);
+                }
+            }
+        }
+        // Evictions pick per-shard LRU victims; the shards differ between
+        // the two stores (their hash keys are random): compare what each
+        // store holds with its own sweep.
+        for t in [NOW + 5, NOW + 12, NOW + 21] {
+            let live = |s: &Store| {
+                let mut v = Vec::new();
+                s.scan(t, |k, _, _| v.push(k.to_vec()));
+                v.sort();
+                v
+            };
+            let (before_a, before_b) = (a.len(), b.len());
+            let (expected_a, expected_b) = (live(&a), live(&b));
+            let removed_a = a.sweep(t);
+            let removed_b = b.sweep_every_bucket(t);
+            assert_eq!(before_a - removed_a, expected_a.len() as u64, "seed {seed} at {t}");
+            assert_eq!(before_b - removed_b, expected_b.len() as u64, "seed {seed} at {t}");
+            assert_eq!(live(&a), expected_a);
+            assert_eq!(live(&b), expected_b);
+            assert_eq!(a.len(), expected_a.len() as u64);
+        }
+        assert!(a.is_empty() && b.is_empty());
+    }
+}
+
+/// The bounds: the largest store is accepted, one more session or a
+/// blocksize that would reserve more than MAX_RESERVED is not.
+#[test]
+fn sizes_past_the_bounds_are_refused() {
+    let at_most = Limits {
+        capacity: MAX_ITEMS,
+        keysize: 2048,
+        blocksize: 65535,
+    };
+    let reserved = at_most.reserved_bytes().unwrap();
+    assert!((800 << 30..=MAX_RESERVED).contains(&reserved), "{reserved}");
+    // (Not mapped here: 812 GiB of address space is fine with the
+    // kernel's default overcommit, not with vm.overcommit_memory = 2.)
+    assert_eq!(at_most.refusal(), None);
+    let e = Store::create(Limits {
+        capacity: MAX_ITEMS + 1,
+        ..at_most
+    })
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("more than 10000000 items"), "{e}");
+    let e = Store::create(Limits {
+        blocksize: 131_072,
+        ..at_most
+    })
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("GiB reserved, more than 1024 GiB"), "{e}");
+}

@@ -62,6 +62,10 @@ pub struct RedisTls {
     /// A client certificate (chain, PEM) and its key (PKCS#8 PEM), shown
     /// to servers that verify clients (`tls-auth-clients yes`).
     pub client: Option<(PemFile, PemFile)>,
+    /// How logs name the CA and client certificate settings of this cache
+    /// (given or not).
+    pub ca_option: String,
+    pub cert_option: String,
 }
 
 impl RedisTls {
@@ -86,7 +90,7 @@ pub fn load(given: Given<'_>, reader: u32) -> Result<RedisTls, ConfigError> {
     let (cert_option, cert) = (given.cert.0, value(given.cert.1));
     let (key_option, key) = (given.key.0, value(given.key.1));
     let ca = match ca {
-        Some(path) => Some(certificates(ca_option, path, "CA file")?.0),
+        Some(path) => Some(certificates(ca_option.clone(), path, "CA file")?.0),
         None => None,
     };
     let client = match (cert, key) {
@@ -102,12 +106,17 @@ pub fn load(given: Given<'_>, reader: u32) -> Result<RedisTls, ConfigError> {
             )))
         }
         (Some(cert), Some(key)) => {
-            let (cert, leaf) = certificates(cert_option, cert, "certificate file")?;
+            let (cert, leaf) = certificates(cert_option.clone(), cert, "certificate file")?;
             let key = private_key(key_option, key, &leaf, &cert, reader)?;
             Some((cert, key))
         }
     };
-    Ok(RedisTls { ca, client })
+    Ok(RedisTls {
+        ca,
+        client,
+        ca_option,
+        cert_option,
+    })
 }
 
 fn error(shown: &str, why: impl fmt::Display) -> ConfigError {

@@ -517,3 +517,426 @@ fn rediss_carries_the_sessions_over_tls() {
     );
     assert!(fleet.nodes[0].log().contains("receiving on rediss://127.0.0.1"));
 }
+
+/// A private CA made with the openssl CLI in `dir`: its certificate, a
+/// Redis server certificate it signed (SAN IP 127.0.0.1) and a client
+/// certificate it signed, with their keys (the client's mode 0600).
+struct PrivateCa {
+    ca: PathBuf,
+    server_crt: PathBuf,
+    server_key: PathBuf,
+    client_crt: PathBuf,
+    client_key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn private_ca(dir: &Path) -> PrivateCa {
+    let dir = dir.join("ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    openssl(
+        &dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sslcache test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    for (name, cn, ext) in [
+        (
+            "server",
+            "127.0.0.1",
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        ),
+        ("client", "sslcache node", "extendedKeyUsage=clientAuth\n"),
+    ] {
+        let (key, csr, crt, ext_file) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        std::fs::write(dir.join(&ext_file), ext).unwrap();
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                &format!("/CN={cn}"),
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+            ],
+        );
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                "2",
+                "-days",
+                "2",
+                "-extfile",
+                &ext_file,
+                "-out",
+                &crt,
+            ],
+        );
+    }
+    std::fs::set_permissions(dir.join("client.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    PrivateCa {
+        ca: dir.join("ca.pem"),
+        server_crt: dir.join("server.pem"),
+        server_key: dir.join("server.key"),
+        client_crt: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+    }
+}
+
+/// redis-server on 127.0.0.1:`port`, TLS only, with the private CA's
+/// server certificate; `verify_clients`: `--tls-auth-clients yes`.
+fn redis_tls_server(dir: &Path, name: &str, port: u16, ca: &PrivateCa, verify_clients: bool) -> Process {
+    let p = port.to_string();
+    let server = Process::spawn(
+        dir,
+        name,
+        "redis-server",
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            ca.server_crt.to_str().unwrap(),
+            "--tls-key-file",
+            ca.server_key.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            if verify_clients { "yes" } else { "no" },
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+    );
+    wait_port(port, "redis-server (TLS)");
+    server
+}
+
+/// Keys in the TLS Redis on `port`, asked with redis-cli as a client the
+/// CA signed.
+fn tls_dbsize(port: u16, ca: &PrivateCa) -> usize {
+    let out = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert"])
+        .arg(&ca.ca)
+        .arg("--cert")
+        .arg(&ca.client_crt)
+        .arg("--key")
+        .arg(&ca.client_key)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "DBSIZE"])
+        .output()
+        .expect("redis-cli");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("redis-cli DBSIZE: {text} {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// One node on 127.0.0.1 replicating through these Redis lines only; its
+/// stats port and HTTPS address.
+fn redis_node(dir: &Path, name: &str, redis_lines: &str) -> (Uwsgi, u16, std::net::SocketAddr) {
+    std::fs::create_dir_all(dir).unwrap();
+    let (stats_port, https) = (free_port(), free_port());
+    let ini = seed_setup2_node(&plugin_dir(), 1, https, stats_port, redis_lines);
+    let node = Uwsgi::start(dir, name, &ini, &[stats_port, https]);
+    (node, stats_port, std::net::SocketAddr::from(([127, 0, 0, 1], https)))
+}
+
+/// A node refused by the TLS Redis on `port`: it logs why, once, no session
+/// reaches Redis, and its handshakes (full and resumed, on the node) go on.
+fn refused(
+    node: &Uwsgi,
+    stats_port: u16,
+    https: std::net::SocketAddr,
+    port: u16,
+    ca: &PrivateCa,
+    why: &str,
+    hint: &str,
+) {
+    let failure = format!("cannot write sessions to rediss://127.0.0.1:{port}: ");
+    assert!(
+        eventually(Duration::from_secs(10), || node.log().contains(&failure)),
+        "{}",
+        node.log()
+    );
+    let client = Client::new(Proto::Tls12NoTickets);
+    let mut resumed = 0;
+    for _ in 0..20 {
+        let full = client.connect_to(https, None, &[]).expect("a full handshake");
+        let again = client
+            .connect_to(https, full.session.as_ref(), &[])
+            .expect("a resumed handshake");
+        resumed += usize::from(again.resumed);
+    }
+    assert_eq!(resumed, 20, "sessions resume on the node itself");
+    // The writer retries with back-off: sessions never reach Redis.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(tls_dbsize(port, ca), 0);
+    assert_eq!(metric(stats_port, "sslcache.default.redis_published"), 0);
+    assert!(metric(stats_port, "sslcache.default.redis_errors") > 0);
+    let log = node.log();
+    let line = log.lines().find(|l| l.contains(&failure)).unwrap();
+    println!("refused: {line}");
+    assert!(line.contains(why) && line.contains(hint), "{line}");
+    assert_eq!(log.matches(&failure).count(), 1, "logged once per outage:\n{log}");
+}
+
+#[test]
+fn rediss_with_a_private_ca_verifies_with_the_ca_option_and_refuses_without() {
+    let _heavy = heavy();
+    let dir = test_dir("redis-private-ca");
+    let ca = private_ca(&dir);
+    let port = free_port();
+    let _redis = redis_tls_server(&dir, "redis-tls", port, &ca, false);
+    // Without the CA option: the system's trust store does not know it.
+    let (node, stats_port, https) = redis_node(
+        &dir.join("without"),
+        "node",
+        &format!("ssl-sessions-redis = rediss://127.0.0.1:{port}\n"),
+    );
+    assert!(
+        node.log().contains(&format!(
+            "Redis TLS: rediss://127.0.0.1:{port} verified with the system's trust store"
+        )),
+        "{}",
+        node.log()
+    );
+    refused(
+        &node,
+        stats_port,
+        https,
+        port,
+        &ca,
+        "certificate verify failed",
+        "(the server's certificate is not signed by a CA the system trusts, or does not name this host: name its \
+         CA with ssl-sessions-redis-ca)",
+    );
+    drop(node);
+    // With it: three nodes write and resume each other's sessions.
+    let lines = format!(
+        "ssl-sessions-redis = rediss://127.0.0.1:{port}\nssl-sessions-redis-ca = {}\n",
+        ca.ca.display()
+    );
+    let fleet = Fleet::start_with(&dir.join("with"), &lines, None, free_port());
+    let summary = format!(
+        "Redis TLS: rediss://127.0.0.1:{port} verified with the CA of ssl-sessions-redis-ca = {}",
+        ca.ca.display()
+    );
+    for node in &fleet.nodes {
+        assert!(node.log().contains(&summary), "{}", node.log());
+    }
+    let sessions = make_sessions(&fleet, Proto::Tls12NoTickets, 60);
+    assert!(
+        eventually(Duration::from_secs(10), || tls_dbsize(port, &ca) >= 60),
+        "DBSIZE {}",
+        tls_dbsize(port, &ca)
+    );
+    let mut resumed = 0;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            resumed = resumed_on_others(&fleet, Proto::Tls12NoTickets, &sessions);
+            resumed >= 60
+        }),
+        "{resumed}/60 resumed on other nodes through rediss with a private CA"
+    );
+    // Never refused (a connection that timed out while the nodes start is
+    // retried, and is not what this is about).
+    for node in &fleet.nodes {
+        let log = node.log();
+        assert!(
+            !log.contains("certificate verify failed") && !log.contains("is not signed by"),
+            "{log}"
+        );
+    }
+    println!("private CA: {summary}; {resumed}/60 resumed on other nodes");
+}
+
+#[test]
+fn rediss_verifying_clients_takes_the_client_certificate_option() {
+    let _heavy = heavy();
+    let dir = test_dir("redis-client-cert");
+    let ca = private_ca(&dir);
+    let port = free_port();
+    let _redis = redis_tls_server(&dir, "redis-tls", port, &ca, true);
+    let ca_line = format!(
+        "ssl-sessions-redis = rediss://127.0.0.1:{port}\nssl-sessions-redis-ca = {}\n",
+        ca.ca.display()
+    );
+    // The CA alone: the server asks for a certificate and gets none.
+    let (node, stats_port, https) = redis_node(&dir.join("without"), "node", &ca_line);
+    refused(
+        &node,
+        stats_port,
+        https,
+        port,
+        &ca,
+        "",
+        "(a server that verifies clients (tls-auth-clients) refuses a client without a certificate: give one with \
+         ssl-sessions-redis-cert)",
+    );
+    drop(node);
+    let lines = format!(
+        "{ca_line}ssl-sessions-redis-cert = {}\nssl-sessions-redis-key = {}\n",
+        ca.client_crt.display(),
+        ca.client_key.display()
+    );
+    let (node, stats_port, https) = redis_node(&dir.join("with"), "node", &lines);
+    assert!(
+        node.log().contains(&format!(
+            "client certificate ssl-sessions-redis-cert = {}",
+            ca.client_crt.display()
+        )),
+        "{}",
+        node.log()
+    );
+    let client = Client::new(Proto::Tls12NoTickets);
+    for _ in 0..20 {
+        client.connect_to(https, None, &[]).expect("a full handshake");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || tls_dbsize(port, &ca) >= 20),
+        "DBSIZE {}\n{}",
+        tls_dbsize(port, &ca),
+        node.log()
+    );
+    assert!(eventually(Duration::from_secs(5), || metric(
+        stats_port,
+        "sslcache.default.redis_published"
+    ) >= 20));
+    assert!(!node.log().contains("tls-auth-clients"), "{}", node.log());
+}
+
+/// uWSGI refuses to start on a bad Redis TLS file: status 1, one
+/// `[sslcache]` line naming the option.
+fn refuses_to_start(dir: &Path, name: &str, lines: &str, expected: &str) {
+    let ini = seed_setup2_node(&plugin_dir(), 1, free_port(), free_port(), lines);
+    let (status, log) = run_to_exit(dir, name, &ini);
+    let status = status.unwrap_or_else(|| panic!("{name}: uWSGI did not exit:\n{log}"));
+    assert_eq!(status.code(), Some(1), "{name}: {status}\n{log}");
+    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
+    assert_eq!(ours.len(), 1, "{name}: expected one [sslcache] line:\n{log}");
+    assert!(
+        ours[0].contains(expected),
+        "{name}: {:?} does not contain {expected:?}",
+        ours[0]
+    );
+    println!("{name}: {}", ours[0]);
+}
+
+#[test]
+fn a_bad_redis_tls_file_stops_uwsgi_with_one_line() {
+    let dir = test_dir("redis-tls-files");
+    let ca = private_ca(&dir);
+    let url = "ssl-sessions-redis = rediss://127.0.0.1:6380\n";
+    let missing = dir.join("missing.pem");
+    refuses_to_start(
+        &dir,
+        "missing-ca",
+        &format!("{url}ssl-sessions-redis-ca = {}\n", missing.display()),
+        &format!(
+            "ssl-sessions-redis-ca = {}: cannot read the CA file: No such file or directory",
+            missing.display()
+        ),
+    );
+    refuses_to_start(
+        &dir,
+        "key-as-ca",
+        &format!("{url}ssl-sessions-redis-ca = {}\n", ca.server_key.display()),
+        "the CA file holds no PEM certificate",
+    );
+    let shared_key = dir.join("shared.key");
+    std::fs::copy(&ca.client_key, &shared_key).unwrap();
+    std::fs::set_permissions(&shared_key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    refuses_to_start(
+        &dir,
+        "shared-key",
+        &format!(
+            "{url}ssl-sessions-redis-cert = {}\nssl-sessions-redis-key = {}\n",
+            ca.client_crt.display(),
+            shared_key.display()
+        ),
+        &format!(
+            "ssl-sessions-redis-key = {}: the key file is readable or writable by group or others (mode 0640)",
+            shared_key.display()
+        ),
+    );
+    refuses_to_start(
+        &dir,
+        "cache2-cluster",
+        &format!(
+            "cache2 = name=s,items=100,redis_cluster=rediss://127.0.0.1:7000,redis_ca={}\n\
+             ssl-sessions-use-cache = s\n",
+            ca.ca.display()
+        ),
+        "cache2 \"s\" redis_ca cannot apply to cache2 \"s\" redis_cluster = rediss://127.0.0.1:7000",
+    );
+}
+
+#[test]
+fn insecure_rediss_warns_at_startup() {
+    let dir = test_dir("redis-insecure-warning");
+    let port = free_port();
+    let (node, _, _) = redis_node(
+        &dir,
+        "node",
+        &format!("ssl-sessions-redis = rediss://127.0.0.1:{port}/#insecure\n"),
+    );
+    let log = node.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("#insecure: the Redis server's certificate is not verified"))
+        .unwrap_or_else(|| panic!("{log}"));
+    println!("{line}");
+    assert!(line.starts_with("[sslcache]"), "{line}");
+    assert!(
+        log.contains(&format!(
+            "Redis TLS: rediss://127.0.0.1:{port} NOT verified (#insecure)"
+        )),
+        "{log}"
+    );
+}

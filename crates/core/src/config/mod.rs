@@ -11,8 +11,10 @@ use crate::store;
 
 pub mod addr;
 pub mod options;
+pub mod redis_tls;
 
 pub use options::RawOptions;
+pub use redis_tls::{PemFile, RedisTls};
 
 /// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
 pub const DEFAULT_TIMEOUT: u32 = 300;
@@ -53,6 +55,13 @@ pub struct CacheDef {
     /// Seed nodes of a Redis Cluster (`ssl-sessions-redis-cluster`,
     /// `redis_cluster=`).
     pub redis_cluster: Vec<String>,
+    /// CA file verifying `rediss://` servers (`ssl-sessions-redis-ca`,
+    /// `redis_ca=`).
+    pub redis_ca: Option<String>,
+    /// Client certificate and key for `rediss://` (`ssl-sessions-redis-cert`
+    /// and `-key`, `redis_cert=` and `redis_key=`).
+    pub redis_cert: Option<String>,
+    pub redis_key: Option<String>,
     /// File the store lives in (`cache-store`, `store=`), and the option
     /// that named it: the cache survives a stop and start.
     pub store: Option<(String, String)>,
@@ -112,6 +121,9 @@ pub struct Replication {
     pub redis: Vec<RedisServer>,
     /// Seed nodes of one Redis Cluster doing the same.
     pub redis_cluster: Vec<RedisServer>,
+    /// The CA and client certificate of `rediss://` servers, read at
+    /// startup.
+    pub redis_tls: RedisTls,
 }
 
 /// A Redis server, as configured (`redis://` or `rediss://`).
@@ -135,6 +147,7 @@ impl Default for Replication {
             peer_sync: true,
             redis: Vec::new(),
             redis_cluster: Vec::new(),
+            redis_tls: RedisTls::default(),
         }
     }
 }
@@ -282,6 +295,9 @@ const KEYS_USED: &[&str] = &[
     "udpkey",
     "redis",
     "redis_cluster",
+    "redis_ca",
+    "redis_cert",
+    "redis_key",
     "store",
     "store_sync",
     "storesync",
@@ -387,6 +403,9 @@ fn parse_cache2(index: usize, value: &str) -> Result<CacheDef, ConfigError> {
         key_file,
         redis,
         redis_cluster,
+        redis_ca: get(&["redis_ca"]),
+        redis_cert: get(&["redis_cert"]),
+        redis_key: get(&["redis_key"]),
         store,
         store_sync,
         ignored_keys,
@@ -410,6 +429,9 @@ fn default_cache(raw: &RawOptions, items: &str) -> Result<CacheDef, ConfigError>
         key_file: raw.cache_udp_key.clone(),
         redis: raw.redis.clone(),
         redis_cluster: raw.redis_cluster.clone(),
+        redis_ca: raw.redis_ca.clone(),
+        redis_cert: raw.redis_cert.clone(),
+        redis_key: raw.redis_key.clone(),
         store: raw
             .cache_store
             .as_ref()
@@ -548,6 +570,7 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         &cache.redis_cluster,
         option_name(cache, "ssl-sessions-redis-cluster", "redis_cluster"),
     )?;
+    let redis_tls = redis_tls(cache, &redis, &redis_cluster)?;
     Ok(Replication {
         servers,
         nodes,
@@ -558,7 +581,63 @@ fn replication(raw: &RawOptions, cache: &CacheDef) -> Result<Replication, Config
         peer_sync,
         redis,
         redis_cluster,
+        redis_tls,
     })
+}
+
+/// Whether a Redis URL asks for TLS.
+pub fn is_tls(server: &RedisServer) -> bool {
+    server.url.starts_with("rediss://")
+}
+
+/// Whether a `rediss://` URL turns certificate verification off (the
+/// client library's `#insecure` fragment).
+pub fn is_insecure(server: &RedisServer) -> bool {
+    is_tls(server) && server.url.split_once('#').is_some_and(|(_, f)| f == "insecure")
+}
+
+/// Reads the CA and client certificate files of `cache`'s `rediss://`
+/// servers, if given, and checks that they apply.
+fn redis_tls(cache: &CacheDef, redis: &[RedisServer], redis_cluster: &[RedisServer]) -> Result<RedisTls, ConfigError> {
+    let ca_option = option_name(cache, "ssl-sessions-redis-ca", "redis_ca");
+    let cert_option = option_name(cache, "ssl-sessions-redis-cert", "redis_cert");
+    let key_option = option_name(cache, "ssl-sessions-redis-key", "redis_key");
+    let tls = redis_tls::load(
+        redis_tls::Given {
+            ca: (ca_option, cache.redis_ca.as_deref()),
+            cert: (cert_option, cache.redis_cert.as_deref()),
+            key: (key_option, cache.redis_key.as_deref()),
+        },
+        crate::os::effective_uid(),
+    )?;
+    let Some(given) = tls.ca.as_ref().or(tls.client.as_ref().map(|(cert, _)| cert)) else {
+        return Ok(tls);
+    };
+    let given = given.option.clone();
+    let redis_option = option_name(cache, "ssl-sessions-redis", "redis");
+    let cluster_option = option_name(cache, "ssl-sessions-redis-cluster", "redis_cluster");
+    if let Some(seed) = redis_cluster.iter().find(|s| is_tls(s)) {
+        // The cluster client of the redis crate takes certificates only
+        // when built with rustls; this build uses the host's OpenSSL.
+        return err(format!(
+            "{given} cannot apply to {cluster_option} = {}: the Redis Cluster client takes no CA or client \
+             certificate (only the system's trust store); use {redis_option} for a Redis with a private CA",
+            seed.shown
+        ));
+    }
+    if let Some(server) = redis.iter().find(|s| is_insecure(s)) {
+        return err(format!(
+            "{given} is given, but {redis_option} = {}/#insecure turns certificate verification off (and \
+             sends no client certificate): remove #insecure",
+            server.shown
+        ));
+    }
+    if !redis.iter().any(is_tls) {
+        return err(format!(
+            "{given} is given, but no {redis_option} is a rediss:// URL (TLS): it would apply to nothing"
+        ));
+    }
+    Ok(tls)
 }
 
 /// Checks a Redis URL: `redis://[user:password@]host[:port][/db]` or
@@ -691,6 +770,30 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
     }
     let https_session_context = session_context("https-session-context", &raw.https_session_context)?;
     let replication = replication(raw, &cache)?;
+    let insecure = [
+        (
+            option_name(&cache, "ssl-sessions-redis", "redis"),
+            &replication.redis,
+            format!(
+                "name the CA that signed its certificate with {} instead",
+                option_name(&cache, "ssl-sessions-redis-ca", "redis_ca")
+            ),
+        ),
+        (
+            option_name(&cache, "ssl-sessions-redis-cluster", "redis_cluster"),
+            &replication.redis_cluster,
+            "give its nodes certificates the system's trust store verifies instead".to_string(),
+        ),
+    ];
+    for (option, servers, instead) in insecure {
+        for server in servers.iter().filter(|s| is_insecure(s)) {
+            warnings.push(format!(
+                "{option} = {}/#insecure: the Redis server's certificate is not verified: anyone on the path \
+                 can pose as that Redis and take its password and the sessions written to it; {instead}",
+                server.shown
+            ));
+        }
+    }
     if !replication.nodes.is_empty() && https_session_context.is_none() {
         warnings.push(
             "https-session-context is not set: each node's HTTPS listeners get their own session id \
@@ -1024,6 +1127,264 @@ mod tests {
             .unwrap_err()
             .0
             .starts_with("cache2 \"s\" redis_cluster = redis://h:0"));
+    }
+
+    /// A directory of TLS files for the Redis TLS tests: a CA, a client
+    /// certificate it signed and that certificate's key (mode 0600), and
+    /// another key.
+    struct TlsFiles {
+        dir: std::path::PathBuf,
+    }
+
+    impl TlsFiles {
+        fn new(name: &str) -> TlsFiles {
+            use openssl::asn1::Asn1Time;
+            use openssl::hash::MessageDigest;
+            use openssl::pkey::PKey;
+            use openssl::rsa::Rsa;
+            use openssl::x509::{X509Builder, X509NameBuilder};
+            use std::os::unix::fs::PermissionsExt;
+            let dir = std::env::temp_dir().join(format!("sslcache-redis-tls-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let cert = |cn: &str, key: &PKey<openssl::pkey::Private>, issuer: Option<&PKey<openssl::pkey::Private>>| {
+                let mut name = X509NameBuilder::new().unwrap();
+                name.append_entry_by_text("CN", cn).unwrap();
+                let name = name.build();
+                let mut b = X509Builder::new().unwrap();
+                b.set_version(2).unwrap();
+                b.set_subject_name(&name).unwrap();
+                b.set_issuer_name(&name).unwrap();
+                b.set_pubkey(key).unwrap();
+                b.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+                b.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+                b.sign(issuer.unwrap_or(key), MessageDigest::sha256()).unwrap();
+                b.build().to_pem().unwrap()
+            };
+            let ca_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+            let client_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+            let other_key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+            std::fs::write(dir.join("ca.pem"), cert("test CA", &ca_key, None)).unwrap();
+            std::fs::write(dir.join("client.pem"), cert("client", &client_key, Some(&ca_key))).unwrap();
+            // The traditional (PKCS#1) form: re-encoded as PKCS#8.
+            std::fs::write(
+                dir.join("client.key"),
+                client_key.rsa().unwrap().private_key_to_pem().unwrap(),
+            )
+            .unwrap();
+            std::fs::write(dir.join("other.key"), other_key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+            std::fs::write(dir.join("garbage.pem"), "not a certificate\n").unwrap();
+            for key in ["client.key", "other.key"] {
+                std::fs::set_permissions(dir.join(key), std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+            TlsFiles { dir }
+        }
+
+        fn path(&self, name: &str) -> String {
+            self.dir.join(name).to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for TlsFiles {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    #[test]
+    fn redis_tls_files_are_read_and_checked() {
+        let f = TlsFiles::new("ok");
+        let mut r = raw();
+        r.redis = vec!["rediss://127.0.0.1:6380".into()];
+        r.redis_ca = Some(f.path("ca.pem"));
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        let ca = rep.redis_tls.ca.as_ref().unwrap();
+        assert_eq!(ca.shown(), format!("ssl-sessions-redis-ca = {}", f.path("ca.pem")));
+        assert!(ca.pem.starts_with(b"-----BEGIN CERTIFICATE-----"));
+        assert!(rep.redis_tls.client.is_none());
+        r.redis_cert = Some(f.path("client.pem"));
+        r.redis_key = Some(f.path("client.key"));
+        let rep = resolve(&r).unwrap().unwrap().replication;
+        let (cert, key) = rep.redis_tls.client.as_ref().unwrap();
+        assert_eq!(cert.option, "ssl-sessions-redis-cert");
+        assert!(key.pem.starts_with(b"-----BEGIN PRIVATE KEY-----"));
+        // The key never shows in the settings' Debug.
+        assert!(!format!("{rep:?}").contains("PRIVATE"));
+        // cache2 names its keys.
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec![format!(
+            "name=s,items=5,redis=rediss://h:1,redis_ca={},redis_cert={},redis_key={}",
+            f.path("ca.pem"),
+            f.path("client.pem"),
+            f.path("client.key")
+        )];
+        let s = resolve(&r).unwrap().unwrap();
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        let tls = s.replication.redis_tls;
+        assert_eq!(tls.ca.unwrap().option, "cache2 \"s\" redis_ca");
+        assert_eq!(tls.client.unwrap().1.option, "cache2 \"s\" redis_key");
+    }
+
+    #[test]
+    fn redis_tls_errors_are_one_line_naming_the_option() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = TlsFiles::new("errors");
+        let missing = f.path("missing.pem");
+        std::fs::set_permissions(f.path("other.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(f.path("client.key"), f.path("link.key")).unwrap();
+        type Mutation<'a> = Box<dyn Fn(&mut RawOptions) + 'a>;
+        let cases: Vec<(Mutation, String)> = vec![
+            (
+                Box::new(|r| r.redis_ca = Some(f.path("missing.pem"))),
+                format!("ssl-sessions-redis-ca = {missing}: cannot read the CA file: No such file or directory"),
+            ),
+            (
+                Box::new(|r| r.redis_ca = Some(f.path("garbage.pem"))),
+                format!(
+                    "ssl-sessions-redis-ca = {}: the CA file holds no PEM certificate",
+                    f.path("garbage.pem")
+                ),
+            ),
+            (
+                Box::new(|r| r.redis_ca = Some(f.path(""))),
+                format!("ssl-sessions-redis-ca = {}: not a regular file", f.path("")),
+            ),
+            (
+                Box::new(|r| r.redis_cert = Some(f.path("client.pem"))),
+                "ssl-sessions-redis-cert needs ssl-sessions-redis-key".into(),
+            ),
+            (
+                Box::new(|r| r.redis_key = Some(f.path("client.key"))),
+                "ssl-sessions-redis-key needs ssl-sessions-redis-cert".into(),
+            ),
+            (
+                Box::new(|r| {
+                    r.redis_cert = Some(f.path("client.pem"));
+                    r.redis_key = Some(f.path("ca.pem"));
+                }),
+                format!(
+                    "ssl-sessions-redis-key = {}: the key file is readable or writable by group or others",
+                    f.path("ca.pem")
+                ),
+            ),
+            (
+                Box::new(|r| {
+                    r.redis_cert = Some(f.path("client.pem"));
+                    r.redis_key = Some(f.path("other.key"));
+                }),
+                format!(
+                    "ssl-sessions-redis-key = {}: the key file is readable or writable by group or others \
+                     (mode 0644): chmod 600 it",
+                    f.path("other.key")
+                ),
+            ),
+            (
+                Box::new(|r| {
+                    r.redis_cert = Some(f.path("client.pem"));
+                    r.redis_key = Some(f.path("link.key"));
+                }),
+                format!(
+                    "ssl-sessions-redis-key = {}: the key file is a symbolic link",
+                    f.path("link.key")
+                ),
+            ),
+            (
+                Box::new(|r| {
+                    r.redis_cert = Some(f.path("garbage.pem"));
+                    r.redis_key = Some(f.path("client.key"));
+                }),
+                format!(
+                    "ssl-sessions-redis-cert = {}: the certificate file holds no PEM certificate",
+                    f.path("garbage.pem")
+                ),
+            ),
+            (
+                Box::new(|r| r.redis = vec!["redis://127.0.0.1:6379".into()]),
+                "ssl-sessions-redis-ca is given, but no ssl-sessions-redis is a rediss:// URL".into(),
+            ),
+            (
+                Box::new(|r| r.redis = vec!["rediss://127.0.0.1:6379/#insecure".into()]),
+                "ssl-sessions-redis-ca is given, but ssl-sessions-redis = rediss://127.0.0.1:6379/#insecure \
+                 turns certificate verification off"
+                    .into(),
+            ),
+            (
+                Box::new(|r| {
+                    r.redis = vec![];
+                    r.redis_cluster = vec!["rediss://127.0.0.1:7000".into()];
+                }),
+                "ssl-sessions-redis-ca cannot apply to ssl-sessions-redis-cluster = rediss://127.0.0.1:7000: the \
+                 Redis Cluster client takes no CA or client certificate"
+                    .into(),
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut r = raw();
+            r.redis = vec!["rediss://127.0.0.1:6379".into()];
+            r.redis_ca = Some(f.path("ca.pem"));
+            mutate(&mut r);
+            let e = resolve(&r).unwrap_err().0;
+            assert!(e.starts_with(&expected), "{e:?} does not start with {expected:?}");
+            assert!(!e.contains('\n'), "{e:?}");
+        }
+        // The key of another certificate.
+        let mut r = raw();
+        r.redis = vec!["rediss://127.0.0.1:6379".into()];
+        r.redis_cert = Some(f.path("client.pem"));
+        std::fs::set_permissions(f.path("other.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        r.redis_key = Some(f.path("other.key"));
+        let e = resolve(&r).unwrap_err().0;
+        assert_eq!(
+            e,
+            format!(
+                "ssl-sessions-redis-key = {}: this key is not the key of the certificate in \
+                 ssl-sessions-redis-cert = {}",
+                f.path("other.key"),
+                f.path("client.pem")
+            )
+        );
+        // A cache2 names its keys; a bad path there too.
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec![format!("name=s,items=5,redis=rediss://h:1,redis_ca={missing}")];
+        let e = resolve(&r).unwrap_err().0;
+        assert!(
+            e.starts_with(&format!("cache2 \"s\" redis_ca = {missing}: cannot read the CA file")),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn insecure_rediss_warns_at_startup() {
+        let mut r = raw();
+        r.redis = vec![
+            "rediss://127.0.0.1:6380/#insecure".into(),
+            "rediss://127.0.0.1:6381".into(),
+        ];
+        let s = resolve(&r).unwrap().unwrap();
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].starts_with(
+                "ssl-sessions-redis = rediss://127.0.0.1:6380/#insecure: the Redis server's certificate is not \
+                 verified"
+            ) && s.warnings[0].ends_with("with ssl-sessions-redis-ca instead"),
+            "{}",
+            s.warnings[0]
+        );
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.cache2 = vec!["name=s,items=5,redis_cluster=rediss://h:1/#insecure".into()];
+        let s = resolve(&r).unwrap().unwrap();
+        assert!(
+            s.warnings[0].starts_with("cache2 \"s\" redis_cluster = rediss://h:1/#insecure: "),
+            "{:?}",
+            s.warnings
+        );
+        // Not for a plain URL that happens to end so.
+        let mut r = raw();
+        r.redis = vec!["redis://127.0.0.1:6380/#insecure".into()];
+        assert!(resolve(&r).unwrap().unwrap().warnings.is_empty());
     }
 
     #[test]

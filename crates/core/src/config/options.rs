@@ -173,6 +173,24 @@ options! {
         readme: "a seed node of a Redis Cluster (sharded) carrying the default cache's replication, repeatable: \
             `redis://[user:password@]host:port`, `rediss://` for TLS; cache2: `redis_cluster=` (see Replication \
             through Redis)";
+    /// `ssl-sessions-redis-ca`: CA file verifying the default cache's `rediss://` servers.
+    redis_ca: one, Plugin(Required), [c"ssl-sessions-redis-ca"],
+        help: c"verify the default cache's rediss:// servers with the CA certificates (PEM) in this file instead \
+            of the system's trust store (read at startup) [sslcache]",
+        readme: "CA certificates (PEM) verifying the default cache's `rediss://` servers instead of the \
+            system's trust store (a private CA); read at startup, before uWSGI drops privileges; not with \
+            `#insecure` nor with a `rediss://` Redis Cluster; cache2: `redis_ca=` (see Replication through Redis)";
+    /// `ssl-sessions-redis-cert`: client certificate for the default cache's `rediss://` servers.
+    redis_cert: one, Plugin(Required), [c"ssl-sessions-redis-cert"],
+        help: c"present this client certificate (PEM, with its chain) to the default cache's rediss:// servers; \
+            needs --ssl-sessions-redis-key [sslcache]",
+        readme: "client certificate (PEM, chain after it) the default cache shows `rediss://` servers that \
+            verify clients (`tls-auth-clients yes`); with `ssl-sessions-redis-key`; cache2: `redis_cert=`";
+    /// `ssl-sessions-redis-key`: the private key of that certificate.
+    redis_key: one, Plugin(Required), [c"ssl-sessions-redis-key"],
+        help: c"private key (PEM, unencrypted, mode 0600) of --ssl-sessions-redis-cert [sslcache]",
+        readme: "private key (PEM, unencrypted; mode 0600, owned by root or the user uWSGI starts as) of \
+            `ssl-sessions-redis-cert`; cache2: `redis_key=`";
     /// `ssl-sessions-max-skew`: seconds of clock skew tolerated.
     max_skew: one, Plugin(Required), [c"ssl-sessions-max-skew"],
         help: c"seconds of clock skew tolerated on sealed replication datagrams (default 30) [sslcache]",

@@ -464,9 +464,10 @@ impl Replicator {
             (true, false) => sync + "; sessions of record in Redis, read back at start and after each reconnection",
             _ => sync,
         };
+        let tls = redis::tls_summary(settings).map(|t| t + "; ").unwrap_or_default();
         format!(
             "replication of cache \"{cache}\": receiving on {receiving}; sending to {sending}; {mode}; {sync}; \
-             counters in the stats server's metrics sslcache.{cache}.*"
+             {tls}counters in the stats server's metrics sslcache.{cache}.*"
         )
     }
 }

@@ -32,7 +32,7 @@ use super::seal::Sealer;
 use super::transport::{Inbound, Links, Pump, Received, Replier, Transport};
 use super::wire::{self, Frame, FrameLimits};
 use crate::clock;
-use crate::config::{RedisServer, Replication};
+use crate::config::{self, RedisServer, RedisTls, Replication};
 use crate::os::fork_guard;
 
 /// Bytes of socket buffer for the hand-off from router processes.
@@ -57,10 +57,12 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
     let mut links = Links::default();
     let mut targets = Vec::new();
     for server in &settings.redis {
-        let client = client(server).map_err(|e| format!("cannot use {} for cache \"{cache}\": {e}", server.shown))?;
+        let client = client(server, &settings.redis_tls)
+            .map_err(|e| format!("cannot use {} for cache \"{cache}\": {e}", server.shown))?;
         targets.push(Target::Server {
             server: server.clone(),
             client,
+            hints: TlsHints::new(server, &settings.redis_tls),
         });
     }
     if !settings.redis_cluster.is_empty() {
@@ -75,7 +77,9 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
         let seeds = settings
             .redis_cluster
             .iter()
-            .map(|s| client(s).map(|c| (s.url.clone(), c)))
+            // No CA or client certificate: they are refused with a
+            // `rediss://` cluster (config), and plain seeds need none.
+            .map(|s| client(s, &RedisTls::default()).map(|c| (s.url.clone(), c)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(fail)?;
         targets.push(Target::Cluster { shown, cluster, seeds });
@@ -113,11 +117,53 @@ pub fn links(settings: &Replication, cache: &str, names: Arc<Names>) -> Result<L
 }
 
 /// A client for one server. TCP_NODELAY: a session published is a small
-/// write that must not wait for the previous one's ACK.
-fn client(server: &RedisServer) -> redis::RedisResult<redis::Client> {
-    redis::IntoConnectionInfo::into_connection_info(server.url.as_str())
-        .map(|info| info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-        .and_then(redis::Client::open)
+/// write that must not wait for the previous one's ACK. A `rediss://`
+/// server is verified with the CA given (else the system's trust store)
+/// and shown the client certificate given.
+fn client(server: &RedisServer, tls: &RedisTls) -> redis::RedisResult<redis::Client> {
+    let info = redis::IntoConnectionInfo::into_connection_info(server.url.as_str())?
+        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+    if !config::is_tls(server) || !tls.is_set() {
+        return redis::Client::open(info);
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: tls.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+            client_cert: cert.pem.clone(),
+            client_key: key.pem.clone(),
+        }),
+        root_cert: tls.ca.as_ref().map(|ca| ca.pem.clone()),
+    };
+    redis::Client::build_with_tls(info, certificates)
+}
+
+/// How the startup summary names what verifies the `rediss://` servers
+/// (nothing when none is).
+pub fn tls_summary(settings: &Replication) -> Option<String> {
+    let tls = &settings.redis_tls;
+    let verified: Vec<String> = settings
+        .redis
+        .iter()
+        .chain(&settings.redis_cluster)
+        .filter(|s| config::is_tls(s))
+        .map(|s| {
+            let by = if config::is_insecure(s) {
+                "NOT verified (#insecure)".to_string()
+            } else if let (Some(ca), false) = (&tls.ca, settings.redis_cluster.contains(s)) {
+                format!("verified with the CA of {}", ca.shown())
+            } else {
+                "verified with the system's trust store".to_string()
+            };
+            format!("{} {by}", s.shown)
+        })
+        .collect();
+    if verified.is_empty() {
+        return None;
+    }
+    let mut out = format!("Redis TLS: {}", verified.join(", "));
+    if let Some((cert, _)) = &tls.client {
+        out += &format!(", client certificate {}", cert.shown());
+    }
+    Some(out)
 }
 
 /// Where a cache's sessions go: a Redis server, or a Redis Cluster.
@@ -126,6 +172,7 @@ enum Target {
     Server {
         server: RedisServer,
         client: redis::Client,
+        hints: TlsHints,
     },
     Cluster {
         shown: String,
@@ -141,6 +188,15 @@ impl Target {
         match self {
             Target::Server { server, .. } => &server.shown,
             Target::Cluster { shown, .. } => shown,
+        }
+    }
+
+    /// A connection error as logged: with what to look at when a
+    /// `rediss://` server refused the TLS handshake.
+    fn explain(&self, error: &redis::RedisError) -> String {
+        match self {
+            Target::Server { hints, .. } => hints.explain(error),
+            Target::Cluster { .. } => error.to_string(),
         }
     }
 
@@ -186,6 +242,69 @@ impl Target {
             out.push(connect(&redis::Client::open(url.as_str())?)?);
         }
         Ok(out)
+    }
+}
+
+/// What to look at when a `rediss://` server refuses the TLS handshake:
+/// its certificate not verified here, or this client's not accepted there
+/// (in TLS 1.3 a server that verifies clients refuses after the client's
+/// handshake is done: the first command then meets a TLS alert or a reset
+/// connection). Only connection attempts are explained so.
+#[derive(Clone, Default)]
+struct TlsHints {
+    verify: Option<String>,
+    auth: Option<String>,
+}
+
+impl TlsHints {
+    fn new(server: &RedisServer, tls: &RedisTls) -> TlsHints {
+        if !config::is_tls(server) || config::is_insecure(server) {
+            return TlsHints::default();
+        }
+        let verify = match &tls.ca {
+            Some(ca) => format!(
+                "the server's certificate is not signed by the CA of {}, or does not name this host",
+                ca.shown()
+            ),
+            None => format!(
+                "the server's certificate is not signed by a CA the system trusts, or does not name this host: \
+                 name its CA with {}",
+                tls.ca_option
+            ),
+        };
+        let auth = match &tls.client {
+            Some((cert, _)) => format!(
+                "a server that verifies clients (tls-auth-clients) refuses the certificate of {}",
+                cert.shown()
+            ),
+            None => format!(
+                "a server that verifies clients (tls-auth-clients) refuses a client without a certificate: give \
+                 one with {}",
+                tls.cert_option
+            ),
+        };
+        TlsHints {
+            verify: Some(verify),
+            auth: Some(auth),
+        }
+    }
+
+    fn explain(&self, error: &redis::RedisError) -> String {
+        let text = error.to_string();
+        let hint = if text.contains("certificate verify failed") {
+            self.verify.as_deref()
+        } else if ["alert", "reset by peer", "Broken pipe", "end of file", "EOF"]
+            .iter()
+            .any(|w| text.contains(w))
+        {
+            self.auth.as_deref()
+        } else {
+            None
+        };
+        match hint {
+            Some(hint) => format!("{text} ({hint})"),
+            None => text,
+        }
     }
 }
 
@@ -413,8 +532,9 @@ fn ensure_connected(link: &mut Link, counters: &ReplicationCounters) -> bool {
             true
         }
         Err(e) => {
+            let why = link.target.explain(&e);
             link.retry
-                .failed("cannot write sessions to", link.target.shown(), &e, counters);
+                .failed("cannot write sessions to", link.target.shown(), &why, counters);
             false
         }
     }
@@ -675,10 +795,10 @@ fn subscribe_forever(target: &Target, channel: &str, tell: &std::sync::mpsc::Syn
                             }
                         }
                     }
-                    Err(e) => e.to_string(),
+                    Err(e) => target.explain(&e),
                 }
             }
-            Err(e) => e.to_string(),
+            Err(e) => target.explain(&e),
         };
         if tell.send(Heard::Lost(lost)).is_err() {
             return;

@@ -32,6 +32,10 @@ pub type RegisterMetricFn =
 // OpenSSL (<openssl/ssl.h>).
 extern "C" {
     pub fn SSL_CTX_set_timeout(ctx: *mut SSL_CTX, t: c_long) -> c_long;
+    pub fn SSL_CTX_set_generate_session_id(
+        ctx: *mut SSL_CTX,
+        cb: Option<unsafe extern "C" fn(*const SSL, *mut c_uchar, *mut c_uint) -> c_int>,
+    ) -> c_int;
     pub fn SSL_CTX_get_verify_depth(ctx: *const SSL_CTX) -> c_int;
     /// Returns a `STACK_OF(X509_NAME)`.
     pub fn SSL_CTX_get_client_CA_list(ctx: *const SSL_CTX) -> *mut c_void;

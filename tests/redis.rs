@@ -93,10 +93,20 @@ fn behind_haproxy(name: &str, sealed: bool) {
     let _proxy = haproxy(&dir, lb, &fleet.backends());
     let r12 = rate(&Client::new(Proto::Tls12NoTickets).reconnects(lb, RECONNECTS, &[]));
     let r13 = rate(&Client::new(Proto::Tls13).reconnects(lb, RECONNECTS, &[]));
+    let fresh = |m: &str| -> u64 {
+        fleet
+            .stats
+            .iter()
+            .map(|&p| metric(p, &format!("sslcache.default.{m}")))
+            .sum()
+    };
     println!(
-        "{name}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
+        "{name}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%; waits for sessions made an instant ago: {} ({} found, {} us in all)",
         r12 * 100.0,
-        r13 * 100.0
+        r13 * 100.0,
+        fresh("fresh_waits"),
+        fresh("fresh_found"),
+        fresh("fresh_wait_us")
     );
     assert!(r12 >= 0.99 && r13 >= 0.99, "resumption {r12} {r13}");
     for &port in &fleet.stats {

@@ -63,7 +63,8 @@ use openssl_sys::{SSL, SSL_CTX, SSL_SESSION};
 
 use sslcache_core::boundary::Boundary;
 use sslcache_core::client_hello::{self, ServerName};
-use sslcache_core::clock::unix_secs;
+use sslcache_core::clock::{unix_ms, unix_secs};
+use sslcache_core::fresh;
 use sslcache_core::record::{self, Origin};
 use sslcache_core::shm::{Concurrent, Shared, SharedPod};
 use sslcache_core::store::{Insert, Lookup, Store};
@@ -92,6 +93,12 @@ pub struct SessionCounters {
     pub restored: AtomicU64,
     /// Stores of a previous process image that could not be taken over.
     pub restore_discarded: AtomicU64,
+    /// Misses for a session made an instant ago that were waited for, those
+    /// found in the wait (replication brought them), and the microseconds
+    /// spent waiting ([`sslcache_core::fresh`]).
+    pub fresh_waits: AtomicU64,
+    pub fresh_found: AtomicU64,
+    pub fresh_wait_us: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -100,7 +107,7 @@ unsafe impl SharedPod for SessionCounters {}
 unsafe impl Concurrent for SessionCounters {}
 
 impl SessionCounters {
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 6] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 9] {
         [
             ("refused_context", &self.refused_context),
             ("refused_plain_identity", &self.refused_plain_identity),
@@ -108,6 +115,9 @@ impl SessionCounters {
             ("stored_early", &self.stored_early),
             ("restored", &self.restored),
             ("restore_discarded", &self.restore_discarded),
+            ("fresh_waits", &self.fresh_waits),
+            ("fresh_found", &self.fresh_found),
+            ("fresh_wait_us", &self.fresh_wait_us),
         ]
     }
 }
@@ -206,6 +216,10 @@ static INFO: Boundary = Boundary::new("the info callback");
 static NEW_SESSION: Boundary = Boundary::new("the new session callback");
 static GET_SESSION: Boundary = Boundary::new("the get session callback");
 static REMOVE_SESSION: Boundary = Boundary::new("the remove session callback");
+static GENERATE_ID: Boundary = Boundary::new("the session id callback");
+
+/// This router process's waiting for sessions made an instant ago.
+static WAIT_BUDGET: Mutex<fresh::WaitBudget> = Mutex::new(fresh::WaitBudget::new());
 
 impl SessionCache {
     /// The digest of `ctx`: precomputed for the master's contexts.
@@ -777,7 +791,7 @@ unsafe extern "C" fn on_get_session(
                 log::info!("get session {}..: {lookup:?}", hex(id));
             }
             cache.events.changed(&cache.store);
-            if !matches!(lookup, Lookup::Hit { .. }) {
+            if !matches!(lookup, Lookup::Hit { .. }) && !wait_for_fresh(cache, id, &mut value) {
                 return std::ptr::null_mut();
             }
         }
@@ -814,6 +828,77 @@ unsafe extern "C" fn on_get_session(
                 std::ptr::null_mut()
             }
         }
+    })
+}
+
+/// After a miss for a session made an instant ago (elsewhere: replication
+/// may bring it any moment), looks again for a few milliseconds at most,
+/// within this process's budget. Returns whether it came.
+fn wait_for_fresh(cache: &SessionCache, id: &[u8], value: &mut Vec<u8>) -> bool {
+    let now_ms = unix_ms();
+    if !fresh::worth_waiting(id, now_ms) {
+        return false;
+    }
+    let allowance = WAIT_BUDGET
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .allowance_us(now_ms);
+    if allowance == 0 {
+        return false;
+    }
+    let counters = cache.counters.get();
+    bump(&counters.fresh_waits);
+    let started = std::time::Instant::now();
+    let found = loop {
+        std::thread::sleep(std::time::Duration::from_micros(fresh::POLL_US));
+        if matches!(cache.store.get(id, unix_secs(), value), Lookup::Hit { .. }) {
+            break true;
+        }
+        if started.elapsed().as_micros() as u64 >= allowance {
+            break false;
+        }
+    };
+    let waited = started.elapsed().as_micros() as u64;
+    WAIT_BUDGET.lock().unwrap_or_else(|e| e.into_inner()).spend(waited);
+    counters.fresh_wait_us.fetch_add(waited, Ordering::Relaxed);
+    if found {
+        bump(&counters.fresh_found);
+    }
+    if cache.verbose {
+        log::info!(
+            "session {}.. made an instant ago: waited {waited} us, found: {found}",
+            hex(id)
+        );
+    }
+    found
+}
+
+/// Makes the id of a new session: its creation time, then random bytes
+/// ([`fresh`]), so that a miss can tell a session made an instant ago.
+unsafe extern "C" fn on_generate_id(_ssl: *const SSL, id: *mut c_uchar, len: *mut c_uint) -> c_int {
+    GENERATE_ID.guard(0, || {
+        if id.is_null() || len.is_null() {
+            return 0;
+        }
+        // SAFETY: OpenSSL passes the most it takes in `*len`, and `id`
+        // holds that many bytes.
+        let max = unsafe { *len } as usize;
+        let mut random = [0u8; fresh::ID_LEN];
+        if openssl::rand::rand_bytes(&mut random).is_err() {
+            return 0;
+        }
+        let made = if max >= fresh::ID_LEN {
+            fresh::make_id(unix_ms(), random[..fresh::ID_LEN - 6].try_into().expect("26 bytes"))
+        } else {
+            random
+        };
+        let n = max.min(fresh::ID_LEN);
+        // SAFETY: `n` fits both buffers (see above).
+        unsafe {
+            std::ptr::copy_nonoverlapping(made.as_ptr(), id, n);
+            *len = n as c_uint;
+        }
+        1
     })
 }
 
@@ -889,6 +974,7 @@ pub unsafe fn hook_listener(
         openssl_sys::SSL_CTX_set_num_tickets(ctx, tls13_tickets as usize);
         openssl_sys::SSL_CTX_sess_set_new_cb(ctx, Some(on_new_session));
         openssl_sys::SSL_CTX_sess_set_get_cb(ctx, Some(on_get_session));
+        ffi::SSL_CTX_set_generate_session_id(ctx, Some(on_generate_id));
         openssl_sys::SSL_CTX_sess_set_remove_cb(ctx, Some(on_remove_session));
         openssl_sys::SSL_CTX_set_client_hello_cb(ctx, Some(on_client_hello), std::ptr::null_mut());
         if openssl_sys::SSL_CTX_set_session_id_context(ctx, sid.as_ptr(), sid.len() as c_uint) != 1 {

@@ -12,7 +12,7 @@ const CORE: &[&[&str]] = &[
     &["clock", "boundary"],
     &["shm"],
     &["store"],
-    &["record", "client_hello"],
+    &["record", "client_hello", "fresh"],
     &["config"],
     &["replication"],
 ];

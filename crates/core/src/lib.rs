@@ -11,8 +11,8 @@
 //!    every `extern "C"` entry point and thread body.
 //! 2. [`shm`]: shared mappings, locked secret pages, robust mutexes.
 //! 3. [`store`]: the shared-memory session store.
-//! 4. [`record`], [`client_hello`]: what a stored value holds; the server
-//!    name of a raw ClientHello.
+//! 4. [`record`], [`client_hello`], [`fresh`]: what a stored value holds; the server
+//!    name of a raw ClientHello; session ids that tell their age.
 //! 5. [`config`]: the option table and typed settings.
 //! 6. [`replication`]: the engine that spreads sessions between nodes
 //!    (wire and sealed formats, keys, transports, receiver loop).
@@ -24,6 +24,7 @@ pub mod boundary;
 pub mod client_hello;
 pub mod clock;
 pub mod config;
+pub mod fresh;
 pub mod os;
 pub mod record;
 pub mod replication;

@@ -851,7 +851,7 @@ fn wait_for_fresh(cache: &SessionCache, id: &[u8], value: &mut Vec<u8>) -> bool 
     let started = std::time::Instant::now();
     let found = loop {
         std::thread::sleep(std::time::Duration::from_micros(fresh::POLL_US));
-        if matches!(cache.store.get(id, unix_secs(), value), Lookup::Hit { .. }) {
+        if matches!(cache.store.get_again(id, unix_secs(), value), Lookup::Hit { .. }) {
             break true;
         }
         if started.elapsed().as_micros() as u64 >= allowance {

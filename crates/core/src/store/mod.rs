@@ -702,8 +702,48 @@ impl Store {
     /// Looks `key` up at time `now` (unix seconds); on a hit, appends the
     /// value to `out`.
     pub fn get(&self, key: &[u8], now: u64, out: &mut Vec<u8>) -> Lookup {
-        let hash = self.hash(key);
         let counters = self.counters();
+        let lookup = self.look(key, now, out);
+        match lookup {
+            Lookup::Busy => {}
+            Lookup::Miss => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+            }
+            Lookup::Expired => {
+                counters.misses.fetch_add(1, Ordering::Relaxed);
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            Lookup::Hit { .. } => {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        lookup
+    }
+
+    /// Looks again for `key` after [`get`](Self::get) missed it (waiting
+    /// for it to arrive): a hit turns that miss into a hit in the counters,
+    /// anything else counts nothing more.
+    pub fn get_again(&self, key: &[u8], now: u64, out: &mut Vec<u8>) -> Lookup {
+        let lookup = self.look(key, now, out);
+        let counters = self.counters();
+        match lookup {
+            Lookup::Hit { .. } => {
+                counters.hits.fetch_add(1, Ordering::Relaxed);
+                // The miss `get` counted: never below zero.
+                let _ = counters
+                    .misses
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |m| m.checked_sub(1));
+            }
+            Lookup::Expired => {
+                counters.expired.fetch_add(1, Ordering::Relaxed);
+            }
+            Lookup::Miss | Lookup::Busy => {}
+        }
+        lookup
+    }
+
+    fn look(&self, key: &[u8], now: u64, out: &mut Vec<u8>) -> Lookup {
+        let hash = self.hash(key);
         let result = self.with_shard(self.shard_of(hash), |view| {
             let found = view.lookup(hash, key)?;
             if found.expires <= now {
@@ -715,19 +755,9 @@ impl Store {
         });
         match result {
             None => Lookup::Busy,
-            Some(None) => {
-                counters.misses.fetch_add(1, Ordering::Relaxed);
-                Lookup::Miss
-            }
-            Some(Some(Err(()))) => {
-                counters.misses.fetch_add(1, Ordering::Relaxed);
-                counters.expired.fetch_add(1, Ordering::Relaxed);
-                Lookup::Expired
-            }
-            Some(Some(Ok(expires))) => {
-                counters.hits.fetch_add(1, Ordering::Relaxed);
-                Lookup::Hit { expires }
-            }
+            Some(None) => Lookup::Miss,
+            Some(Some(Err(()))) => Lookup::Expired,
+            Some(Some(Ok(expires))) => Lookup::Hit { expires },
         }
     }
 

@@ -113,6 +113,29 @@ fn insert_get_replace_remove() {
     assert_eq!(c.misses.load(Ordering::Relaxed), 1);
 }
 
+/// A miss looked at again until the session arrives counts as one hit, no
+/// miss; looking again in vain counts nothing more.
+#[test]
+fn looking_again_after_a_miss_counts_one_lookup() {
+    let store = Store::create(limits(10)).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(store.get(b"late", NOW, &mut out), Lookup::Miss);
+    assert_eq!(store.get_again(b"late", NOW, &mut out), Lookup::Miss);
+    assert_eq!(store.get_again(b"late", NOW, &mut out), Lookup::Miss);
+    let c = store.counters();
+    assert_eq!(
+        (c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed)),
+        (0, 1)
+    );
+    store.insert(b"late", b"v", NOW + 10, NOW);
+    assert!(matches!(store.get_again(b"late", NOW, &mut out), Lookup::Hit { .. }));
+    assert_eq!(out, b"v");
+    assert_eq!(
+        (c.hits.load(Ordering::Relaxed), c.misses.load(Ordering::Relaxed)),
+        (1, 0)
+    );
+}
+
 #[test]
 fn rejects_oversized_and_expired() {
     let store = Store::create(limits(10)).unwrap();

@@ -10,6 +10,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use super::counters::ReplicationCounters;
 use super::transport::{Inbound, Links, Received, Replier, Transport};
 use crate::config::{Multicast, Replication};
+use crate::shm::scrub;
+use std::os::fd::AsRawFd;
 
 /// The UDP transports and inbounds the settings ask for: one sender for
 /// every peer and group (if any), a bound socket per receiving address.
@@ -20,8 +22,6 @@ pub fn links(settings: &Replication, cache: &str) -> Result<Links, String> {
     for addr in &settings.servers {
         let socket = bind_receiver(*addr, mc)
             .map_err(|e| format!("cannot receive session updates of cache \"{cache}\" on {addr}: {e}"))?;
-        // Plain datagrams carry sessions: not for application processes.
-        crate::shm::scrub::register_fd(std::os::fd::AsRawFd::as_raw_fd(&socket));
         links.inbounds.push(Box::new(UdpInbound::new(socket)));
     }
     if !settings.nodes.is_empty() {
@@ -111,7 +111,15 @@ const IDLE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 impl UdpInbound {
     pub fn new(socket: UdpSocket) -> UdpInbound {
         let _ = socket.set_read_timeout(Some(IDLE_WAIT));
+        // Plain datagrams carry sessions: not for application processes.
+        scrub::register_fd(socket.as_raw_fd());
         UdpInbound { socket }
+    }
+}
+
+impl Drop for UdpInbound {
+    fn drop(&mut self) {
+        scrub::unregister_fd(self.socket.as_raw_fd());
     }
 }
 
@@ -139,6 +147,8 @@ impl Inbound for UdpInbound {
             return None;
         }
         let socket = Socket::from(self.socket.try_clone().ok()?);
+        // The same socket: what arrives could be read through it too.
+        scrub::register_fd(socket.as_raw_fd());
         Some(Box::new(UdpReplier { socket, local }))
     }
 }
@@ -147,6 +157,12 @@ impl Inbound for UdpInbound {
 struct UdpReplier {
     socket: Socket,
     local: SocketAddr,
+}
+
+impl Drop for UdpReplier {
+    fn drop(&mut self) {
+        scrub::unregister_fd(self.socket.as_raw_fd());
+    }
 }
 
 impl Replier for UdpReplier {

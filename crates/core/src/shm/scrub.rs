@@ -82,9 +82,8 @@ pub fn register_range(addr: usize, len: usize) -> Registration {
     Registration { slot: RANGES }
 }
 
-/// Registers a descriptor application processes must not keep. It stays
-/// registered for the life of the process image (such descriptors are
-/// never closed before exec).
+/// Registers a descriptor application processes must not keep, until
+/// [`unregister_fd`] (by its owner, before it closes it).
 pub fn register_fd(fd: i32) {
     if fd < 0 {
         return;
@@ -98,6 +97,22 @@ pub fn register_fd(fd: i32) {
         }
     }
     OVERFLOW.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Forgets a descriptor registered with [`register_fd`] (its owner closes
+/// it: the number may come back for something else).
+pub fn unregister_fd(fd: i32) {
+    if fd < 0 {
+        return;
+    }
+    for slot in &DESCRIPTORS {
+        if slot
+            .compare_exchange(fd, -1, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
 }
 
 /// Registers the calling thread's stack (a thread that handles sessions),
@@ -247,32 +262,37 @@ mod tests {
             let page_byte = unsafe { (page_addr as *const u8).read_volatile() };
             let line = maps_line(shared as usize);
             let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
-            let ok = shared_byte == 0
-                && page_byte == 0
-                && !line.contains("scrub-test")
-                && !line.contains("rw-s")
-                && target == std::path::Path::new("/dev/null")
-                && done.ranges >= 2
-                && done.fds >= 1
-                && forget_in_child().ranges == 0;
+            // Each failed check sets its own bit of the exit status.
+            let checks = [
+                shared_byte == 0,
+                page_byte == 0,
+                !line.contains("scrub-test") && !line.contains("rw-s"),
+                target == std::path::Path::new("/dev/null"),
+                done.ranges >= 2,
+                done.fds >= 1,
+                forget_in_child().ranges == 0,
+            ];
+            let failed = checks
+                .iter()
+                .enumerate()
+                .fold(0, |acc, (i, ok)| if *ok { acc } else { acc | 1 << i });
             // SAFETY: ends the child without running the test harness's
             // exit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            unsafe { libc::_exit(failed) };
         }
         let mut status = 0;
         // SAFETY: waits for the child forked above.
         unsafe { libc::waitpid(pid, &mut status, 0) };
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "status {status}"
+            "status {status}: failed checks (bits) {}",
+            libc::WEXITSTATUS(status)
         );
         // SAFETY: our own mapping.
         assert_eq!(unsafe { shared.read_volatile() }, 0x5a);
         assert_eq!(page.bytes()[0], 0xa5);
         assert!(maps_line(shared as usize).contains("scrub-test"));
-        for slot in &DESCRIPTORS {
-            let _ = slot.compare_exchange(raw, -1, Ordering::AcqRel, Ordering::Relaxed);
-        }
+        unregister_fd(raw);
     }
 
     #[test]

@@ -639,6 +639,7 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
             }
             let stored = matches!(result, Insert::Stored { .. });
             if stored {
+                sslcache_core::trace::stored(&id);
                 cache.events.stored(&id, &der, expires, origin);
             }
             stored

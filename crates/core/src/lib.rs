@@ -30,6 +30,7 @@ pub mod record;
 pub mod replication;
 pub mod shm;
 pub mod store;
+pub mod trace;
 
 #[cfg(test)]
 mod layering;

@@ -378,6 +378,9 @@ impl Replicator {
                         _ => {}
                     }
                 });
+                if outcome == Applied::Stored {
+                    crate::trace::applied(&key);
+                }
                 if outcome != Applied::Sync {
                     observer.applied(&key, outcome);
                 }

@@ -639,8 +639,9 @@ unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESS
             }
             let stored = matches!(result, Insert::Stored { .. });
             if stored {
-                sslcache_core::trace::stored(&id);
+                let at = sslcache_core::trace::now();
                 cache.events.stored(&id, &der, expires, origin);
+                sslcache_core::trace::stored(&id, at);
             }
             stored
         }

@@ -21,25 +21,36 @@ fn file() -> Option<&'static File> {
     .as_ref()
 }
 
-/// A session stored here from a handshake.
-pub fn stored(id: &[u8]) {
-    event('S', id);
+/// The time of an event, when tracing (taken before the work that
+/// follows it, written after: the write must not delay that work).
+pub fn now() -> Option<u64> {
+    file()?;
+    let t = crate::os::monotonic();
+    Some(t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64)
+}
+
+/// A session stored here from a handshake at `at` (from [`now`]).
+pub fn stored(id: &[u8], at: Option<u64>) {
+    if let Some(at) = at {
+        event('S', id, at);
+    }
 }
 
 /// A session from a peer, now usable here.
 pub fn applied(id: &[u8]) {
-    event('A', id);
+    if let Some(at) = now() {
+        event('A', id, at);
+    }
 }
 
-fn event(kind: char, id: &[u8]) {
+fn event(kind: char, id: &[u8], at: u64) {
     let Some(mut file) = file() else { return };
-    let t = crate::os::monotonic();
     let mut line = String::with_capacity(8 + 2 * id.len() + 24);
     line.push(kind);
     line.push(' ');
     for b in id {
         let _ = write!(line, "{b:02x}");
     }
-    let _ = writeln!(line, " {}", t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64);
+    let _ = writeln!(line, " {at}");
     let _ = file.write_all(line.as_bytes());
 }

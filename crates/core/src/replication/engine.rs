@@ -45,6 +45,33 @@ pub trait Observer: Send + Sync {
     }
 }
 
+/// Favours the calling thread (one that carries sessions between nodes,
+/// see [`os::favour_latency`]); the first one says how, once.
+pub fn favour_this_thread() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let favour = os::favour_latency();
+    SAID.call_once(|| match favour {
+        os::Favour {
+            nice,
+            short_slice: true,
+        } if nice < 0 => log::info!(
+            "replication threads run at nice {nice} with a short slice: they do not wait behind busy router processes"
+        ),
+        os::Favour { short_slice: true, .. } => log::info!(
+            "replication threads run with a short slice (not at a lower nice value: the master is not root when \
+             they start)"
+        ),
+        os::Favour { nice, .. } if nice < 0 => log::info!(
+            "replication threads run at nice {nice} (this kernel has no short slices for them: Linux 6.12 or later)"
+        ),
+        _ => log::warn!(
+            "replication threads run at normal priority (the master is not root when they start, and this kernel \
+             has no short slices: Linux 6.12 or later): under CPU load a session may reach the other nodes \
+             milliseconds late"
+        ),
+    });
+}
+
 /// Largest UDP payload over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// `ssl-verbose` logs datagrams, but never more lines than this a second:
@@ -249,6 +276,7 @@ impl Replicator {
                 PUMP_THREAD.guard((), || {
                     let _stack = scrub::register_this_thread_stack();
                     os::block_signals();
+                    favour_this_thread();
                     pump.run(this.sealer.as_ref(), this.counters(), &|| observer.keep_running());
                 })
             });
@@ -318,6 +346,7 @@ impl Replicator {
     /// messages go to the sync thread through `requests`.
     fn receive(&self, mut inbound: Box<dyn Inbound>, observer: &dyn Observer, requests: Option<SyncSender<Request>>) {
         os::block_signals();
+        favour_this_thread();
         let applier = Applier {
             store: &self.store,
             timeout: self.timeout,

@@ -41,7 +41,9 @@ def _uwsgi_binary():
 
 
 _dir = _checkout()
-_target = os.path.join(_dir, 'target', 'uwsgi-build-plugin')
+# Its own target directory unless told one (CARGO_TARGET_DIR): a build for
+# this uWSGI binary must not replace `make`'s.
+_target = os.environ.get('CARGO_TARGET_DIR') or os.path.join(_dir, 'target', 'uwsgi-build-plugin')
 _env = dict(os.environ, UWSGI=_uwsgi_binary(), CARGO_TARGET_DIR=_target)
 if subprocess.call(['cargo', 'rustc', '--release', '--lib', '--crate-type', 'staticlib'], cwd=_dir, env=_env) != 0:
     print('sslcache: cargo build failed')

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// The core's top-level modules by layer, lowest first (see lib.rs).
 const CORE: &[&[&str]] = &[
     &["os"],
-    &["clock", "boundary"],
+    &["clock", "boundary", "trace"],
     &["shm"],
     &["store"],
     &["record", "client_hello", "fresh"],

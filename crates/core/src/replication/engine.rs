@@ -23,7 +23,7 @@ use super::names::Names;
 use super::redis;
 use super::seal::{Opener, Sealer};
 use super::sync::{Request, Worker};
-use super::transport::{Inbound, Links, Pump, Transport};
+use super::transport::{favour_this_thread, Inbound, Links, Pump, Transport};
 use super::udp;
 use super::wire::{self, Frame, Via};
 use crate::boundary::Boundary;
@@ -43,33 +43,6 @@ pub trait Observer: Send + Sync {
     fn keep_running(&self) -> bool {
         true
     }
-}
-
-/// Favours the calling thread (one that carries sessions between nodes,
-/// see [`os::favour_latency`]); the first one says how, once.
-pub fn favour_this_thread() {
-    static SAID: std::sync::Once = std::sync::Once::new();
-    let favour = os::favour_latency();
-    SAID.call_once(|| match favour {
-        os::Favour {
-            nice,
-            short_slice: true,
-        } if nice < 0 => log::info!(
-            "replication threads run at nice {nice} with a short slice: they do not wait behind busy router processes"
-        ),
-        os::Favour { short_slice: true, .. } => log::info!(
-            "replication threads run with a short slice (not at a lower nice value: the master is not root when \
-             they start)"
-        ),
-        os::Favour { nice, .. } if nice < 0 => log::info!(
-            "replication threads run at nice {nice} (this kernel has no short slices for them: Linux 6.12 or later)"
-        ),
-        _ => log::warn!(
-            "replication threads run at normal priority (the master is not root when they start, and this kernel \
-             has no short slices: Linux 6.12 or later): under CPU load a session may reach the other nodes \
-             milliseconds late"
-        ),
-    });
 }
 
 /// Largest UDP payload over IPv4.

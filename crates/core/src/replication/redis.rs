@@ -678,7 +678,7 @@ impl RedisInbound {
             .name("sslcache-redis-sub".into())
             .spawn(move || {
                 crate::os::block_signals();
-                super::engine::favour_this_thread();
+                super::transport::favour_this_thread();
                 subscribe_forever(&target, &channel, &tell);
             })?;
         self.heard = Some(heard);

@@ -101,3 +101,30 @@ pub trait Replier: Send {
     /// The address it sends from (and receives on).
     fn local_addr(&self) -> SocketAddr;
 }
+
+/// Favours the calling thread (one that carries sessions between nodes,
+/// see [`os::favour_latency`](crate::os::favour_latency)); the first one says how, once.
+pub fn favour_this_thread() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let favour = crate::os::favour_latency();
+    SAID.call_once(|| match favour {
+        crate::os::Favour {
+            nice,
+            short_slice: true,
+        } if nice < 0 => log::info!(
+            "replication threads run at nice {nice} with a short slice: they do not wait behind busy router processes"
+        ),
+        crate::os::Favour { short_slice: true, .. } => log::info!(
+            "replication threads run with a short slice (not at a lower nice value: the master is not root when \
+             they start)"
+        ),
+        crate::os::Favour { nice, .. } if nice < 0 => log::info!(
+            "replication threads run at nice {nice} (this kernel has no short slices for them: Linux 6.12 or later)"
+        ),
+        _ => log::warn!(
+            "replication threads run at normal priority (the master is not root when they start, and this kernel \
+             has no short slices: Linux 6.12 or later): under CPU load a session may reach the other nodes \
+             milliseconds late"
+        ),
+    });
+}

@@ -227,6 +227,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_cluster
 	$(CARGO) run --release --quiet --example bench_sync
 	$(CARGO) run --release --quiet --example bench_redis
+	$(CARGO) run --release --quiet --example bench_window
 
 # The fuzz targets depend on the core crate only; built (not run) by `make test`.
 fuzz-build:

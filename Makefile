@@ -192,11 +192,13 @@ $(PYPI_NOSSL_UWSGI): $(PYPI_UWSGI)
 	tar -xzf $(PYPI_DIR)/uwsgi-$(PYPI_UWSGI_VERSION).tar.gz -C $(PYPI_DIR)/nossl
 	cd $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION) && UWSGI_PROFILE_OVERRIDE="ssl=false" python3 uwsgiconfig.py --build > build.log 2>&1 || { tail -20 build.log; exit 1; }
 
-# The plugin built against the PyPI binary, in its own target directory.
-pypi-uwsgi: $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
-	UWSGI=$(abspath $(PYPI_UWSGI)) CARGO_TARGET_DIR=target/pypi-build $(CARGO) build --release --lib
+# The plugin built against the PyPI binary, in the same target directory
+# (only build.rs and the plugin crate are built again, not the
+# dependencies); after $(PLUGIN), which copied its own build first.
+pypi-uwsgi: $(PLUGIN) $(PYPI_UWSGI) $(PYPI_NOSSL_UWSGI)
+	UWSGI=$(abspath $(PYPI_UWSGI)) $(CARGO) build --release --lib
 	mkdir -p $(PYPI_PLUGIN_DIR)
-	cp target/pypi-build/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN).new
+	cp target/release/libsslcache.so $(PYPI_PLUGIN_DIR)/$(PLUGIN).new
 	mv -f $(PYPI_PLUGIN_DIR)/$(PLUGIN).new $(PYPI_PLUGIN_DIR)/$(PLUGIN)
 
 # The core crate alone: no uWSGI, no libclang needed.

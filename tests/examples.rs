@@ -466,7 +466,12 @@ fn sealed_cluster_rotates_its_key_without_a_flag_day() {
     check_replicated(&nodes, "sealed");
     for (i, node) in nodes.iter().enumerate() {
         let port = STATS[i];
-        assert!(metric(port, "sslcache.default.sealed") > 0, "{}", node.file);
+        // Copied by uWSGI's metrics thread once a second.
+        assert!(
+            eventually(Duration::from_secs(5), || metric(port, "sslcache.default.sealed") > 0),
+            "{}",
+            node.file
+        );
         for refused in [
             "forged",
             "replayed",

@@ -119,7 +119,14 @@ fn sealed_cluster(name: &str, extra: &str) -> Vec<Uwsgi> {
             "node {}",
             i + 1
         );
-        assert!(metric(port, "sslcache.default.sealed") > 50);
+        // Copied by uWSGI's metrics thread once a second, not with applied:
+        // waited for as well (a loaded CI run read it a cycle early).
+        assert!(
+            eventually(Duration::from_secs(5), || metric(port, "sslcache.default.sealed") > 50),
+            "node {} sealed {}",
+            i + 1,
+            metric(port, "sslcache.default.sealed")
+        );
         for refused in ["forged", "replayed", "skewed", "plain_refused", "rejected"] {
             assert_eq!(
                 metric(port, &format!("sslcache.default.{refused}")),

@@ -212,17 +212,20 @@ pub fn block_signals() {
 pub struct Favour {
     /// Its nice value now (lower runs first under CFS's weights).
     pub nice: i32,
+    /// How much lower that is than before.
+    pub boost: i32,
     /// The kernel took a short slice for it (EEVDF, Linux 6.12 and later):
     /// woken, it preempts a busy process instead of waiting out that
     /// process's slice.
     pub short_slice: bool,
 }
 
-/// The nice value the replication threads ask for when the process may
-/// lower it (root): three times a router process's weight, enough to be
-/// run first when a datagram arrives, not enough for a flood of datagrams
-/// to take a core from the router processes.
-pub const FAVOURED_NICE: i32 = -5;
+/// How far below the process's nice value the replication threads go when
+/// the process may lower it (root): three times a router process's weight,
+/// enough to be run first when a datagram arrives, not enough for a flood
+/// of datagrams to take a core from the router processes. Relative, so an
+/// operator's `prio` still ranks the whole instance.
+pub const NICE_BOOST: i32 = 5;
 
 /// The slice asked for (the kernel's shortest is 100 µs).
 const SHORT_SLICE_NS: u64 = 100_000;
@@ -244,15 +247,14 @@ struct SchedAttr {
 /// receives and applies sessions must not wait behind busy router
 /// processes, or a client that reconnects at once to another node beats
 /// its session there. Asks for a short slice (any process may) and, where
-/// allowed, a nice value of [`FAVOURED_NICE`]; neither gives the thread a
+/// allowed, a nice value [`NICE_BOOST`] lower; neither gives the thread a
 /// larger share of the CPU than that nice value does.
 pub fn favour_latency() -> Favour {
     // SAFETY: gettid has no arguments and cannot fail.
     let tid = unsafe { libc::gettid() } as libc::id_t;
-    // SAFETY: setpriority/getpriority on this thread's id; a failure (not
+    // SAFETY: getpriority/setpriority on this thread's id; a failure (not
     // allowed) changes nothing. errno is cleared first: -1 is a valid nice.
-    let nice = unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, tid, FAVOURED_NICE);
+    let nice_now = || unsafe {
         *libc::__errno_location() = 0;
         let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
         if *libc::__errno_location() != 0 {
@@ -261,6 +263,10 @@ pub fn favour_latency() -> Favour {
             nice
         }
     };
+    let before = nice_now();
+    // SAFETY: as above.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, (before - NICE_BOOST).max(-20)) };
+    let nice = nice_now();
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
@@ -276,6 +282,7 @@ pub fn favour_latency() -> Favour {
     let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
     Favour {
         nice,
+        boost: before - nice,
         short_slice: rc == 0 && kernel_has_custom_slices(),
     }
 }
@@ -358,10 +365,11 @@ mod tests {
         let (favour, seen) = std::thread::spawn(|| (favour_latency(), own_nice())).join().unwrap();
         assert_eq!(favour.nice, seen, "the nice value reported is the thread's");
         // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
-            assert_eq!(favour.nice, FAVOURED_NICE);
+        if unsafe { libc::geteuid() } == 0 && before > -20 + NICE_BOOST {
+            assert_eq!(favour.nice, before - NICE_BOOST);
         }
-        assert!(favour.nice >= FAVOURED_NICE, "never more than asked for");
+        assert_eq!(favour.boost, before - favour.nice);
+        assert!(favour.boost <= NICE_BOOST, "never more than asked for");
         assert_eq!(own_nice(), before, "only the calling thread is favoured");
     }
 }

@@ -110,15 +110,16 @@ pub fn favour_this_thread() {
     SAID.call_once(|| match favour {
         crate::os::Favour {
             nice,
+            boost,
             short_slice: true,
-        } if nice < 0 => log::info!(
+        } if boost > 0 => log::info!(
             "replication threads run at nice {nice} with a short slice: they do not wait behind busy router processes"
         ),
         crate::os::Favour { short_slice: true, .. } => log::info!(
             "replication threads run with a short slice (not at a lower nice value: the master is not root when \
              they start)"
         ),
-        crate::os::Favour { nice, .. } if nice < 0 => log::info!(
+        crate::os::Favour { nice, boost, .. } if boost > 0 => log::info!(
             "replication threads run at nice {nice} (this kernel has no short slices for them: Linux 6.12 or later)"
         ),
         _ => log::warn!(

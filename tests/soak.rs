@@ -61,7 +61,10 @@ const CACHE_ITEMS: usize = 2000;
 /// the end of a short run (the lost-session check needs stores that no
 /// longer evict).
 const SESSION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Full handshakes of an eviction phase (one session each).
+/// Sessions an eviction phase makes: as many TLS 1.2 full handshakes (one
+/// session each) as TLS 1.3 ones (two tickets each), so that the stores
+/// fill with sessions of both sizes (their memory peaks before the
+/// baseline, not later).
 const EVICTION_BURST: usize = CACHE_ITEMS * 6 / 5;
 /// Pause of the load clients between two connections: TLS 1.3 slower, as
 /// each of its resumptions stores a new session (a new ticket) and the load
@@ -131,21 +134,27 @@ impl Mode {
     }
 
     /// The faults of cycle `n`, in order (a quiet phase follows each).
-    /// Eviction comes first, so that the stores are full before the
-    /// memory baseline; faults that replace a long-lived process come last.
+    /// What fills memory by design comes before the memory baseline (the
+    /// first quiet phase after the first eviction, a minute in): eviction
+    /// (the stores full) and, with Redis, the outage (the masters keep the
+    /// sessions made meanwhile in a backlog); the master that is killed,
+    /// last (its successor is followed for what is left).
     fn cycle(self, n: usize) -> Vec<Fault> {
-        let router_node = n % 3 + 1;
-        let mut faults = vec![
-            Fault::Eviction,
-            Fault::KillRouter(router_node),
-            Fault::Graceful(1),
-            Fault::Brutal(2),
-        ];
+        let middle = [Fault::KillRouter(n % 3 + 1), Fault::Graceful(1), Fault::Brutal(2)];
         match self {
-            Mode::SealedUdp => faults.extend([Fault::Loss, Fault::Garbage, Fault::KillMaster(3)]),
-            Mode::Redis => faults.extend([Fault::KillMaster(3), Fault::RedisOutage]),
+            Mode::SealedUdp => [
+                &[Fault::Eviction][..],
+                &middle,
+                &[Fault::Loss, Fault::Garbage, Fault::KillMaster(3)],
+            ]
+            .concat(),
+            Mode::Redis => [
+                &[Fault::RedisOutage, Fault::Eviction][..],
+                &middle,
+                &[Fault::KillMaster(3)],
+            ]
+            .concat(),
         }
-        faults
     }
 }
 
@@ -166,7 +175,7 @@ impl Fault {
     fn name(self) -> String {
         match self {
             Fault::Quiet => "quiet".into(),
-            Fault::Eviction => format!("eviction({EVICTION_BURST}-full-handshakes)"),
+            Fault::Eviction => format!("eviction({EVICTION_BURST}-sessions)"),
             Fault::KillRouter(i) => format!("sigkill-router(node{i})"),
             Fault::Graceful(i) => format!("graceful-reload-sighup(node{i})"),
             Fault::Brutal(i) => format!("brutal-reload-sigterm(node{i})"),
@@ -479,24 +488,24 @@ fn sampler(load: &Load) {
     }
 }
 
-/// `n` full TLS 1.2 handshakes through HAProxy from two threads; how many
-/// failed.
+/// `n` full TLS 1.2 handshakes and `n` TLS 1.3 ones through HAProxy, from
+/// two threads; how many failed.
 fn burst(load: &Load, n: usize) -> usize {
     let failed = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for part in [n / 2, n - n / 2] {
+        for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
             let failed = &failed;
             scope.spawn(move || {
-                let client = Client::new(Proto::Tls12NoTickets);
+                let client = Client::new(proto);
                 let deadline = Instant::now() + Duration::from_secs(120);
-                for _ in 0..part {
+                for _ in 0..n {
                     if Instant::now() > deadline || !load.enter() {
                         break;
                     }
                     let start = Instant::now();
                     let result = connect_once(&client, load.lb, None, Close::Bare);
                     load.leave();
-                    load.record(Kind::Burst, (false, false), start, &result);
+                    load.record(Kind::Burst, (proto == Proto::Tls13, false), start, &result);
                     if result.is_err() {
                         failed.fetch_add(1, SeqCst);
                     }
@@ -968,6 +977,8 @@ struct Soak {
     /// The number of this configuration's first phase (phases are
     /// numbered across the whole soak).
     first_phase: usize,
+    /// A quiet phase lasts until the stores stopped evicting.
+    drain: bool,
 }
 
 impl Soak {
@@ -1017,11 +1028,30 @@ impl Soak {
             Fault::Quiet => {
                 sleep_until(start + self.len);
                 settle = Duration::ZERO;
-                String::new()
+                if self.drain {
+                    // Until no node evicted for a while: the stores hold
+                    // the sessions of the last fault until they expire.
+                    let deadline = Instant::now() + SESSION_TIMEOUT + Duration::from_secs(15);
+                    loop {
+                        let from = self.cluster.counters();
+                        std::thread::sleep(Duration::from_millis(1500));
+                        let to = self.cluster.counters();
+                        let evicted: u64 = (0..3).map(|i| delta(&from[i], &to[i], "evicted")).sum();
+                        if evicted == 0 || Instant::now() > deadline {
+                            break;
+                        }
+                    }
+                    format!(
+                        "; drained: the stores stopped evicting {:.1}s after the phase began",
+                        start.elapsed().as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                }
             }
             Fault::Eviction => {
                 let t = Instant::now();
-                let failed = burst(&self.load, EVICTION_BURST);
+                let failed = burst(&self.load, EVICTION_BURST / 3);
                 // uWSGI's metrics thread copies the counters once a second.
                 std::thread::sleep(Duration::from_millis(1500));
                 let after = self.cluster.counters();
@@ -1032,8 +1062,10 @@ impl Soak {
                     }
                 }
                 format!(
-                    "{EVICTION_BURST} full TLS 1.2 handshakes through HAProxy in {:.1}s ({failed} failed); \
+                    "{} full TLS 1.2 and as many TLS 1.3 handshakes through HAProxy ({EVICTION_BURST} sessions) in \
+                     {:.1}s ({failed} failed); \
                      evicted {}, items now {} (capacity {CACHE_ITEMS})",
+                    EVICTION_BURST / 3,
                     t.elapsed().as_secs_f64(),
                     per_node(&before, &after, "evicted"),
                     now_items(&after)
@@ -1245,6 +1277,8 @@ impl Soak {
                 let back = eventually(Duration::from_secs(30), || {
                     (1..=3).all(|i| self.cluster.node(i).log().matches(RECORD_MARKER).count() > marks[i - 1])
                 });
+                // uWSGI's metrics thread copies the counters once a second.
+                std::thread::sleep(Duration::from_millis(1200));
                 let after = self.cluster.counters();
                 format!(
                     "redis-server {old_pid} stopped (SIGTERM) for {:.1}s, started again as {}; every node \
@@ -1266,6 +1300,7 @@ impl Soak {
         }
         let after = self.cluster.counters();
         let detail = if fault == Fault::Quiet {
+            let drained = detail;
             let mut d = format!(
                 "items {}; hits {}, misses {}, evicted {}, applied {}",
                 now_items(&after),
@@ -1277,7 +1312,7 @@ impl Soak {
             if self.cluster.mode == Mode::SealedUdp {
                 d += &format!(", repaired {}", per_node(&before, &after, "repaired"));
             }
-            d
+            d + &drained
         } else {
             detail
         };
@@ -1551,6 +1586,7 @@ fn run_config(mode: Mode, budget: Duration, minutes: f64, first_phase: usize) ->
         own_replays: Vec::new(),
         evictions_without_evicting: Vec::new(),
         first_phase,
+        drain: false,
     };
     let mut threads = LoadThreads::start(&load);
     soak.run_phase(Fault::Quiet);
@@ -1568,6 +1604,15 @@ fn run_config(mode: Mode, budget: Duration, minutes: f64, first_phase: usize) ->
         if soak.started.elapsed() + 2 * len > budget {
             break;
         }
+    }
+    // The lost-session check needs sessions made when no store evicts: if
+    // the last quiet phase saw evictions, one more until they stop, then
+    // the final quiet phase.
+    if soak.phases.last().is_some_and(|p| p.evicted > 0) {
+        soak.drain = true;
+        soak.run_phase(Fault::Quiet);
+        soak.drain = false;
+        soak.run_phase(Fault::Quiet);
     }
     threads.stop();
     let ran = soak.started.elapsed();

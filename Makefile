@@ -5,6 +5,7 @@
 #   make install              copy it into that binary's plugin directory
 #   make deb                  uwsgi-plugin-sslcache_<version>_<arch>.deb for that binary
 #   make test                 the whole test suite (installs what it needs)
+#   make soak                 a 3-node cluster under load and faults, SOAK_MINUTES=N (default 10; not in `test`)
 #   make demo                 a local cluster showing resumed sessions
 #   make bench                benchmarks (figures in the README)
 #   make unit-test            the core crate's tests alone (no uWSGI, no libclang)
@@ -35,7 +36,7 @@ PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
 # The same uWSGI built without SSL: sslcache must refuse to build for it.
 PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
-.PHONY: all $(PLUGIN) install deb deb-pypi deps test unit-test core-alone demo bench fuzz fuzz-build pypi-uwsgi clean
+.PHONY: all $(PLUGIN) install deb deb-pypi deps test soak unit-test core-alone demo bench fuzz fuzz-build pypi-uwsgi clean
 
 all: $(PLUGIN)
 
@@ -216,6 +217,13 @@ test: deps $(PLUGIN) pypi-uwsgi fuzz-build deb deb-pypi
 	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
 	SSLCACHE_NOSSL_UWSGI=$(abspath $(PYPI_NOSSL_UWSGI)) \
 	$(CARGO) test --release --workspace -- --test-threads=2
+
+# tests/soak.rs, an ignored test: sealed UDP replication, then Redis, each for
+# half of SOAK_MINUTES (read from the environment), under load and faults.
+SOAK_MINUTES ?= 10
+export SOAK_MINUTES
+soak: deps $(PLUGIN)
+	$(CARGO) test --release --test soak -- --ignored --nocapture
 
 demo: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example demo

@@ -729,6 +729,10 @@ impl Process {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
 }
 
 impl Drop for Process {
@@ -758,13 +762,20 @@ pub fn wait_port(port: u16, what: &str) {
 
 /// HAProxy in TCP round-robin mode on 127.0.0.1:`port` in front of `backends`.
 pub fn haproxy(dir: &Path, port: u16, backends: &[SocketAddr]) -> Process {
+    haproxy_with(dir, port, backends, "    timeout connect 2s\n", "")
+}
+
+/// As `haproxy`, with `defaults` lines (each indented and ending in a
+/// newline; they must set `timeout connect`) and `server_options` after
+/// each server's address (health checks, say).
+pub fn haproxy_with(dir: &Path, port: u16, backends: &[SocketAddr], defaults: &str, server_options: &str) -> Process {
     let servers: String = backends
         .iter()
         .enumerate()
-        .map(|(i, b)| format!("    server n{i} {b}\n"))
+        .map(|(i, b)| format!("    server n{i} {b} {server_options}\n"))
         .collect();
     let cfg = format!(
-        "global\n    maxconn 2000\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    \
+        "global\n    maxconn 2000\ndefaults\n    mode tcp\n{defaults}    timeout client 10s\n    \
          timeout server 10s\nfrontend fe\n    bind 127.0.0.1:{port}\n    default_backend be\nbackend be\n    \
          balance roundrobin\n{servers}"
     );

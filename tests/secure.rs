@@ -290,7 +290,17 @@ fn keys_rotate_without_a_flag_day() {
     let ka = key_file(&dir, "a.keys", &[OLD, NEW]);
     let kb = key_file(&dir, "b.keys", &[NEW, OLD]);
     let kc = key_file(&dir, "c.keys", &[OLD]);
-    let (_a, a_https, a_stats) = node(&dir, "a", udp_a, &[udp_b, udp_c], Some(&ka), "");
+    // A without repair: A holds both keys, so its repair would rightly hand
+    // B's new-key sessions to C sealed with the old key (a loaded run saw
+    // it); what is checked here is that C cannot open B's own datagrams.
+    let (_a, a_https, a_stats) = node(
+        &dir,
+        "a",
+        udp_a,
+        &[udp_b, udp_c],
+        Some(&ka),
+        "ssl-sessions-peer-sync = false\n",
+    );
     let (_b, b_https, _) = node(&dir, "b", udp_b, &[udp_a, udp_c], Some(&kb), "");
     let (_c, c_https, c_stats) = node(&dir, "c", udp_c, &[], Some(&kc), "");
     let hop = |from: u16, to: u16| {

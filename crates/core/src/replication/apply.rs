@@ -69,7 +69,9 @@ impl Applier<'_> {
         let counter = match outcome {
             Applied::Stored => &counters.applied,
             Applied::Removed => &counters.removed,
-            Applied::Absent => return outcome,
+            // Its own datagram back: nothing to count (multicast loopback and
+            // Redis echo it all the time), nothing to apply.
+            Applied::Absent | Applied::Refused(SealError::Own) => return outcome,
             Applied::Sync => &counters.sync_received,
             Applied::Stale => &counters.stale,
             Applied::NotStored => &counters.not_stored,

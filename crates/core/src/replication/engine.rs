@@ -109,10 +109,11 @@ impl Replicator {
         } = links;
         let counters = SharedCounters::create().map_err(|e| format!("cannot map the replication counters: {e}"))?;
         let (sealer, opener) = match (&settings.key_file, keys) {
-            (Some(_), Some(keys)) if !keys.is_empty() => (
-                Some(Sealer::new(&keys[0])),
-                Some(Opener::new(keys, settings.max_skew, clock::unix_ms())),
-            ),
+            (Some(_), Some(keys)) if !keys.is_empty() => {
+                let sealer = Sealer::new(&keys[0]);
+                let opener = Opener::new(keys, settings.max_skew, clock::unix_ms()).refusing_own(sealer.sender());
+                (Some(sealer), Some(opener))
+            }
             (Some((option, path)), _) => {
                 return Err(format!(
                     "{option} = {path}: the keys were not read before privileges dropped"

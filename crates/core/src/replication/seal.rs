@@ -68,6 +68,9 @@ pub enum SealError {
     /// A sequence number older than the window, or a first datagram from a
     /// sender stamped before this receiver started (its window is unknown).
     TooOld,
+    /// Sealed by this node itself: its own datagram sent back (a reflection
+    /// by someone on the path, or multicast loopback and Redis echoing it).
+    Own,
 }
 
 /// The key a sender id seals with.
@@ -266,9 +269,17 @@ pub struct Opener {
     /// When this receiver started (unix ms): no sender window before it.
     started_ms: u64,
     windows: Mutex<HashMap<u64, PeerWindow>>,
+    /// This node's own sender id: what it sealed is never taken back.
+    own_sender: Option<u64>,
 }
 
 impl Opener {
+    /// Refuses datagrams sealed under `sender` (this node's [`Sealer`]).
+    pub fn refusing_own(mut self, sender: u64) -> Opener {
+        self.own_sender = Some(sender);
+        self
+    }
+
     /// An opener that started at `started_ms` (unix ms).
     pub fn new(keys: Vec<Key>, max_skew_secs: u64, started_ms: u64) -> Opener {
         Opener {
@@ -276,6 +287,7 @@ impl Opener {
             max_skew_ms: max_skew_secs * 1000,
             started_ms,
             windows: Mutex::new(HashMap::new()),
+            own_sender: None,
         }
     }
 
@@ -328,6 +340,9 @@ impl Opener {
         let word = |at: usize| u64::from_be_bytes(datagram[at..at + 8].try_into().expect("8 bytes"));
         let key_id = u32::from_be_bytes(datagram[2..6].try_into().expect("4 bytes"));
         let (sender, seq, stamp) = (word(6), word(14), word(22));
+        if self.own_sender == Some(sender) {
+            return Err(SealError::Own);
+        }
         let key = self.keys.iter().find(|k| k.id == key_id).ok_or(SealError::UnknownKey)?;
         let (header, rest) = datagram.split_at(HEADER);
         let (ciphertext, tag) = rest.split_at(rest.len() - TAG);
@@ -414,6 +429,20 @@ mod tests {
             "plaintext in the datagram"
         );
         assert_eq!(opener.open(&d, NOW + 5).unwrap(), frame);
+    }
+
+    #[test]
+    fn its_own_datagrams_sent_back_are_refused_and_a_peers_still_open() {
+        let own = Sealer::new(&key(1));
+        let peer = Sealer::new(&key(1));
+        let opener = Opener::new(vec![key(1)], 30, 0).refusing_own(own.sender());
+        let seq = AtomicU64::new(0);
+        for _ in 0..3 {
+            let reflected = sealed(&own, &seq, b"a session this node made", NOW);
+            assert_eq!(opener.open(&reflected, NOW + 1), Err(SealError::Own));
+        }
+        let from_peer = sealed(&peer, &AtomicU64::new(0), b"a peer's session", NOW);
+        assert_eq!(opener.open(&from_peer, NOW + 1).unwrap(), b"a peer's session");
     }
 
     #[test]

@@ -322,7 +322,7 @@ fn values_planted_in_redis_are_never_used() {
     std::fs::write(&forged_file, &forged).unwrap();
     set_from(&fake('c'), &forged_file);
     // Published: random bytes (refused as not sealed), the forged value,
-    // a real record again (a replay).
+    // real records again (replays).
     let publish_from = |file: &Path| {
         std::process::Command::new("redis-cli")
             .args([
@@ -338,16 +338,17 @@ fn values_planted_in_redis_are_never_used() {
     };
     publish_from(&random);
     publish_from(&forged_file);
-    redis_cli(
-        redis_port,
-        &[
-            "EVAL",
-            "return redis.call('PUBLISH', ARGV[1], redis.call('GET', KEYS[1]))",
-            "1",
-            real[1],
-            "sslcache:default:updates",
-        ],
-    );
+    // Eleven real records replayed: a node refuses its own datagrams sent
+    // back uncounted, and each node sealed only 10 of the 30, so every node
+    // sees at least one replay of a peer's.
+    let mut replay = vec![
+        "EVAL",
+        "for i, k in ipairs(KEYS) do redis.call('PUBLISH', ARGV[1], redis.call('GET', k)) end return 0",
+        "11",
+    ];
+    replay.extend(&real[1..12]);
+    replay.push("sslcache:default:updates");
+    redis_cli(redis_port, &replay);
     for &port in &fleet.stats[..2] {
         assert!(
             eventually(Duration::from_secs(5), || metric(port, "sslcache.default.forged") >= 1

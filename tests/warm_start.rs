@@ -26,6 +26,8 @@ struct Cluster {
     udp: u16,
     stats: Vec<u16>,
     extra: String,
+    /// Sessions each node's store holds (the seed's 20000 unless set).
+    items: Option<usize>,
     nodes: Vec<Option<Uwsgi>>,
 }
 
@@ -38,6 +40,7 @@ impl Cluster {
             udp: free_port(),
             stats: (0..configured).map(|_| free_port()).collect(),
             extra: extra.to_string(),
+            items: None,
             nodes: (0..configured).map(|_| None).collect(),
         }
     }
@@ -49,7 +52,11 @@ impl Cluster {
     /// Starts node `i` (1-based) and returns when its HTTPS port accepts.
     fn start(&mut self, i: usize, name: &str) -> Instant {
         let replication = setup2_replication(i, self.configured, self.udp) + &self.extra;
-        let ini = seed_setup2_node(&plugin_dir(), i, self.https, self.stats[i - 1], &replication);
+        let mut ini = seed_setup2_node(&plugin_dir(), i, self.https, self.stats[i - 1], &replication);
+        if let Some(items) = self.items {
+            assert!(ini.contains("cache = 20000\n"), "{ini}");
+            ini = ini.replace("cache = 20000\n", &format!("cache = {items}\n"));
+        }
         let mut node = Uwsgi::spawn(&self.dir, name, &ini);
         node.wait_ready_on(&[self.addr(i)]);
         let opened = Instant::now();
@@ -338,5 +345,69 @@ fn repair_brings_every_session_to_every_node_under_30_percent_loss() {
             rates.iter().all(|&(held, resumed)| held >= 0.99 && resumed >= 0.99),
             "{rates:?}"
         );
+    }
+}
+
+/// Stores that are full and evict differently (sessions resumed on one node
+/// stay there, and newer ones go instead) hold different sets. Repair must
+/// not bring back what a store evicted for room: each session brought back
+/// would evict a newer one, which a peer sends back in turn (the soak saw
+/// 8,000 sessions a second go round while no client made any).
+#[test]
+fn full_stores_that_evicted_differently_settle_instead_of_churning() {
+    let _heavy = heavy();
+    let dir = test_dir("full-stores");
+    const ITEMS: usize = 300;
+    let mut cluster = Cluster::new(&dir, 3, &sealed_lines(&dir));
+    cluster.items = Some(ITEMS);
+    for i in 1..=3 {
+        cluster.start(i, &format!("node{i}"));
+    }
+    let client = Client::new(Proto::Tls12NoTickets);
+    // Round robin: every store full, then a third of the oldest sessions
+    // resumed on node 2 alone, then 200 more.
+    let make = |n: usize| -> Vec<SslSession> {
+        (0..n)
+            .map(|j| {
+                connect(&client, cluster.addr(j % 3 + 1), None)
+                    .expect("full handshake")
+                    .1
+            })
+            .collect()
+    };
+    let mut old = make(ITEMS);
+    std::thread::sleep(Duration::from_millis(1500));
+    let touched = resume_all(&client, cluster.addr(2), &mut old[..ITEMS / 3]);
+    assert!(touched >= ITEMS / 3 - 1, "{touched}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let new = make(200);
+    // Repair finds what datagrams lost, then has nothing left to do.
+    std::thread::sleep(Duration::from_secs(4));
+    const CHURN: [&str; 3] = ["repaired", "evicted", "applied"];
+    // Per node: (repaired, evicted, applied).
+    let churn = || -> Vec<[u64; 3]> { (1..=3).map(|i| CHURN.map(|name| cluster.metric(i, name))).collect() };
+    let before = churn();
+    std::thread::sleep(Duration::from_secs(6));
+    let after = churn();
+    let crowded: Vec<u64> = (1..=3).map(|i| cluster.metric(i, "crowded_out")).collect();
+    println!(
+        "(repaired, evicted, applied) per node before and after 6 quiet seconds: {before:?} -> {after:?}; \
+         crowded out {crowded:?}"
+    );
+    for node in 0..3 {
+        for (k, what) in CHURN.iter().enumerate() {
+            // A few late repairs at most; a churn is dozens to thousands a second.
+            let (b, a) = (before[node][k], after[node][k]);
+            assert!(a - b <= 20, "node {}: {what} {b} -> {a}", node + 1);
+        }
+    }
+    assert!(
+        crowded.iter().sum::<u64>() < 2 * ITEMS as u64,
+        "what was crowded out is not asked for again and again: {crowded:?}"
+    );
+    // And the newest sessions resume on every node.
+    for i in 1..=3 {
+        let resumed = resume_all(&client, cluster.addr(i), &mut new.clone());
+        assert!(resumed >= 198, "node {i}: {resumed}/200 of the newest sessions resumed");
     }
 }

@@ -21,6 +21,9 @@ pub enum Applied {
     Stale,
     /// Well formed, but the store did not take it (too big, lock busy).
     NotStored,
+    /// Pulled or repaired, but expiring before a session the store evicted
+    /// for room ([`Store::evicted_until`]).
+    CrowdedOut,
     Rejected(WireError),
     /// A sealed datagram that failed verification or freshness.
     Refused(SealError),
@@ -75,6 +78,7 @@ impl Applier<'_> {
             Applied::Sync => &counters.sync_received,
             Applied::Stale => &counters.stale,
             Applied::NotStored => &counters.not_stored,
+            Applied::CrowdedOut => &counters.crowded_out,
             Applied::Rejected(_) => &counters.rejected,
             Applied::Refused(SealError::Malformed | SealError::UnknownKey | SealError::Forged) => &counters.forged,
             Applied::Refused(SealError::Replayed) => &counters.replayed,
@@ -98,6 +102,7 @@ impl Applier<'_> {
             Applied::Stored => ReplicationCounters::bump(&counters.redis_loaded),
             Applied::Stale | Applied::Absent => ReplicationCounters::bump(&counters.stale),
             Applied::NotStored => ReplicationCounters::bump(&counters.not_stored),
+            Applied::CrowdedOut => ReplicationCounters::bump(&counters.crowded_out),
             _ => ReplicationCounters::bump(&counters.redis_refused),
         }
         outcome
@@ -166,6 +171,12 @@ impl Applier<'_> {
                     e if e <= now => return Applied::Stale,
                     e => e.min(local_limit),
                 };
+                // A full store does not take back what it would have evicted
+                // first: each would evict a newer session, which a peer then
+                // sends back (a churn that never ends).
+                if via != Via::Live && expires <= self.store.evicted_until() {
+                    return Applied::CrowdedOut;
+                }
                 // A peer deleted it lately: this set was held back.
                 match self
                     .store
@@ -279,6 +290,40 @@ mod tests {
         assert_eq!(c.applied.load(Ordering::Relaxed), 4);
         assert_eq!(c.stale.load(Ordering::Relaxed), 3);
         assert_eq!(c.removed.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_full_store_takes_no_repaired_session_older_than_one_it_evicted() {
+        let (store, counters) = setup();
+        let a = plain_applier(&store, &counters);
+        let set_via = |key: &[u8], expires: u64, via: Via| {
+            let mut d = Vec::new();
+            wire::encode_set_via(key, b"v", expires, via, &mut d).unwrap();
+            d
+        };
+        // 100 sessions fill it; 10 more evict those expiring at NOW + 10..=19.
+        for i in 0..110u64 {
+            let key = format!("k{i}");
+            assert_eq!(
+                a.apply(&set(key.as_bytes(), b"v", NOW + 10 + i), NOW_MS),
+                Applied::Stored
+            );
+        }
+        assert_eq!(store.evicted_until(), NOW + 19);
+        for via in [Via::Repaired, Via::Pulled] {
+            assert_eq!(a.apply(&set_via(b"k5", NOW + 15, via), NOW_MS), Applied::CrowdedOut);
+            assert_eq!(a.apply(&set_via(b"k9", NOW + 19, via), NOW_MS), Applied::CrowdedOut);
+        }
+        assert_eq!(counters.get().crowded_out.load(Ordering::Relaxed), 4);
+        let mut out = Vec::new();
+        assert_eq!(store.get(b"k5", NOW, &mut out), Lookup::Miss);
+        // Newer than anything evicted: a repair brings it; a live session
+        // is always taken.
+        assert_eq!(
+            a.apply(&set_via(b"r", NOW + 20, Via::Repaired), NOW_MS),
+            Applied::Stored
+        );
+        assert_eq!(a.apply(&set(b"live", b"v", NOW + 11), NOW_MS), Applied::Stored);
     }
 
     #[test]

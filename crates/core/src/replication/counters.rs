@@ -60,6 +60,10 @@ pub struct ReplicationCounters {
     pub repaired: AtomicU64,
     /// Sessions deleted here because a repair showed a peer deleted them.
     pub repair_deleted: AtomicU64,
+    /// Sessions a pull or repair brought that expire before one this full
+    /// store already evicted for room: not stored, they would only evict
+    /// newer ones.
+    pub crowded_out: AtomicU64,
     /// Redis: sessions and deletes written and published.
     pub redis_published: AtomicU64,
     /// Redis: hand-offs to the master dropped (queue full) and sessions
@@ -94,7 +98,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 34] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 35] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -120,6 +124,7 @@ impl ReplicationCounters {
             ("pulled", &self.pulled),
             ("repaired", &self.repaired),
             ("repair_deleted", &self.repair_deleted),
+            ("crowded_out", &self.crowded_out),
             ("redis_published", &self.redis_published),
             ("redis_dropped", &self.redis_dropped),
             ("redis_errors", &self.redis_errors),

@@ -130,6 +130,13 @@ impl Window {
         })
     }
 
+    /// This window without the sessions expiring at or before `horizon`;
+    /// `None` when none are left.
+    pub fn above(self, horizon: u64) -> Option<Window> {
+        let lo = self.lo.max(horizon);
+        (lo < self.hi).then_some(Window { lo, ..self })
+    }
+
     pub fn covers(&self, expires: u64) -> bool {
         self.lo < expires && expires <= self.hi
     }
@@ -571,6 +578,11 @@ mod tests {
         assert!(!w.covers(NOW + 2));
         assert_eq!(Window::at(NOW, 3, 64), None);
         assert_eq!(Window::at(NOW, 300, 63), None);
+        // Above a full store's horizon: only what expires later.
+        let above = w.above(NOW + 200).unwrap();
+        assert!(!above.covers(NOW + 200) && above.covers(NOW + 201) && above.covers(NOW + 299));
+        assert_eq!(w.above(NOW), Some(w), "a horizon behind the window changes nothing");
+        assert_eq!(w.above(NOW + 299), None);
         assert_eq!(buckets_for(100), 64);
         assert_eq!(buckets_for(100_000), 512);
         assert_eq!(buckets_for(u64::MAX / 2), MAX_BUCKETS);

@@ -494,6 +494,7 @@ impl<'a> Worker<'a> {
             }
             Message::Digest { window, xors } => self.compare_digest(from, window, &xors, now),
             Message::Keys { .. } if self.pull_between(from) => {}
+            Message::Keys { window, .. } if self.below_evicted(&window) => {}
             Message::Keys { window, buckets } => {
                 self.noted_difference(from, now);
                 let Some(snapshot) = self.snapshot_near(window, now) else {
@@ -620,7 +621,7 @@ impl<'a> Worker<'a> {
     }
 
     fn compare_digest(&mut self, from: SocketAddr, window: Window, xors: &[u64], now: u64) {
-        if self.pull_between(from) {
+        if self.pull_between(from) || self.below_evicted(&window) {
             return;
         }
         let last = self.digests_seen.insert(from, now);
@@ -678,15 +679,35 @@ impl<'a> Worker<'a> {
         Some(snapshot)
     }
 
-    /// A snapshot for a peer's `window` when it is close to this node's own
-    /// (their clocks differ by seconds), else through this node's own: a
-    /// window a sender makes up never decides what is scanned or sent.
+    /// The window of this node's digests: settled sessions, and only those
+    /// expiring after the last one its store evicted for room (below, it
+    /// may lack any; asking for them back would evict newer ones).
+    /// `Err(())` when sessions live too short for a window at all, `Ok(None)`
+    /// while every live session is below that horizon.
+    fn own_window(&self) -> Result<Option<Window>, ()> {
+        let at = Window::at(clock::unix_secs(), self.timeout, self.buckets).ok_or(())?;
+        Ok(at.above(self.store.evicted_until()))
+    }
+
+    /// Whether a peer's `window` reaches below what this store evicted for
+    /// room: not compared here (every session evicted would look lost); the
+    /// peer compares this node's narrower digests instead.
+    fn below_evicted(&self, window: &Window) -> bool {
+        window.lo < self.store.evicted_until()
+    }
+
+    /// A snapshot for a peer's `window` when its end is close to this
+    /// node's own (their clocks differ by seconds) and it starts no earlier
+    /// (a full store's window starts above what it evicted), else through
+    /// this node's own: a window a sender makes up never decides what is
+    /// scanned or sent, and a narrower one only sends less.
     fn snapshot_near(&mut self, theirs: Window, now: u64) -> Option<Snapshot> {
-        let own = Window::at(clock::unix_secs(), self.timeout, self.buckets)?;
-        let near = theirs.buckets == own.buckets
-            && theirs.lo.abs_diff(own.lo) <= WINDOW_TOLERANCE_SECS
-            && theirs.hi.abs_diff(own.hi) <= WINDOW_TOLERANCE_SECS;
-        self.snapshot_for(if near { theirs } else { own }, now)
+        let at = Window::at(clock::unix_secs(), self.timeout, self.buckets)?;
+        let near = theirs.buckets == at.buckets
+            && theirs.lo + WINDOW_TOLERANCE_SECS >= at.lo
+            && theirs.hi.abs_diff(at.hi) <= WINDOW_TOLERANCE_SECS;
+        let window = if near { theirs } else { self.own_window().ok()?? };
+        self.snapshot_for(window, now)
     }
 
     /// Notes the sessions `to` asked for (`send`) and those it deleted
@@ -829,9 +850,18 @@ impl<'a> Worker<'a> {
             if now < self.peers[i].next_digest_ms {
                 continue;
             }
-            let Some(window) = Window::at(clock::unix_secs(), self.timeout, self.buckets) else {
-                self.peers[i].next_digest_ms = u64::MAX;
-                continue;
+            let window = match self.own_window() {
+                Ok(Some(window)) => window,
+                // Every live session is older than one evicted: the next
+                // digest when newer ones are held.
+                Ok(None) => {
+                    self.peers[i].next_digest_ms = now + DIGEST_CHANGED_MS;
+                    continue;
+                }
+                Err(()) => {
+                    self.peers[i].next_digest_ms = u64::MAX;
+                    continue;
+                }
             };
             let Some(snapshot) = self.snapshot_for(window, now) else {
                 // No scan left this second: the next round.

@@ -105,6 +105,9 @@ pub struct Counters {
     pub repairs: AtomicU64,
     /// Unix time of the last change.
     pub last_modified: AtomicU64,
+    /// The latest expiry of a session evicted for room: the store holds
+    /// every session it took that expires later (see [`Store::evicted_until`]).
+    pub evicted_until: AtomicU64,
 }
 
 impl Counters {
@@ -191,7 +194,7 @@ fn is_store_prefix(first: &[u8]) -> bool {
     first.len() >= MAGIC.len() && first[..MAGIC.len()] == MAGIC
 }
 /// Version of the region's layout; bump when it changes meaning.
-const FORMAT: u64 = 1;
+const FORMAT: u64 = 2;
 
 /// The sizes that decide the layout, packed: a build whose structs differ
 /// does not take over the store.
@@ -597,6 +600,16 @@ impl Store {
         self.region.shared_ref(self.layout.counters_at)
     }
 
+    /// The latest expiry (unix seconds) of a session this store evicted to
+    /// make room, 0 if none: of the sessions it took, it still holds every
+    /// one that expires later, and one that expires sooner may be gone.
+    /// Repair compares only above it, and brings back nothing below it (a
+    /// full store would otherwise churn: each session brought back evicts
+    /// another that a peer then sends back).
+    pub fn evicted_until(&self) -> u64 {
+        self.counters().evicted_until.load(Ordering::Relaxed)
+    }
+
     fn head(&self, shard: usize) -> &ShardHead {
         self.region
             .shared_ref::<PaddedHead>(self.layout.heads_at + shard * HEAD_STRIDE)
@@ -814,6 +827,7 @@ impl Store {
                 }
                 if done.evicted > 0 {
                     counters.evicted.fetch_add(done.evicted as u64, Ordering::Relaxed);
+                    counters.evicted_until.fetch_max(done.latest_evicted, Ordering::Relaxed);
                 }
                 counters.last_modified.store(now, Ordering::Relaxed);
                 Insert::Stored {

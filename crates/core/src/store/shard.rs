@@ -380,20 +380,21 @@ impl ShardView<'_> {
         }
     }
 
-    /// Evicts the least recently used entry; false when the shard is empty.
-    pub fn evict_lru(&mut self) -> bool {
+    /// Evicts the least recently used entry: its expiry, `None` when the
+    /// shard is empty.
+    pub fn evict_lru(&mut self) -> Option<u64> {
         let slot = self.meta.lru_head;
         if slot == 0 {
-            return false;
+            return None;
         }
-        let hash = self.entry(slot).hash;
+        let (hash, expires) = (self.entry(slot).hash, self.entry(slot).expires);
         let Some(prev) = self.bucket_prev(slot, hash) else {
             // The LRU list and the index disagree: only a repair fixes that.
             self.repair();
-            return self.meta.len > 0 && self.evict_lru();
+            return if self.meta.len > 0 { self.evict_lru() } else { None };
         };
         self.remove_slot(slot, prev);
-        true
+        Some(expires)
     }
 
     /// Whether a new entry could get a slot without evicting.
@@ -423,13 +424,17 @@ impl ShardView<'_> {
             }
             None => false,
         };
-        let mut evicted = 0;
-        if must_evict && !replaced && self.evict_lru() {
+        let (mut evicted, mut latest_evicted) = (0, 0);
+        let mut note = |expires: Option<u64>| {
+            let Some(e) = expires else { return false };
             evicted += 1;
+            latest_evicted = latest_evicted.max(e);
+            true
+        };
+        if must_evict && !replaced {
+            note(self.evict_lru());
         }
-        while (!self.has_free_slot() || self.chunks_available() < need) && self.evict_lru() {
-            evicted += 1;
-        }
+        while (!self.has_free_slot() || self.chunks_available() < need) && note(self.evict_lru()) {}
         if !self.has_free_slot() || self.chunks_available() < need {
             return Err(NoRoom::TooBig);
         }
@@ -467,7 +472,11 @@ impl ShardView<'_> {
         self.lru_push_tail(slot);
         self.meta.len += 1;
         self.meta.bytes += (key.len() + value.len()) as u64;
-        Ok(Inserted { replaced, evicted })
+        Ok(Inserted {
+            replaced,
+            evicted,
+            latest_evicted,
+        })
     }
 
     /// Calls `f(key, value, expires)` for every live entry expiring after
@@ -702,6 +711,8 @@ impl ShardView<'_> {
 pub struct Inserted {
     pub replaced: bool,
     pub evicted: usize,
+    /// The latest expiry of the entries evicted (0: none).
+    pub latest_evicted: u64,
 }
 
 /// What a repair kept and dropped.

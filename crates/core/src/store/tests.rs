@@ -222,6 +222,32 @@ fn full_store_evicts_least_recently_used() {
 }
 
 #[test]
+fn a_full_store_knows_the_latest_expiry_it_evicted() {
+    let store = Store::create(limits(100)).unwrap();
+    // Expiries NOW + 100 + i: a touched one (key 0) is evicted last.
+    for i in 0..100 {
+        store.insert(&key(i), b"v", NOW + 100 + i, NOW);
+    }
+    assert_eq!(store.evicted_until(), 0, "nothing evicted yet");
+    assert!(get(&store, &key(0)).is_some());
+    for i in 100..110 {
+        store.insert(&key(i), b"v", NOW + 500, NOW);
+    }
+    // Keys 1..=10 went: the latest of them expires at NOW + 110.
+    assert_eq!(store.evicted_until(), NOW + 110);
+    // Replacing or removing is no eviction.
+    store.insert(&key(50), b"w", NOW + 900, NOW);
+    store.remove(&key(60), NOW);
+    assert_eq!(store.evicted_until(), NOW + 110);
+    // An eviction of an earlier expiry does not lower it.
+    for i in 110..200 {
+        store.insert(&key(i), b"v", NOW + 500, NOW);
+    }
+    store.insert(&key(1000), b"v", NOW + 500, NOW);
+    assert!(store.evicted_until() >= NOW + 110);
+}
+
+#[test]
 fn sharded_store_holds_its_capacity_then_evicts_old_entries() {
     let capacity = 20_000;
     let store = Store::create(limits(capacity)).unwrap();

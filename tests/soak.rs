@@ -1424,7 +1424,7 @@ impl Soak {
         let after_own = self.cluster.counters();
         let own_refused: Vec<u64> = (0..3)
             .map(|i| {
-                ["forged", "replayed", "out_of_window", "skewed"]
+                ["own_returned", "forged", "replayed", "out_of_window", "skewed"]
                     .iter()
                     .map(|n| delta(&at_own[i], &after_own[i], n))
                     .sum()

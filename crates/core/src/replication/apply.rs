@@ -72,9 +72,9 @@ impl Applier<'_> {
         let counter = match outcome {
             Applied::Stored => &counters.applied,
             Applied::Removed => &counters.removed,
-            // Its own datagram back: nothing to count (multicast loopback and
-            // Redis echo it all the time), nothing to apply.
-            Applied::Absent | Applied::Refused(SealError::Own) => return outcome,
+            Applied::Absent => return outcome,
+            // Its own datagram back: nothing to apply.
+            Applied::Refused(SealError::Own) => &counters.own_returned,
             Applied::Sync => &counters.sync_received,
             Applied::Stale => &counters.stale,
             Applied::NotStored => &counters.not_stored,
@@ -222,7 +222,7 @@ mod tests {
     use crate::replication::counters::SharedCounters;
     use crate::replication::wire::{encode_delete, encode_set};
     use crate::store::{Limits, Lookup};
-    use std::sync::atomic::Ordering;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     const NOW: u64 = 1_800_000_000;
     const NOW_MS: u64 = NOW * 1000;
@@ -324,6 +324,26 @@ mod tests {
             Applied::Stored
         );
         assert_eq!(a.apply(&set(b"live", b"v", NOW + 11), NOW_MS), Applied::Stored);
+    }
+
+    #[test]
+    fn its_own_sealed_datagrams_come_back_counted_and_unapplied() {
+        use crate::replication::keys::Key;
+        use crate::replication::seal::Sealer;
+        let (store, counters) = setup();
+        let own = Sealer::new(&Key::new([3; 32]));
+        let opener = Opener::new(vec![Key::new([3; 32])], 30, 0).refusing_own(own.sender());
+        let a = Applier {
+            opener: Some(&opener),
+            ..plain_applier(&store, &counters)
+        };
+        let mut sealed = Vec::new();
+        own.seal(&set(b"k", b"v", NOW + 100), &AtomicU64::new(0), NOW_MS, &mut sealed);
+        assert_eq!(a.apply(&sealed, NOW_MS), Applied::Refused(SealError::Own));
+        assert!(store.is_empty());
+        let c = counters.get();
+        assert_eq!(c.own_returned.load(Ordering::Relaxed), 1);
+        assert_eq!(c.replayed.load(Ordering::Relaxed) + c.forged.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct ReplicationCounters {
     pub skewed: AtomicU64,
     /// Plain datagrams refused by a node that requires sealing.
     pub plain_refused: AtomicU64,
+    /// Sealed datagrams of this node's own that came back, ignored:
+    /// multicast loopback and Redis return every one; over unicast, a loop
+    /// or a replay.
+    pub own_returned: AtomicU64,
     /// Bytes of the datagrams counted in `sent`.
     pub sent_bytes: AtomicU64,
     /// Sync datagrams sent (pulls, digests, keys, wants, and the sessions
@@ -98,7 +102,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 35] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 36] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -116,6 +120,7 @@ impl ReplicationCounters {
             ("out_of_window", &self.out_of_window),
             ("skewed", &self.skewed),
             ("plain_refused", &self.plain_refused),
+            ("own_returned", &self.own_returned),
             ("sent_bytes", &self.sent_bytes),
             ("sync_sent", &self.sync_sent),
             ("sync_sent_bytes", &self.sync_sent_bytes),

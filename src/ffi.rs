@@ -24,6 +24,11 @@ pub type RegexpMatch = unsafe extern "C" fn(*mut c_void, *const c_char, c_int) -
 /// `void uwsgi_add_safe_fd(int fd)` (core/io.c): a descriptor uWSGI's reload
 /// keeps open.
 pub type AddSafeFdFn = unsafe extern "C" fn(c_int);
+/// `struct uwsgi_gateway *register_gateway(char *name, void (*loop)(int id,
+/// void *data), void *data)` (core/gateway.c): a process the master forks
+/// after the hooks and forks again whenever it dies; `name` is kept.
+pub type RegisterGatewayFn =
+    unsafe extern "C" fn(*mut c_char, Option<unsafe extern "C" fn(c_int, *mut c_void)>, *mut c_void) -> *mut c_void;
 /// `uwsgi_register_metric(name, oid, type, collector, ptr, freq, custom)`
 /// (core/metrics.c, since 1.9.19).
 pub type RegisterMetricFn =

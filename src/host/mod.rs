@@ -16,6 +16,7 @@ mod isolation;
 mod logger;
 mod metrics;
 mod plugin;
+mod repeater;
 mod replication;
 mod server;
 mod sni;

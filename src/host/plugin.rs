@@ -24,7 +24,7 @@ use super::handover::{self, Origin};
 use super::server::{ContextKind, Server};
 use super::sni::UwsgiSni;
 use super::sys::{self, uwsgi_option, uwsgi_plugin};
-use super::{abi, isolation, logger, metrics, replication, stats_entry, symbols};
+use super::{abi, isolation, logger, metrics, repeater, replication, stats_entry, symbols};
 use crate::tls::fingerprint::{self, Verify};
 use crate::tls::{self, SessionCache, SessionCounters, SessionEvents};
 
@@ -312,13 +312,16 @@ fn setup() -> Result<(), String> {
 
 unsafe extern "C" fn init() -> c_int {
     hook(&INIT, || {
-        let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
-            return Ok(());
-        };
         let host = symbols::get().ok_or("not loaded by uWSGI")?;
         // SAFETY: init runs in the master before fork, after the core made
         // its caches and locks.
         let mut server = unsafe { Server::new(host.server) };
+        // Before the gateways are forked; in an instance with or without a
+        // session cache.
+        repeater::init(&mut server)?;
+        let (Some(active), Some(cache)) = (ACTIVE.get(), tls::installed()) else {
+            return Ok(());
+        };
         stats_entry::link(&mut server, &active.settings.cache, &cache.store, active.hashsize)
     });
     0

@@ -15,6 +15,7 @@ const CORE: &[&[&str]] = &[
     &["record", "client_hello", "fresh"],
     &["config"],
     &["replication"],
+    &["repeater"],
 ];
 
 /// The replication engine's modules: formats, keys, counters and cookies, then

@@ -16,6 +16,8 @@
 //! 5. [`config`]: the option table and typed settings.
 //! 6. [`replication`]: the engine that spreads sessions between nodes
 //!    (wire and sealed formats, keys, transports, receiver loop).
+//! 7. [`repeater`]: the udprepeater gateway, which forwards the datagrams
+//!    of a cluster to its subscribers.
 //!
 //! Inner code logs through the `log` crate's macros; the host installs the
 //! logger (uWSGI's log), so no layer reaches up to print.
@@ -27,6 +29,7 @@ pub mod config;
 pub mod fresh;
 pub mod os;
 pub mod record;
+pub mod repeater;
 pub mod replication;
 pub mod shm;
 pub mod store;

@@ -207,6 +207,31 @@ pub fn block_signals() {
     }
 }
 
+/// Waits up to `timeout_ms` for any of `fds` to be readable; which are.
+/// An interrupted wait reads as none ready.
+pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bool>) -> io::Result<()> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `polled` is a valid array of `polled.len()` pollfd of open
+    // descriptors (borrowed for the call).
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, timeout_ms) };
+    ready.clear();
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    ready.extend(polled.iter().map(|p| n > 0 && p.revents != 0));
+    Ok(())
+}
+
 /// How much the calling thread was favoured by [`favour_latency`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Favour {

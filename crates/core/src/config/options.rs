@@ -224,6 +224,48 @@ options! {
     ssl_verbose: one, Uwsgi, [c"ssl-verbose"],
         help: c"",
         readme: "also logs every session stored, found, missed, refused, removed, received";
+    /// `udprepeater`: where the repeater receives cache datagrams.
+    udprepeater: one, Plugin(Required), [c"udprepeater"],
+        help: c"run a udprepeater gateway receiving cache datagrams on this address and forwarding them to the \
+            nodes subscribed to the sender's cluster [sslcache]",
+        readme: "`IP:PORT`: run a udprepeater gateway (see udprepeater) receiving the cache datagrams of its \
+            clusters' nodes there and forwarding each to the other subscribers of the sender's cluster";
+    /// `udprepeater-subscription-server`: where subscriptions arrive.
+    udprepeater_subscription_server: one, Plugin(Required), [c"udprepeater-subscription-server"],
+        help: c"receive the udprepeater's subscriptions (uWSGI's subscribe2 packets) on this address [sslcache]",
+        readme: "`IP:PORT` receiving uWSGI subscription packets (`subscribe2 = server=...,key=CLUSTER,addr=...` on \
+            the nodes): `key` names the cluster, `addr` where the node receives; required with `udprepeater`";
+    /// `udprepeater-stats`: the repeater's own stats server.
+    udprepeater_stats: one, Plugin(Required), [c"udprepeater-stats"],
+        help: c"serve the udprepeater's stats (clusters, subscribers, counters) as JSON on this TCP address \
+            [sslcache]",
+        readme: "`IP:PORT`: a TCP stats server of the repeater's own, as a router's `*-stats`: one JSON \
+            document per connection (clusters, each subscriber's address and last announce, counters)";
+    /// `udprepeater-max-subscribers`: members per cluster.
+    udprepeater_max_subscribers: one, Plugin(Required), [c"udprepeater-max-subscribers"],
+        help: c"subscribers of one cluster the udprepeater keeps, at most (default 64) [sslcache]",
+        readme: "subscribers of one cluster, at most (default 64, at most 4096): a datagram is forwarded to \
+            each, so this bounds what one datagram becomes";
+    /// `udprepeater-max-clusters`.
+    udprepeater_max_clusters: one, Plugin(Required), [c"udprepeater-max-clusters"],
+        help: c"clusters (subscription keys) the udprepeater keeps, at most (default 64) [sslcache]",
+        readme: "clusters (subscription keys), at most (default 64, at most 4096)";
+    /// `udprepeater-rate`: datagrams forwarded a second per source.
+    udprepeater_rate: one, Plugin(Required), [c"udprepeater-rate"],
+        help: c"datagrams a second the udprepeater forwards from one source IP, at most (default 100000) \
+            [sslcache]",
+        readme: "datagrams a second forwarded from one source IP, at most (default 100000; beyond, dropped and \
+            counted in `over_rate`)";
+    /// uWSGI's `subscription-tolerance`: seconds a subscriber lasts.
+    subscription_tolerance: one, Uwsgi, [c"subscription-tolerance"],
+        help: c"",
+        readme: "udprepeater: seconds a subscriber lasts without an announce (default 17, as uWSGI's routers), \
+            and how far a signed subscription's timestamp may be off the repeater's clock";
+    /// uWSGI's `subscriptions-sign-check`.
+    subscriptions_sign_check: one, Uwsgi, [c"subscriptions-sign-check"],
+        help: c"",
+        readme: "udprepeater: `ALGO:DIR`, only subscriptions signed (`sign=` in `subscribe2`) with the private \
+            key of `DIR/CLUSTER.pem` count";
 }
 
 /// The spec an option name belongs to.

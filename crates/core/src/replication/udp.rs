@@ -3,7 +3,7 @@
 //! the receiving sockets of the master.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -25,11 +25,24 @@ pub fn links(settings: &Replication, cache: &str) -> Result<Links, String> {
         links.inbounds.push(Box::new(UdpInbound::new(socket)));
     }
     if !settings.nodes.is_empty() {
-        let peers = UdpPeers::new(settings.nodes.clone(), mc)
+        let source = source_ip(&settings.servers, &settings.nodes);
+        let peers = UdpPeers::new(settings.nodes.clone(), mc, source)
             .map_err(|e| format!("cannot make the socket that sends session updates: {e}"))?;
         links.transports.push(Box::new(peers));
     }
     Ok(links)
+}
+
+/// The IP sessions leave from: the node's receiving IP (the first specific
+/// unicast one), so that a udprepeater tells the node by it; `None` (the
+/// kernel chooses) when there is none, or it is loopback and a peer is not.
+fn source_ip(servers: &[SocketAddr], peers: &[SocketAddr]) -> Option<IpAddr> {
+    let ip = servers
+        .iter()
+        .map(SocketAddr::ip)
+        .find(|ip| !ip.is_unspecified() && !ip.is_multicast())?;
+    let unicast = || peers.iter().filter(|p| !p.ip().is_multicast());
+    (!ip.is_loopback() || unicast().all(|p| p.ip().is_loopback())).then_some(ip)
 }
 
 /// The UDP transport: sends each datagram to every peer (unicast or a
@@ -45,9 +58,15 @@ fn udp(domain: Domain) -> io::Result<Socket> {
 }
 
 impl UdpPeers {
-    pub fn new(peers: Vec<SocketAddr>, mc: &Multicast) -> io::Result<UdpPeers> {
+    /// `source`: the IP to send from (of its family), if any.
+    pub fn new(peers: Vec<SocketAddr>, mc: &Multicast, source: Option<IpAddr>) -> io::Result<UdpPeers> {
+        let bind_source = |s: &Socket, v4: bool| match source {
+            Some(ip) if ip.is_ipv4() == v4 => s.bind(&SocketAddr::new(ip, 0).into()),
+            _ => Ok(()),
+        };
         let v4 = if peers.iter().any(SocketAddr::is_ipv4) {
             let s = udp(Domain::IPV4)?;
+            bind_source(&s, true)?;
             if peers.iter().any(|p| p.ip().is_multicast()) {
                 if let Some(interface) = mc.interface {
                     s.set_multicast_if_v4(&interface)?;
@@ -62,6 +81,7 @@ impl UdpPeers {
         };
         let v6 = if peers.iter().any(SocketAddr::is_ipv6) {
             let s = udp(Domain::IPV6)?;
+            bind_source(&s, false)?;
             if peers.iter().any(|p| p.ip().is_multicast()) {
                 s.set_multicast_hops_v6(mc.ttl)?;
                 s.set_multicast_loop_v6(mc.loopback)?;
@@ -215,12 +235,34 @@ mod tests {
         receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let target = receiver.local_addr().unwrap();
         let counters = SharedCounters::create().unwrap();
-        let sender = UdpPeers::new(vec![target], &Multicast::default()).unwrap();
+        let sender = UdpPeers::new(vec![target], &Multicast::default(), None).unwrap();
         sender.send(b"datagram", counters.get());
         let mut buf = [0u8; 64];
         let (n, _) = receiver.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"datagram");
         assert_eq!(counters.get().sent.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn sessions_leave_from_the_receiving_ip() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let receiver = bind_receiver(a("127.0.0.1:0"), &Multicast::default()).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let target = receiver.local_addr().unwrap();
+        let source = source_ip(&[a("127.0.0.3:4000")], &[target]);
+        assert_eq!(source, Some("127.0.0.3".parse().unwrap()));
+        let sender = UdpPeers::new(vec![target], &Multicast::default(), source).unwrap();
+        sender.send(b"datagram", SharedCounters::create().unwrap().get());
+        let mut buf = [0u8; 64];
+        let (_, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(from.ip(), source.unwrap());
+        // Any address, or loopback with a peer elsewhere: the kernel chooses.
+        assert_eq!(source_ip(&[a("0.0.0.0:4000")], &[target]), None);
+        assert_eq!(source_ip(&[a("127.0.0.3:4000")], &[a("192.0.2.1:4000")]), None);
+        assert_eq!(
+            source_ip(&[a("192.0.2.7:4000")], &[a("192.0.2.1:4000")]),
+            Some("192.0.2.7".parse().unwrap())
+        );
     }
 
     #[test]
@@ -241,7 +283,7 @@ mod tests {
         receiver.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let port = receiver.local_addr().unwrap().port();
         let counters = SharedCounters::create().unwrap();
-        let sender = UdpPeers::new(vec![SocketAddr::new(group.ip(), port)], &mc).unwrap();
+        let sender = UdpPeers::new(vec![SocketAddr::new(group.ip(), port)], &mc, None).unwrap();
         sender.send(b"to the group", counters.get());
         let mut buf = [0u8; 64];
         let (n, from) = receiver.recv_from(&mut buf).unwrap();

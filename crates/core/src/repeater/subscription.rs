@@ -118,13 +118,7 @@ pub type SignFn<'a> = &'a dyn Fn(&[u8]) -> Vec<u8>;
 /// Builds a subscription packet as uWSGI does (for tests and benches: the
 /// repeater itself never sends one). `sign` gets the bytes to sign and
 /// returns the signature.
-pub fn build(
-    unsubscribe: bool,
-    key: &str,
-    address: &str,
-    unix: Option<u64>,
-    sign: Option<SignFn<'_>>,
-) -> Vec<u8> {
+pub fn build(unsubscribe: bool, key: &str, address: &str, unix: Option<u64>, sign: Option<SignFn<'_>>) -> Vec<u8> {
     let mut body = Vec::new();
     let mut keyval = |k: &[u8], v: &[u8]| {
         for part in [k, v] {

@@ -1,0 +1,293 @@
+//! The udprepeater (the seed's gateway): real uWSGI nodes whose only
+//! replication setting is the repeater (`cache-udp-node` pointing at it,
+//! uWSGI's own `subscribe2`), behind HAProxy; a stock uWSGI node
+//! subscribed the same way; nodes that leave; signed subscriptions.
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const RECONNECTS: usize = 300;
+const CLUSTER: &str = "sessions.example";
+
+/// A repeater instance of its own on 127.0.0.10.
+struct Repeater {
+    process: Uwsgi,
+    data: SocketAddr,
+    subscription: SocketAddr,
+    stats: SocketAddr,
+}
+
+impl Repeater {
+    fn start(dir: &Path, name: &str, extra: &str) -> Repeater {
+        let ip = [127, 0, 0, 10];
+        let (data, subscription, stats) = (
+            SocketAddr::from((ip, free_port())),
+            SocketAddr::from((ip, free_port())),
+            SocketAddr::from((ip, free_port())),
+        );
+        let ini = format!(
+            "[uwsgi]\nplugin-dir = {}\nplugins = sslcache\nmaster = true\nudprepeater = {data}\n\
+             udprepeater-subscription-server = {subscription}\nudprepeater-stats = {stats}\n{extra}",
+            plugin_dir().display()
+        );
+        let mut process = Uwsgi::spawn(dir, name, &ini);
+        process.wait_ready_on(&[stats]);
+        Repeater {
+            process,
+            data,
+            subscription,
+            stats,
+        }
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        use std::io::Read;
+        let mut s = std::net::TcpStream::connect(self.stats).expect("repeater stats");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    }
+
+    fn counter(&self, name: &str) -> u64 {
+        self.stats()["udprepeater"]["counters"][name].as_u64().unwrap_or(0)
+    }
+
+    /// The subscribers of `cluster`.
+    fn subscribers(&self, cluster: &str) -> Vec<String> {
+        let stats = self.stats();
+        let clusters = stats["udprepeater"]["clusters"].as_array().cloned().unwrap_or_default();
+        clusters
+            .iter()
+            .filter(|c| c["key"] == cluster)
+            .flat_map(|c| c["subscribers"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s["address"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn wait_subscribers(&self, cluster: &str, n: usize) {
+        assert!(
+            eventually(Duration::from_secs(15), || self.subscribers(cluster).len() == n),
+            "{n} subscribers expected: {:?}\n{}",
+            self.subscribers(cluster),
+            self.process.log()
+        );
+    }
+}
+
+/// A node's replication lines: the repeater only.
+fn through(repeater: &Repeater, i: usize, udp: u16, extra: &str) -> String {
+    format!(
+        "cache-udp-server = 127.0.0.{i}:{udp}\ncache-udp-node = {}\n\
+         subscribe2 = server={},key={CLUSTER},addr=127.0.0.{i}:{udp}\n{extra}",
+        repeater.data, repeater.subscription
+    )
+}
+
+struct Nodes {
+    nodes: Vec<Uwsgi>,
+    https: u16,
+    stats: Vec<u16>,
+}
+
+impl Nodes {
+    fn start(dir: &Path, repeater: &Repeater, n: usize, extra: &str) -> Nodes {
+        let (https, udp) = (free_port(), free_port());
+        let stats: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let nodes = (1..=n)
+            .map(|i| {
+                let ini = seed_setup2_node(&plugin_dir(), i, https, stats[i - 1], &through(repeater, i, udp, extra));
+                let mut node = Uwsgi::spawn(dir, &format!("node{i}"), &ini);
+                node.wait_ready_on(&[SocketAddr::from(([127, 0, 0, i as u8], https))]);
+                node.wait_ready(&[stats[i - 1]]);
+                node
+            })
+            .collect();
+        Nodes { nodes, https, stats }
+    }
+
+    fn backends(&self) -> Vec<SocketAddr> {
+        (1..=self.nodes.len())
+            .map(|i| SocketAddr::from(([127, 0, 0, i as u8], self.https)))
+            .collect()
+    }
+}
+
+fn key_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let keys = dir.join("cluster.key");
+    std::fs::write(&keys, format!("{}\n", "7".repeat(64))).unwrap();
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    keys
+}
+
+fn rates_through_haproxy(dir: &Path, nodes: &Nodes, what: &str) -> (f64, f64) {
+    let lb = free_port();
+    let _proxy = haproxy(dir, lb, &nodes.backends());
+    let rate = |proto| {
+        let out = Client::new(proto).reconnects(lb, RECONNECTS, &[]);
+        assert!(out.errors.is_empty(), "{what}: connection errors: {:?}", out.errors);
+        out.resumption_rate()
+    };
+    let (r12, r13) = (rate(Proto::Tls12NoTickets), rate(Proto::Tls13));
+    println!(
+        "{what}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
+        r12 * 100.0,
+        r13 * 100.0
+    );
+    (r12, r13)
+}
+
+fn three_nodes_through_the_repeater(sealed: bool) {
+    let _heavy = heavy();
+    let dir = test_dir(if sealed { "repeater-sealed" } else { "repeater-plain" });
+    let repeater = Repeater::start(&dir, "repeater", "");
+    let extra = if sealed {
+        format!("cache-udp-key = {}\n", key_file(&dir).display())
+    } else {
+        String::new()
+    };
+    let nodes = Nodes::start(&dir, &repeater, 3, &extra);
+    repeater.wait_subscribers(CLUSTER, 3);
+    let mode = if sealed { "sealed" } else { "plain" };
+    let (r12, r13) = rates_through_haproxy(&dir, &nodes, &format!("3 nodes through a udprepeater, {mode}"));
+    assert!(r12 >= 0.99 && r13 >= 0.99, "resumption {r12} {r13}");
+    // The sessions went through the repeater: each node's to the other two.
+    let forwarded = repeater.counter("forwarded");
+    let received = repeater.counter("received");
+    assert!(
+        forwarded >= 2 * received * 9 / 10,
+        "received {received}, forwarded {forwarded}"
+    );
+    for (i, &port) in nodes.stats.iter().enumerate() {
+        assert!(
+            eventually(Duration::from_secs(5), || metric(port, "sslcache.default.applied")
+                > 100),
+            "node {} applied {}",
+            i + 1,
+            metric(port, "sslcache.default.applied")
+        );
+        for refused in ["forged", "replayed", "rejected", "plain_refused"] {
+            assert_eq!(
+                metric(port, &format!("sslcache.default.{refused}")),
+                0,
+                "node {} {refused}",
+                i + 1
+            );
+        }
+    }
+    for zero in ["unknown_source", "malformed", "over_rate", "send_failed"] {
+        assert_eq!(repeater.counter(zero), 0, "{zero}");
+    }
+}
+
+#[test]
+fn three_nodes_whose_only_peer_is_the_repeater_resume() {
+    three_nodes_through_the_repeater(false);
+}
+
+#[test]
+fn three_sealed_nodes_whose_only_peer_is_the_repeater_resume() {
+    three_nodes_through_the_repeater(true);
+}
+
+/// A stock uWSGI node (no plugin: its cache's own `cache-udp-server`)
+/// subscribed as the sslcache nodes are stores the sessions they make; a
+/// node that leaves, by unsubscribing or by dying, is sent nothing after.
+#[test]
+fn stock_nodes_subscribe_and_nodes_that_leave_get_nothing() {
+    let _heavy = heavy();
+    let dir = test_dir("repeater-members");
+    let repeater = Repeater::start(&dir, "repeater", "subscription-tolerance = 3\n");
+    let nodes = Nodes::start(&dir, &repeater, 2, "subscribe-freq = 1\n");
+    let (stock_udp, stock_stats) = (free_port(), free_port());
+    let stock_ini = format!(
+        "[uwsgi]\nmaster = true\ncache = 1000\ncache-blocksize = 4096\ncache-udp-server = 127.0.0.5:{stock_udp}\n\
+         subscribe2 = server={},key={CLUSTER},addr=127.0.0.5:{stock_udp}\nsubscribe-freq = 1\n\
+         stats = 127.0.0.1:{stock_stats}\nsocket = 127.0.0.5:{}\n",
+        repeater.subscription,
+        free_port()
+    );
+    let mut stock = Uwsgi::start(&dir, "stock", &stock_ini, &[stock_stats]);
+    repeater.wait_subscribers(CLUSTER, 3);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let backends = nodes.backends();
+    for i in 0..40 {
+        client.connect_to(backends[i % 2], None, &[]).expect("full handshake");
+    }
+    let mut items = 0;
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            items = cache_stats(stock_stats, "default")["items"].as_u64().unwrap_or(0);
+            items >= 40
+        }),
+        "the stock node holds {items} of the 40 sessions"
+    );
+    println!("a stock uWSGI node subscribed to the repeater holds {items} sessions");
+
+    // Stopped: uWSGI unsubscribes on shutdown; gone at once.
+    let stopping = Instant::now();
+    stock.stop();
+    repeater.wait_subscribers(CLUSTER, 2);
+    let unsubscribed_after = stopping.elapsed();
+    // SIGKILL: no unsubscribe; gone within the tolerance (3 s) + 1 s.
+    let mut second = nodes;
+    let killed = second.nodes.remove(1);
+    // SAFETY: signals the test's own child process by pid.
+    assert_eq!(unsafe { libc::kill(killed.pid, libc::SIGKILL) }, 0);
+    let killed_at = Instant::now();
+    assert!(
+        eventually(Duration::from_secs(6), || repeater.subscribers(CLUSTER).len() == 1),
+        "{:?}",
+        repeater.subscribers(CLUSTER)
+    );
+    let gone_after = killed_at.elapsed();
+    assert!(gone_after <= Duration::from_secs(5), "{gone_after:?}");
+    println!(
+        "stopped stock node gone {unsubscribed_after:?} after its stop began, killed node {gone_after:?} after \
+         its kill (tolerance 3 s)"
+    );
+    drop(killed);
+    // Nothing reaches their addresses any more while node 1 makes sessions.
+    let listeners: Vec<UdpSocket> = [format!("127.0.0.5:{stock_udp}"), repeater_udp_of(&second, 2)]
+        .iter()
+        .map(|a| {
+            let s = UdpSocket::bind(a.as_str()).unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            s
+        })
+        .collect();
+    let before = repeater.counter("received");
+    for _ in 0..20 {
+        client.connect_to(backends[0], None, &[]).expect("full handshake");
+    }
+    assert!(eventually(Duration::from_secs(5), || repeater.counter("received") >= before + 20));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = [0u8; 4096];
+    for l in &listeners {
+        assert!(
+            l.recv_from(&mut buf).is_err(),
+            "a datagram reached {:?}",
+            l.local_addr()
+        );
+    }
+    assert_eq!(repeater.counter("unsubscribed"), 1);
+    assert!(repeater.counter("expired") >= 1);
+}
+
+/// The UDP address node `i` of `nodes` received on (from its ini).
+fn repeater_udp_of(nodes: &Nodes, i: usize) -> String {
+    let ini = std::fs::read_to_string(&nodes.nodes[0].ini_path).unwrap();
+    let port = ini
+        .lines()
+        .find_map(|l| l.strip_prefix("cache-udp-server = "))
+        .and_then(|a| a.rsplit_once(':'))
+        .map(|(_, p)| p.to_string())
+        .unwrap();
+    format!("127.0.0.{i}:{port}")
+}

@@ -92,23 +92,44 @@ fn through(repeater: &Repeater, i: usize, udp: u16, extra: &str) -> String {
 struct Nodes {
     nodes: Vec<Uwsgi>,
     https: u16,
+    udp: u16,
     stats: Vec<u16>,
+    extra: String,
 }
 
 impl Nodes {
     fn start(dir: &Path, repeater: &Repeater, n: usize, extra: &str) -> Nodes {
-        let (https, udp) = (free_port(), free_port());
-        let stats: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let nodes = (1..=n)
-            .map(|i| {
-                let ini = seed_setup2_node(&plugin_dir(), i, https, stats[i - 1], &through(repeater, i, udp, extra));
-                let mut node = Uwsgi::spawn(dir, &format!("node{i}"), &ini);
-                node.wait_ready_on(&[SocketAddr::from(([127, 0, 0, i as u8], https))]);
-                node.wait_ready(&[stats[i - 1]]);
-                node
-            })
-            .collect();
-        Nodes { nodes, https, stats }
+        let mut nodes = Nodes {
+            nodes: Vec::new(),
+            https: free_port(),
+            udp: free_port(),
+            stats: Vec::new(),
+            extra: extra.to_string(),
+        };
+        for _ in 0..n {
+            nodes.add(dir, repeater);
+        }
+        nodes
+    }
+
+    /// Starts one more node, on 127.0.0.(n+1); returns when its HTTPS port
+    /// opened (and that instant).
+    fn add(&mut self, dir: &Path, repeater: &Repeater) -> Instant {
+        let i = self.nodes.len() + 1;
+        let stats = free_port();
+        let replication = through(repeater, i, self.udp, &self.extra);
+        let ini = seed_setup2_node(&plugin_dir(), i, self.https, stats, &replication);
+        let mut node = Uwsgi::spawn(dir, &format!("node{i}"), &ini);
+        node.wait_ready_on(&[SocketAddr::from(([127, 0, 0, i as u8], self.https))]);
+        let opened = Instant::now();
+        node.wait_ready(&[stats]);
+        self.nodes.push(node);
+        self.stats.push(stats);
+        opened
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, i as u8], self.https))
     }
 
     fn backends(&self) -> Vec<SocketAddr> {
@@ -280,14 +301,87 @@ fn stock_nodes_subscribe_and_nodes_that_leave_get_nothing() {
     assert!(repeater.counter("expired") >= 1);
 }
 
-/// The UDP address node `i` of `nodes` received on (from its ini).
+/// The UDP address node `i` of `nodes` receives on.
 fn repeater_udp_of(nodes: &Nodes, i: usize) -> String {
-    let ini = std::fs::read_to_string(&nodes.nodes[0].ini_path).unwrap();
-    let port = ini
-        .lines()
-        .find_map(|l| l.strip_prefix("cache-udp-server = "))
-        .and_then(|a| a.rsplit_once(':'))
-        .map(|(_, p)| p.to_string())
-        .unwrap();
-    format!("127.0.0.{i}:{port}")
+    format!("127.0.0.{i}:{}", nodes.udp)
+}
+
+/// Offers each session once at `addr`; how many resumed (each replaced by
+/// its connection's: a TLS 1.3 ticket is used once).
+fn resume_all(client: &Client, addr: SocketAddr, sessions: &mut [openssl::ssl::SslSession]) -> usize {
+    let mut resumed = 0;
+    for s in sessions.iter_mut() {
+        if let Ok(c) = client.connect_to(addr, Some(s), &[]) {
+            resumed += usize::from(c.resumed);
+            if let Some(next) = c.session {
+                *s = next;
+            }
+        }
+    }
+    resumed
+}
+
+fn a_node_that_joins_pulls_through_the_repeater(sealed: bool) {
+    let _heavy = heavy();
+    let dir = test_dir(if sealed {
+        "repeater-join-sealed"
+    } else {
+        "repeater-join"
+    });
+    let repeater = Repeater::start(&dir, "repeater", "");
+    let extra = if sealed {
+        format!("cache-udp-key = {}\n", key_file(&dir).display())
+    } else {
+        String::new()
+    };
+    let mut nodes = Nodes::start(&dir, &repeater, 3, &extra);
+    repeater.wait_subscribers(CLUSTER, 3);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let mut before: Vec<_> = (0..1000)
+        .map(|i| {
+            client
+                .connect_to(nodes.addr(i % 3 + 1), None, &[])
+                .expect("full handshake")
+                .session
+                .expect("a session")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    // The same ini but its own addresses: it knows only the repeater.
+    let opened = nodes.add(&dir, &repeater);
+    let deadline = opened + Duration::from_secs(5);
+    while Instant::now() < deadline && metric(nodes.stats[3], "sslcache.default.pulled") < 990 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ready = opened.elapsed();
+    let resumed = resume_all(&client, nodes.addr(4), &mut before);
+    let log = nodes.nodes[3].log();
+    println!(
+        "{}: node 4 pulled {} sessions through the repeater, ready {:.2} s after its HTTPS port opened; \
+         {resumed}/1000 resumed there",
+        if sealed { "sealed" } else { "plain" },
+        metric(nodes.stats[3], "sslcache.default.pulled"),
+        ready.as_secs_f64()
+    );
+    assert!(resumed >= 990, "{resumed}/1000\n{log}");
+    assert!(log.contains("relays to the nodes of its cluster"), "{log}");
+    // Sessions made on it resume on the first three.
+    let made: Vec<_> = (0..100)
+        .map(|_| client.connect_to(nodes.addr(4), None, &[]).unwrap().session.unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 1..=3 {
+        let resumed = resume_all(&client, nodes.addr(i), &mut made.clone());
+        assert!(resumed >= 99, "node {i}: {resumed}/100 of node 4's sessions");
+    }
+}
+
+#[test]
+fn a_node_that_joins_pulls_its_clusters_sessions_through_the_repeater() {
+    a_node_that_joins_pulls_through_the_repeater(false);
+}
+
+#[test]
+fn a_sealed_node_that_joins_pulls_its_clusters_sessions_through_the_repeater() {
+    a_node_that_joins_pulls_through_the_repeater(true);
 }

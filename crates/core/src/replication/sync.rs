@@ -96,6 +96,14 @@ const ASKS_BURST: u64 = 128;
 const WINDOW_TOLERANCE_SECS: u64 = 5;
 /// Cookies of other nodes kept (for the messages sent to them).
 const MAX_THEIR_COOKIES: usize = 4096;
+/// Nodes learnt through a relay (a udprepeater), at most; one silent this
+/// long is forgotten (it digests every few seconds while alive).
+const MAX_LEARNED: usize = 256;
+const LEARNED_SILENCE_MS: u64 = 30_000;
+/// A node learnt this soon after start is pulled from (at most this many:
+/// each sends every live session).
+const LEARNED_PULL_MS: u64 = 30_000;
+const LEARNED_PULLS: usize = 2;
 
 static SYNC: Boundary = Boundary::new("a sync step (warm start, repair)");
 
@@ -202,6 +210,36 @@ struct Peer {
     last_digest: u64,
     /// When a difference with it was last seen.
     differed_ms: u64,
+    /// A configured peer seen relaying other nodes' messages (a
+    /// udprepeater): digests to it only find those nodes.
+    relay: bool,
+    /// Not configured: a node learnt through a relay; `proven` once a
+    /// message of its own came with this node's cookie for it (nothing
+    /// larger than what it sent goes there before), `heard_ms` its last.
+    learned: bool,
+    proven: bool,
+    heard_ms: u64,
+}
+
+impl Peer {
+    fn new(addr: SocketAddr, pulling: bool, now: u64) -> Peer {
+        Peer {
+            addr,
+            pulling: pulling.then_some(0),
+            pull_acked: false,
+            pull_started_ms: now,
+            next_pull_ms: now,
+            // The first digest a second after start: a reloaded node
+            // finds what it missed while it reloaded.
+            next_digest_ms: now + DIGEST_CHANGED_MS,
+            last_digest: 0,
+            differed_ms: 0,
+            relay: false,
+            learned: false,
+            proven: true,
+            heard_ms: now,
+        }
+    }
 }
 
 /// Everything the worker needs of the engine.
@@ -252,6 +290,10 @@ pub struct Worker<'a> {
     /// Lines about messages naming another node (a peer that knows this
     /// one by an address it does not receive on).
     misdirected_log: LogBudget,
+    /// Until when nodes learnt through a relay are pulled from (a warm
+    /// start), and how many were.
+    learned_pull_until_ms: u64,
+    learned_pulls: usize,
 }
 
 impl<'a> Worker<'a> {
@@ -275,18 +317,7 @@ impl<'a> Worker<'a> {
         let peers = peers
             .iter()
             .filter(|p| repliers.iter().any(|r| r.reaches(p)))
-            .map(|&addr| Peer {
-                addr,
-                pulling: pull.then_some(0),
-                pull_acked: false,
-                pull_started_ms: now,
-                next_pull_ms: now,
-                // The first digest a second after start: a reloaded node
-                // finds what it missed while it reloaded.
-                next_digest_ms: now + DIGEST_CHANGED_MS,
-                last_digest: 0,
-                differed_ms: 0,
-            })
+            .map(|&addr| Peer::new(addr, pull, now))
             .collect();
         Worker {
             store,
@@ -327,6 +358,8 @@ impl<'a> Worker<'a> {
             asked: HashMap::new(),
             next_gather_ms: now,
             misdirected_log: LogBudget::new(1, 60_000),
+            learned_pull_until_ms: if pull { now + LEARNED_PULL_MS } else { 0 },
+            learned_pulls: 0,
         }
     }
 
@@ -413,7 +446,12 @@ impl<'a> Worker<'a> {
     /// authenticated envelope names (the datagram's source only fills in an
     /// address bound to all); for a plain one its source, which must be a
     /// configured peer. `None`: not answered at all.
-    fn answer_address(&self, request: &Request, envelope: &Envelope) -> Option<SocketAddr> {
+    fn answer_address(&self, request: &Request, envelope: &Envelope, relayed: bool) -> Option<SocketAddr> {
+        if relayed {
+            // The relay's address is the source: only the envelope says
+            // whose it is (a cookie round trip before anything larger).
+            return (!envelope.from.ip().is_unspecified()).then_some(envelope.from);
+        }
         match request.origin {
             Origin::Sealed if envelope.from.ip().is_unspecified() => {
                 Some(SocketAddr::new(request.from.ip(), envelope.from.port()))
@@ -432,7 +470,10 @@ impl<'a> Worker<'a> {
         let Ok((envelope, message)) = Message::decode(&request.body) else {
             return self.ignored();
         };
-        if !self.is_me(&envelope.to) {
+        // Sent to a configured peer and coming from it: relayed by it to
+        // every node of its cluster, this one included.
+        let relayed = request.from == envelope.to && self.peers.iter().any(|p| !p.learned && p.addr == envelope.to);
+        if !relayed && !self.is_me(&envelope.to) {
             ReplicationCounters::bump(&self.counters.sync_misdirected);
             if let Verdict::Log { .. } = self.misdirected_log.check(now) {
                 let own: Vec<String> = self.own.iter().map(|a| a.to_string()).collect();
@@ -447,10 +488,29 @@ impl<'a> Worker<'a> {
             }
             return self.ignored();
         }
-        let Some(from) = self.answer_address(&request, &envelope) else {
+        let Some(from) = self.answer_address(&request, &envelope, relayed) else {
             return self.ignored();
         };
-        if !self.cookies.verify(&from, envelope.proof, clock::unix_secs()) {
+        if relayed {
+            self.relay_seen(request.from);
+            self.learn(from, now);
+        }
+        let unix_now = clock::unix_secs();
+        if !self.cookies.verify(&from, envelope.proof, unix_now) {
+            // An answer to what this node sent through a relay, from a node
+            // the relay reached: learnt, its cookie kept and this node's
+            // sent (a cookie answers even a cookie here: the answer to it
+            // proves, so it never goes back and forth), then only what is no
+            // larger, a pull, until it proves itself.
+            if let Some(relay) = self.relay_of_cookie(envelope.proof, unix_now) {
+                self.relay_seen(relay);
+                if self.learn(from, now) {
+                    self.keep_cookie(from, envelope.grant);
+                    self.answer_cookie(from, envelope.grant, now);
+                    self.proven(from, now);
+                }
+                return;
+            }
             // Only the holder of `from` sees the cookie, and nothing larger
             // than what came goes there.
             ReplicationCounters::bump(&self.counters.sync_unproven);
@@ -458,6 +518,10 @@ impl<'a> Worker<'a> {
                 self.answer_cookie(from, envelope.grant, now);
             }
             return;
+        }
+        if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from) {
+            peer.proven = true;
+            peer.heard_ms = now;
         }
         self.keep_cookie(from, envelope.grant);
         if self.verbose {
@@ -492,6 +556,8 @@ impl<'a> Worker<'a> {
                     peer.next_pull_ms = now + PULL_RETRY_MS * 5 + sessions * 3000 / SESSIONS_PER_SEC;
                 }
             }
+            // A node learnt (and proven) digests here directly too.
+            Message::Digest { .. } if relayed && self.peers.iter().any(|p| p.learned && p.addr == from) => {}
             Message::Digest { window, xors } => self.compare_digest(from, window, &xors, now),
             Message::Keys { .. } if self.pull_between(from) => {}
             Message::Keys { window, .. } if self.below_evicted(&window) => {}
@@ -541,6 +607,55 @@ impl<'a> Worker<'a> {
             self.their_cookies.retain(|a, _| peers.contains(a));
         }
         self.their_cookies.insert(from, grant);
+    }
+
+    /// Notes that configured peer `addr` relays (a udprepeater): its own
+    /// pull is given up (the nodes it relays to are pulled from instead).
+    fn relay_seen(&mut self, addr: SocketAddr) {
+        let cache = self.cache;
+        let Some(peer) = self.peers.iter_mut().find(|p| !p.learned && p.addr == addr) else {
+            return;
+        };
+        if !peer.relay {
+            peer.relay = true;
+            peer.pulling = None;
+            log::info!(
+                "cache \"{cache}\": {addr} relays to the nodes of its cluster (a udprepeater): warm start and repair \
+                 with the nodes it reaches"
+            );
+        }
+    }
+
+    /// The configured peer whose cookie `proof` is, if any.
+    fn relay_of_cookie(&self, proof: u64, unix_now: u64) -> Option<SocketAddr> {
+        self.peers
+            .iter()
+            .filter(|p| !p.learned)
+            .map(|p| p.addr)
+            .find(|a| self.cookies.verify(a, proof, unix_now))
+    }
+
+    /// Learns `addr`, a node reached through a relay (or refreshes it);
+    /// false when it cannot be (this node, unreachable, too many).
+    fn learn(&mut self, addr: SocketAddr, now: u64) -> bool {
+        if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == addr) {
+            peer.heard_ms = now;
+            return true;
+        }
+        let learned = self.peers.iter().filter(|p| p.learned).count();
+        if self.is_me(&addr) || learned >= MAX_LEARNED || !self.repliers.iter().any(|r| r.reaches(&addr)) {
+            return false;
+        }
+        let pull = now < self.learned_pull_until_ms && self.learned_pulls < LEARNED_PULLS;
+        self.learned_pulls += usize::from(pull);
+        let mut peer = Peer::new(addr, pull, now);
+        peer.learned = true;
+        peer.proven = false;
+        if self.verbose {
+            log::info!("cache \"{}\": learnt node {addr} through a relay", self.cache);
+        }
+        self.peers.push(peer);
+        true
     }
 
     /// `from` answered with its cookie what it did not act on: ask again
@@ -789,6 +904,16 @@ impl<'a> Worker<'a> {
 
     /// Pulls and digests that are due.
     fn timers(&mut self, now: u64) {
+        let before = self.peers.len();
+        self.peers
+            .retain(|p| !p.learned || now.saturating_sub(p.heard_ms) <= LEARNED_SILENCE_MS);
+        if self.peers.len() < before && self.verbose {
+            log::info!(
+                "cache \"{}\": forgot {} silent nodes learnt through a relay",
+                self.cache,
+                before - self.peers.len()
+            );
+        }
         // Sessions coming in: the next digests within DIGEST_CHANGED_MS, not
         // after an idle interval (what is lost then is repaired seconds, not
         // an idle interval, later).
@@ -850,6 +975,10 @@ impl<'a> Worker<'a> {
             if now < self.peers[i].next_digest_ms {
                 continue;
             }
+            // Nothing larger than it sent goes to a node not yet proven.
+            if !self.peers[i].proven {
+                continue;
+            }
             let window = match self.own_window() {
                 Ok(Some(window)) => window,
                 // Every live session is older than one evicted: the next
@@ -874,7 +1003,10 @@ impl<'a> Worker<'a> {
             let changed = fingerprint != peer.last_digest;
             peer.last_digest = fingerprint;
             peer.next_digest_ms = now
-                + if now.saturating_sub(peer.differed_ms) < DIFFERENCES_FRESH_MS {
+                + if peer.relay {
+                    // To find the nodes it relays to; repair is with them.
+                    DIGEST_IDLE_MS
+                } else if now.saturating_sub(peer.differed_ms) < DIFFERENCES_FRESH_MS {
                     DIGEST_FAST_MS
                 } else if changed {
                     DIGEST_CHANGED_MS

@@ -24,12 +24,21 @@ struct Repeater {
 
 impl Repeater {
     fn start(dir: &Path, name: &str, extra: &str) -> Repeater {
+        Repeater::start_on(dir, name, free_port(), free_port(), free_port(), extra)
+    }
+
+    fn start_on(dir: &Path, name: &str, data: u16, subscription: u16, stats: u16, extra: &str) -> Repeater {
         let ip = [127, 0, 0, 10];
-        let (data, subscription, stats) = (
-            SocketAddr::from((ip, free_port())),
-            SocketAddr::from((ip, free_port())),
-            SocketAddr::from((ip, free_port())),
-        );
+        Repeater::start_at(
+            dir,
+            name,
+            [(ip, data).into(), (ip, subscription).into(), (ip, stats).into()],
+            extra,
+        )
+    }
+
+    /// On the data, subscription and stats addresses given.
+    fn start_at(dir: &Path, name: &str, [data, subscription, stats]: [SocketAddr; 3], extra: &str) -> Repeater {
         let ini = format!(
             "[uwsgi]\nplugin-dir = {}\nplugins = sslcache\nmaster = true\nudprepeater = {data}\n\
              udprepeater-subscription-server = {subscription}\nudprepeater-stats = {stats}\n{extra}",
@@ -82,11 +91,17 @@ impl Repeater {
 
 /// A node's replication lines: the repeater only.
 fn through(repeater: &Repeater, i: usize, udp: u16, extra: &str) -> String {
-    format!(
-        "cache-udp-server = 127.0.0.{i}:{udp}\ncache-udp-node = {}\n\
-         subscribe2 = server={},key={CLUSTER},addr=127.0.0.{i}:{udp}\n{extra}",
-        repeater.data, repeater.subscription
-    )
+    through_all(&[repeater.data], &[repeater.subscription], i, udp, extra)
+}
+
+/// A node's replication lines: every repeater of `data` (and where each
+/// takes subscriptions).
+fn through_all(data: &[SocketAddr], subscription: &[SocketAddr], i: usize, udp: u16, extra: &str) -> String {
+    let mut lines = format!("cache-udp-server = 127.0.0.{i}:{udp}\n");
+    for (d, s) in data.iter().zip(subscription) {
+        lines += &format!("cache-udp-node = {d}\nsubscribe2 = server={s},key={CLUSTER},addr=127.0.0.{i}:{udp}\n");
+    }
+    lines + extra
 }
 
 struct Nodes {
@@ -99,10 +114,14 @@ struct Nodes {
 
 impl Nodes {
     fn start(dir: &Path, repeater: &Repeater, n: usize, extra: &str) -> Nodes {
+        Nodes::start_with_udp(dir, repeater, n, free_port(), extra)
+    }
+
+    fn start_with_udp(dir: &Path, repeater: &Repeater, n: usize, udp: u16, extra: &str) -> Nodes {
         let mut nodes = Nodes {
             nodes: Vec::new(),
             https: free_port(),
-            udp: free_port(),
+            udp,
             stats: Vec::new(),
             extra: extra.to_string(),
         };
@@ -384,4 +403,285 @@ fn a_node_that_joins_pulls_its_clusters_sessions_through_the_repeater() {
 #[test]
 fn a_sealed_node_that_joins_pulls_its_clusters_sessions_through_the_repeater() {
     a_node_that_joins_pulls_through_the_repeater(true);
+}
+
+/// 30% of the datagrams between the repeater and the nodes lost (both
+/// ways, a network namespace of the test's own): repair, with the nodes
+/// the repeater introduced, mends what was lost.
+#[test]
+fn repair_mends_what_the_repeater_lost_under_30_percent_loss() {
+    let _heavy = heavy();
+    let dir = test_dir("repeater-loss");
+    // The ports first: the namespace drops datagrams to them.
+    let (data, subscription, stats) = (free_port(), free_port(), free_port());
+    let udp = free_port();
+    let (held, resumed) = in_lossy_namespace(&[data, udp], 0.3, || {
+        let repeater = Repeater::start_on(&dir, "repeater", data, subscription, stats, "");
+        let mut nodes = Nodes::start_with_udp(&dir, &repeater, 3, udp, "subscribe-freq = 1\n");
+        repeater.wait_subscribers(CLUSTER, 3);
+        let client = Client::new(Proto::Tls12NoTickets);
+        let sessions: Vec<_> = (0..600)
+            .map(|_| client.connect_to(nodes.addr(1), None, &[]).unwrap().session.unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let held: Vec<u64> = (2..=3)
+            .map(|i| {
+                cache_stats(nodes.stats[i - 1], "default")["items"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let resumed: Vec<usize> = (2..=3)
+            .map(|i| resume_all(&client, nodes.addr(i), &mut sessions.clone()))
+            .collect();
+        let repaired: Vec<[u64; 3]> = (1..=3)
+            .map(|i| {
+                ["applied", "pulled", "repaired"].map(|m| metric(nodes.stats[i - 1], &format!("sslcache.default.{m}")))
+            })
+            .collect();
+        println!(
+            "30% loss between the repeater and the nodes: 2 s after the last of 600 sessions, nodes 2 and 3 held \
+             {held:?} and resumed {resumed:?}; (applied, pulled, repaired) per node {repaired:?}; repeater forwarded {}",
+            repeater.counter("forwarded")
+        );
+        nodes.nodes.clear();
+        (held, resumed)
+    });
+    for (i, r) in resumed.iter().enumerate() {
+        assert!(*r >= 594, "node {}: {r}/600 resumed (held {})", i + 2, held[i]);
+    }
+}
+
+/// Two repeaters for one cluster (each node names both); one is killed
+/// (`kill -9` of its master: its gateway goes with it) under a load of
+/// clients that make a session and at once resume it on the next node,
+/// then started again.
+#[test]
+fn two_repeaters_one_killed_under_load_lose_nothing() {
+    let _heavy = heavy();
+    let dir = test_dir("repeater-pair");
+    let addrs = |ip: u8| -> [SocketAddr; 3] { [0; 3].map(|_| SocketAddr::from(([127, 0, 0, ip], free_port()))) };
+    let (first_addrs, second_addrs) = (addrs(10), addrs(11));
+    let mut first = Repeater::start_at(&dir, "repeater1", first_addrs, "");
+    let second = Repeater::start_at(&dir, "repeater2", second_addrs, "");
+    let (data, subscription) = ([first.data, second.data], [first.subscription, second.subscription]);
+    let key = key_file(&dir);
+    let (https, udp) = (free_port(), free_port());
+    let mut nodes = Vec::new();
+    let mut stats = Vec::new();
+    for i in 1..=3 {
+        let port = free_port();
+        let extra = format!("cache-udp-key = {}\n", key.display());
+        let ini = seed_setup2_node(
+            &plugin_dir(),
+            i,
+            https,
+            port,
+            &through_all(&data, &subscription, i, udp, &extra),
+        );
+        nodes.push(Uwsgi::start(&dir, &format!("node{i}"), &ini, &[port]));
+        stats.push(port);
+    }
+    first.wait_subscribers(CLUSTER, 3);
+    second.wait_subscribers(CLUSTER, 3);
+    let backends: Vec<SocketAddr> = (1..=3).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
+    let lb = free_port();
+    let _proxy = haproxy(&dir, lb, &backends);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (made, resumed, errors) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            let client = Client::new(Proto::Tls12NoTickets);
+            let (mut made, mut resumed, mut errors) = (0, 0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline && made < 3000 {
+                match client.connect(lb, None, &[]) {
+                    Ok(full) => {
+                        made += 1;
+                        match client.connect(lb, full.session.as_ref(), &[]) {
+                            Ok(c) => resumed += usize::from(c.resumed),
+                            Err(e) => errors.push(e.to_string()),
+                        }
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (made, resumed, errors)
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = first.process.pid;
+        // SAFETY: signals the test's own child process by pid.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        first.process.stop();
+        std::thread::sleep(Duration::from_secs(3));
+        first = Repeater::start_at(&dir, "repeater1-again", first_addrs, "");
+        first.wait_subscribers(CLUSTER, 3);
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap()
+    });
+    println!(
+        "two repeaters, one killed and started again: {resumed}/{made} sessions resumed at once on the next node, \
+         {} failed handshakes; the other forwarded {}",
+        errors.len(),
+        second.counter("forwarded")
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(made >= 100, "{made}");
+    assert!(resumed * 100 >= made * 99, "{resumed}/{made}");
+    for &port in &stats {
+        assert_eq!(metric(port, "sslcache.default.forged"), 0);
+    }
+}
+
+/// With `subscriptions-sign-check`: a node that signs (uWSGI's own
+/// `sign=` of `subscribe2`) is a subscriber; an unsigned subscription, one
+/// signed with another key, and one with an old timestamp are refused and
+/// counted, and none of them is sent anything.
+#[test]
+fn only_signed_subscriptions_count_when_signatures_are_checked() {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::sign::Signer;
+    use sslcache_core::repeater::subscription::build;
+    let _heavy = heavy();
+    let dir = test_dir("repeater-signed");
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let (right, wrong) = (
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+        PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap(),
+    );
+    std::fs::write(keys.join(format!("{CLUSTER}.pem")), right.public_key_to_pem().unwrap()).unwrap();
+    let private = dir.join("node.key");
+    std::fs::write(&private, right.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    let repeater = Repeater::start(
+        &dir,
+        "repeater",
+        &format!("subscriptions-sign-check = sha256:{}\n", keys.display()),
+    );
+    assert!(!repeater.process.log().contains("subscriptions are not signed"));
+    let (https, udp, stats) = (free_port(), free_port(), free_port());
+    let replication = format!(
+        "cache-udp-server = 127.0.0.1:{udp}\ncache-udp-node = {}\n\
+         subscribe2 = server={},key={CLUSTER},addr=127.0.0.1:{udp},sign=sha256:{}\n",
+        repeater.data,
+        repeater.subscription,
+        private.display()
+    );
+    let _node = Uwsgi::start(
+        &dir,
+        "node1",
+        &seed_setup2_node(&plugin_dir(), 1, https, stats, &replication),
+        &[stats],
+    );
+    repeater.wait_subscribers(CLUSTER, 1);
+
+    let sign_with = |key: &PKey<openssl::pkey::Private>| {
+        let key = key.clone();
+        move |bytes: &[u8]| {
+            let mut s = Signer::new(MessageDigest::sha256(), &key).unwrap();
+            s.update(bytes).unwrap();
+            s.sign_to_vec().unwrap()
+        }
+    };
+    let (right_sign, wrong_sign) = (sign_with(&right), sign_with(&wrong));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let listeners: Vec<UdpSocket> = (0..3).map(|_| UdpSocket::bind("127.0.0.7:0").unwrap()).collect();
+    let addr = |i: usize| listeners[i].local_addr().unwrap().to_string();
+    let sender = UdpSocket::bind("127.0.0.7:0").unwrap();
+    let packets = [
+        ("refused_unsigned", build(false, CLUSTER, &addr(0), None, None)),
+        (
+            "refused_forged",
+            build(false, CLUSTER, &addr(1), Some(now), Some(&wrong_sign)),
+        ),
+        (
+            "refused_stale",
+            build(false, CLUSTER, &addr(2), Some(now - 3600), Some(&right_sign)),
+        ),
+    ];
+    for (counter, packet) in &packets {
+        let before = repeater.counter(counter);
+        sender.send_to(packet, repeater.subscription).unwrap();
+        assert!(
+            eventually(Duration::from_secs(5), || repeater.counter(counter) == before + 1),
+            "{counter}: {}",
+            repeater.counter(counter)
+        );
+    }
+    assert_eq!(repeater.subscribers(CLUSTER), [format!("127.0.0.1:{udp}")]);
+    // The node makes sessions: none of the refused receives a datagram.
+    let client = Client::new(Proto::Tls12NoTickets);
+    for _ in 0..10 {
+        client
+            .connect_to(SocketAddr::from(([127, 0, 0, 1], https)), None, &[])
+            .unwrap();
+    }
+    assert!(eventually(Duration::from_secs(5), || repeater.counter("received") >= 10));
+    let mut buf = [0u8; 4096];
+    for l in &listeners {
+        l.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(l.recv_from(&mut buf).is_err(), "a refused subscriber got a datagram");
+    }
+    // Signed with the right key and fresh: it counts.
+    sender
+        .send_to(
+            &build(false, CLUSTER, &addr(0), Some(now), Some(&right_sign)),
+            repeater.subscription,
+        )
+        .unwrap();
+    repeater.wait_subscribers(CLUSTER, 2);
+    println!(
+        "signed subscriptions: node subscribed; refused unsigned {}, forged {}, stale {}",
+        repeater.counter("refused_unsigned"),
+        repeater.counter("refused_forged"),
+        repeater.counter("refused_stale")
+    );
+}
+
+/// Without signature checks anyone may subscribe; in a sealed cluster such
+/// a subscriber gets sealed datagrams only: no session id, no secret.
+#[test]
+fn a_stranger_subscribed_to_a_sealed_cluster_reads_nothing() {
+    use sslcache_core::repeater::subscription::build;
+    use sslcache_core::replication::wire::Format;
+    let _heavy = heavy();
+    let dir = test_dir("repeater-stranger");
+    let repeater = Repeater::start(&dir, "repeater", "");
+    let extra = format!("cache-udp-key = {}\n", key_file(&dir).display());
+    let nodes = Nodes::start(&dir, &repeater, 2, &extra);
+    let stranger = UdpSocket::bind("127.0.0.9:0").unwrap();
+    stranger.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let packet = build(false, CLUSTER, &stranger.local_addr().unwrap().to_string(), None, None);
+    UdpSocket::bind("127.0.0.9:0")
+        .unwrap()
+        .send_to(&packet, repeater.subscription)
+        .unwrap();
+    repeater.wait_subscribers(CLUSTER, 3);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let ids: Vec<Vec<u8>> = (0..20)
+        .map(|i| {
+            let c = client.connect_to(nodes.addr(i % 2 + 1), None, &[]).unwrap();
+            c.session.unwrap().id().to_vec()
+        })
+        .collect();
+    let mut buf = [0u8; 65536];
+    let mut got = 0;
+    while let Ok((n, _)) = stranger.recv_from(&mut buf) {
+        let d = &buf[..n];
+        assert_eq!(Format::of(d), Format::Sealed, "a plain datagram reached the stranger");
+        for id in &ids {
+            assert!(
+                !d.windows(id.len()).any(|w| w == id.as_slice()),
+                "a session id in the clear"
+            );
+        }
+        got += 1;
+    }
+    assert!(got >= 20, "the stranger received {got} datagrams");
+    println!("a stranger subscribed to a sealed cluster got {got} datagrams, every one sealed, no session id in any");
 }

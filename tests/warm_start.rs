@@ -219,52 +219,6 @@ fn killed_and_new_nodes_pull_their_peers_sessions_sealed() {
     warm_start(true);
 }
 
-/// Runs `f` in a network namespace of its own (this thread and what it
-/// starts), loopback up, where `iptables` drops `loss` of the UDP datagrams
-/// to `port`.
-fn in_lossy_namespace<T: Send>(port: u16, loss: f64, f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                // SAFETY: unshare(2) moves this thread alone (spawned for it)
-                // into a new network namespace; processes it starts inherit
-                // it, and it ends with the thread.
-                assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare (needs root)");
-                let run = |args: &[&str]| {
-                    let out = Command::new(args[0]).args(&args[1..]).output().expect(args[0]);
-                    assert!(
-                        out.status.success(),
-                        "{args:?}: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                };
-                run(&["ip", "link", "set", "lo", "up"]);
-                if loss > 0.0 {
-                    run(&[
-                        "iptables",
-                        "-A",
-                        "INPUT",
-                        "-p",
-                        "udp",
-                        "--dport",
-                        &port.to_string(),
-                        "-m",
-                        "statistic",
-                        "--mode",
-                        "random",
-                        "--probability",
-                        &loss.to_string(),
-                        "-j",
-                        "DROP",
-                    ]);
-                }
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 /// 3 nodes, `loss` of replication datagrams dropped; sessions made on
 /// node 1 and checked on nodes 2 and 3 two seconds after the last was
 /// made. Returns, for each, the share it held then and the share resumed.
@@ -272,7 +226,7 @@ fn lossy_cluster(name: &str, extra: &str, loss: f64) -> Vec<(f64, f64)> {
     let dir = test_dir(name);
     let udp = free_port();
     let extra = extra.to_string();
-    in_lossy_namespace(udp, loss, move || {
+    in_lossy_namespace(&[udp], loss, move || {
         let mut cluster = Cluster::new(&dir, 3, &extra);
         cluster.udp = udp;
         for i in 1..=3 {

@@ -104,6 +104,10 @@ const LEARNED_SILENCE_MS: u64 = 30_000;
 /// each sends every live session).
 const LEARNED_PULL_MS: u64 = 30_000;
 const LEARNED_PULLS: usize = 2;
+/// Digests to a relay go every second for this long after start or after a
+/// node was learnt (each one that arrives introduces this node to every
+/// node the relay reaches), every DIGEST_IDLE_MS otherwise.
+const DISCOVERY_MS: u64 = 30_000;
 
 static SYNC: Boundary = Boundary::new("a sync step (warm start, repair)");
 
@@ -294,6 +298,9 @@ pub struct Worker<'a> {
     /// start), and how many were.
     learned_pull_until_ms: u64,
     learned_pulls: usize,
+    /// Until when digests to a relay go every second (finding its nodes
+    /// quickly): after start and after a node was learnt.
+    discovering_until_ms: u64,
 }
 
 impl<'a> Worker<'a> {
@@ -360,6 +367,7 @@ impl<'a> Worker<'a> {
             misdirected_log: LogBudget::new(1, 60_000),
             learned_pull_until_ms: if pull { now + LEARNED_PULL_MS } else { 0 },
             learned_pulls: 0,
+            discovering_until_ms: now + DISCOVERY_MS,
         }
     }
 
@@ -648,6 +656,7 @@ impl<'a> Worker<'a> {
         }
         let pull = now < self.learned_pull_until_ms && self.learned_pulls < LEARNED_PULLS;
         self.learned_pulls += usize::from(pull);
+        self.discovering_until_ms = now + DISCOVERY_MS;
         let mut peer = Peer::new(addr, pull, now);
         peer.learned = true;
         peer.proven = false;
@@ -999,13 +1008,18 @@ impl<'a> Worker<'a> {
             };
             // What the digest says, not its window (which moves every second).
             let fingerprint = snapshot.xors.iter().fold(0u64, |acc, x| acc.rotate_left(7) ^ x);
+            let discovering = now < self.discovering_until_ms;
             let peer = &mut self.peers[i];
             let changed = fingerprint != peer.last_digest;
             peer.last_digest = fingerprint;
             peer.next_digest_ms = now
                 + if peer.relay {
                     // To find the nodes it relays to; repair is with them.
-                    DIGEST_IDLE_MS
+                    if discovering {
+                        DIGEST_CHANGED_MS
+                    } else {
+                        DIGEST_IDLE_MS
+                    }
                 } else if now.saturating_sub(peer.differed_ms) < DIFFERENCES_FRESH_MS {
                     DIGEST_FAST_MS
                 } else if changed {

@@ -69,7 +69,6 @@ unsafe extern "C" fn gateway_loop(_id: c_int, _data: *mut c_void) {
             log::error!("udprepeater: started without its sockets");
             return;
         };
-        log::info!("udprepeater: forwarding (pid {})", std::process::id());
         repeater.run(counters.get())
     });
     // A panic ends up here: uWSGI's gateway exits and the master forks it

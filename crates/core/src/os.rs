@@ -232,6 +232,53 @@ pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bo
     Ok(())
 }
 
+/// Sends `datagram` to every address of `to` from `socket`, several a
+/// system call (sendmmsg), never waiting; how many were sent (one the
+/// kernel refuses, a full buffer, is skipped and the rest still go).
+pub fn send_to_many(socket: BorrowedFd<'_>, datagram: &[u8], to: &[std::net::SocketAddr]) -> usize {
+    const BATCH: usize = 64;
+    let names: Vec<socket2::SockAddr> = to.iter().map(|&a| a.into()).collect();
+    let mut iov = libc::iovec {
+        iov_base: datagram.as_ptr().cast_mut().cast(),
+        iov_len: datagram.len(),
+    };
+    let (mut at, mut sent) = (0, 0);
+    while at < names.len() {
+        let mut messages: Vec<libc::mmsghdr> = names[at..names.len().min(at + BATCH)]
+            .iter()
+            .map(|name| {
+                // SAFETY: all-zero is a valid msghdr (no control data, no flags).
+                let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+                header.msg_name = name.as_ptr().cast_mut().cast();
+                header.msg_namelen = name.len();
+                header.msg_iov = &raw mut iov;
+                header.msg_iovlen = 1;
+                libc::mmsghdr {
+                    msg_hdr: header,
+                    msg_len: 0,
+                }
+            })
+            .collect();
+        // SAFETY: `messages` holds `messages.len()` headers whose names and
+        // single iovec (only read by the kernel) outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                messages.as_mut_ptr(),
+                messages.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            sent += n as usize;
+            at += n as usize;
+        } else {
+            at += 1;
+        }
+    }
+    sent
+}
+
 /// How much the calling thread was favoured by [`favour_latency`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Favour {
@@ -378,6 +425,23 @@ pub mod fork_guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_datagram_goes_to_many_in_one_call() {
+        use std::os::fd::AsFd;
+        let receivers: Vec<std::net::UdpSocket> = (0..70)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let to: Vec<std::net::SocketAddr> = receivers.iter().map(|r| r.local_addr().unwrap()).collect();
+        let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(send_to_many(sender.as_fd(), b"hello", &to), 70);
+        let mut buf = [0u8; 16];
+        for r in &receivers {
+            r.set_read_timeout(Some(std::time::Duration::from_secs(2))).unwrap();
+            let (n, from) = r.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&b"hello"[..], sender.local_addr().unwrap()));
+        }
+    }
 
     fn own_nice() -> i32 {
         // SAFETY: reads the calling thread's nice value.

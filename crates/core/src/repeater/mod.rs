@@ -116,6 +116,11 @@ fn bind_udp(option: &str, addr: SocketAddr) -> Result<UdpSocket, String> {
     socket
         .set_nonblocking(true)
         .map_err(|e| format!("{option} = {addr}: {e}"))?;
+    // Room for bursts while the gateway waits for a CPU (as the nodes'
+    // receiving sockets), and for the copies it sends.
+    let s = socket2::SockRef::from(&socket);
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
     Ok(socket)
 }
 
@@ -174,6 +179,15 @@ impl Repeater {
     /// Forwards until the process is killed (a uWSGI gateway is, on
     /// shutdown and reload).
     pub fn run(self, counters: &RepeaterCounters) -> ! {
+        // As the nodes' receiving threads: run first when a datagram comes,
+        // not behind busy processes (a flood still cannot take a core).
+        let favour = os::favour_latency();
+        log::info!(
+            "udprepeater: forwarding (pid {}, nice {}{})",
+            std::process::id(),
+            favour.nice,
+            if favour.short_slice { ", short slice" } else { "" }
+        );
         let mut state = Loop::new(self, counters);
         loop {
             state.step();
@@ -293,15 +307,12 @@ impl<'a> Loop<'a> {
                 Self::bump(&c.over_rate);
                 continue;
             }
-            for to in &self.targets {
-                match self.r.data.send_to(datagram, to) {
-                    Ok(_) => {
-                        Self::bump(&c.forwarded);
-                        c.forwarded_bytes.fetch_add(len as u64, Ordering::Relaxed);
-                    }
-                    Err(_) => Self::bump(&c.send_failed),
-                }
-            }
+            // Several subscribers a system call.
+            let sent = os::send_to_many(self.r.data.as_fd(), datagram, &self.targets);
+            c.forwarded.fetch_add(sent as u64, Ordering::Relaxed);
+            c.forwarded_bytes.fetch_add((sent * len) as u64, Ordering::Relaxed);
+            c.send_failed
+                .fetch_add((self.targets.len() - sent) as u64, Ordering::Relaxed);
         }
     }
 

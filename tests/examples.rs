@@ -363,6 +363,49 @@ fn setup2_behind_haproxy_resumes() {
     check_replicated(&nodes, "setup2 behind HAProxy");
 }
 
+/// The udprepeater example: a repeater and three nodes that know only it,
+/// behind HAProxy.
+#[test]
+fn nodes_through_the_udprepeater_behind_haproxy_resume() {
+    let _heavy = heavy();
+    let repeater_stats = 5010;
+    wait_ports_free(
+        &[HTTPS, STATS[0], STATS[1], STATS[2], BACKEND, HAPROXY, repeater_stats],
+        &[UDP, 7272, 7273],
+    );
+    let files = [
+        "udprepeater.ini",
+        "repeater-node1.ini",
+        "repeater-node2.ini",
+        "repeater-node3.ini",
+        "haproxy.cfg",
+    ];
+    let dir = prepare("ex-udprepeater", &files);
+    let _backend = Backend::uwsgi_on(BACKEND);
+    let repeater = Node::start(
+        &dir,
+        "udprepeater.ini",
+        true,
+        &[
+            SocketAddr::from(([127, 0, 0, 10], 7274)),
+            SocketAddr::from(([127, 0, 0, 1], repeater_stats)),
+        ],
+    );
+    assert!(repeater.log().contains("udprepeater on 127.0.0.10:7272"), "{}", repeater.log());
+    let nodes = start_nodes(&dir, "repeater");
+    assert!(
+        eventually(Duration::from_secs(15), || metric(repeater_stats, "sslcache.udprepeater.subscribers") == 3),
+        "{}",
+        repeater.log()
+    );
+    let _haproxy = Process::spawn(&dir, "haproxy", "haproxy", &["-db", "-f", "haproxy.cfg"]);
+    wait_port(HAPROXY, "haproxy");
+    assert_served(SocketAddr::from(([127, 0, 0, 1], HAPROXY)));
+    through_balancer("udprepeater behind HAProxy", HAPROXY);
+    check_replicated(&nodes, "udprepeater behind HAProxy");
+    assert!(metric(repeater_stats, "sslcache.udprepeater.forwarded") > 0);
+}
+
 /// Three nodes replicating through one multicast group on loopback.
 #[test]
 fn multicast_nodes_resume_each_others_sessions() {

@@ -13,6 +13,14 @@
 //! Sessions learnt from plain datagrams are never sent sealed (that would
 //! vouch for them); sessions with a client identity never in the clear.
 //!
+//! Through a relay (a udprepeater: a configured peer that forwards to the
+//! nodes of its cluster) a message arrives from the relay's address naming
+//! the relay as recipient: it is for this node, and answered at the
+//! envelope's reply address. A node that answers what this node sent
+//! through a relay proves it with this node's cookie for the relay: it is
+//! learnt, a peer like a configured one once its own cookie comes back
+//! (before, only a cookie or a pull, no larger, goes there).
+//!
 //! Everything it sends in answer is paced ([`SESSIONS_PER_SEC`]) so that
 //! serving a pull of a large store never starves the node's handshakes,
 //! and every queue is bounded.

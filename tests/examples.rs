@@ -391,10 +391,17 @@ fn nodes_through_the_udprepeater_behind_haproxy_resume() {
             SocketAddr::from(([127, 0, 0, 1], repeater_stats)),
         ],
     );
-    assert!(repeater.log().contains("udprepeater on 127.0.0.10:7272"), "{}", repeater.log());
+    assert!(
+        repeater.log().contains("udprepeater on 127.0.0.10:7272"),
+        "{}",
+        repeater.log()
+    );
     let nodes = start_nodes(&dir, "repeater");
     assert!(
-        eventually(Duration::from_secs(15), || metric(repeater_stats, "sslcache.udprepeater.subscribers") == 3),
+        eventually(Duration::from_secs(15), || metric(
+            repeater_stats,
+            "sslcache.udprepeater.subscribers"
+        ) == 3),
         "{}",
         repeater.log()
     );

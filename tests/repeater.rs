@@ -662,6 +662,16 @@ fn a_stranger_subscribed_to_a_sealed_cluster_reads_nothing() {
         .send_to(&packet, repeater.subscription)
         .unwrap();
     repeater.wait_subscribers(CLUSTER, 3);
+    // A subscription naming the repeater itself would loop: refused.
+    let own = build(false, CLUSTER, &repeater.data.to_string(), None, None);
+    UdpSocket::bind("127.0.0.9:0")
+        .unwrap()
+        .send_to(&own, repeater.subscription)
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || repeater
+        .counter("refused_malformed")
+        == 1));
+    assert_eq!(repeater.subscribers(CLUSTER).len(), 3);
     let client = Client::new(Proto::Tls12NoTickets);
     let ids: Vec<Vec<u8>> = (0..20)
         .map(|i| {

@@ -360,6 +360,16 @@ impl<'a> Loop<'a> {
         };
         let key = String::from_utf8_lossy(s.key).into_owned();
         let addr = s.address;
+        let own = [self.r.settings.data, self.r.settings.subscription];
+        if own
+            .iter()
+            .any(|o| *o == addr || (o.port() == addr.port() && o.ip().is_unspecified()))
+        {
+            return self.refused(
+                &c.refused_malformed,
+                format!("cluster \"{key}\": {addr} is this repeater's own address (a loop)"),
+            );
+        }
         let mut unix = 0;
         if let Some(check) = &mut self.r.sign {
             match check.verify(&s) {

@@ -240,8 +240,10 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_window
 
 # The fuzz targets depend on the core crate only; built (not run) by `make test`.
+# In the main target directory: the dependencies built for the plugin are
+# reused (only the core and the targets are compiled again).
 fuzz-build:
-	$(CARGO) build --release --manifest-path fuzz/Cargo.toml
+	CARGO_TARGET_DIR=$(abspath target) $(CARGO) build --release --manifest-path fuzz/Cargo.toml
 
 # 12 million inputs through each replication decoder (plain, sealed). cargo-fuzz on a stable
 # toolchain: no sanitizer (the decoder is safe Rust), libFuzzer's coverage.

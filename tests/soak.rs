@@ -654,8 +654,25 @@ struct Usage {
     fds: u64,
 }
 
-/// VmRSS and RssShmem (/proc/PID/status) and the open descriptors (the
-/// least of three reads 20 ms apart: a transient one does not count).
+/// The kB allocated to the memory files (memfd) `pid` holds open: a
+/// node's session store, whichever process touched its pages (a process's
+/// own RssShmem grows as it touches pages other processes filled long
+/// before: the master's sweeps and sync scans reach them over time).
+fn memory_files_kb(pid: i32) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = None;
+    for entry in fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        let is_memfd = fs::read_link(entry.path()).is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"));
+        if let (true, Ok(meta)) = (is_memfd, fs::metadata(entry.path())) {
+            *total.get_or_insert(0) += meta.blocks() * 512 / 1024;
+        }
+    }
+    total
+}
+
+/// VmRSS (/proc/PID/status), the shared memory (the memory files it holds,
+/// else its RssShmem) and the open descriptors (the least of three reads
+/// 20 ms apart: a transient one does not count).
 fn usage(pid: i32) -> Option<Usage> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| -> Option<u64> {
@@ -665,7 +682,7 @@ fn usage(pid: i32) -> Option<Usage> {
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     let rss_kb = field("VmRSS:")?;
-    let shm_kb = field("RssShmem:").unwrap_or(0);
+    let shm_kb = memory_files_kb(pid).unwrap_or_else(|| field("RssShmem:").unwrap_or(0));
     let mut fds = u64::MAX;
     for i in 0..3 {
         if i > 0 {

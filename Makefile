@@ -236,6 +236,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 	$(CARGO) run --release --quiet --example bench_sync
+	$(CARGO) run --release --quiet --example bench_repeater
 	$(CARGO) run --release --quiet --example bench_redis
 	$(CARGO) run --release --quiet --example bench_window
 

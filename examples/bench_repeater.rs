@@ -170,13 +170,24 @@ fn main() {
     buffer(&sender, libc::SO_SNDBUF);
     // The sender's IP is a member too (its datagrams are a member's).
     members.push(SocketAddr::from(([127, 0, 0, 2], 9)));
-    for m in &members {
-        let packet = sslcache_core::repeater::subscription::build(false, CLUSTER, &m.to_string(), None, None);
-        announcer.send_to(&packet, subscription).unwrap();
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Announced every second, as uWSGI's subscribe-freq does (a member
+    // silent for subscription-tolerance is dropped).
+    let announcing = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                for m in &members {
+                    let packet =
+                        sslcache_core::repeater::subscription::build(false, CLUSTER, &m.to_string(), None, None);
+                    let _ = announcer.send_to(&packet, subscription);
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
     std::thread::sleep(Duration::from_millis(300));
     let arrivals = Arc::new(Mutex::new(fresh(0)));
-    let stop = Arc::new(AtomicBool::new(false));
     let threads = receivers(sockets, Arc::clone(&arrivals), Arc::clone(&stop));
 
     println!(
@@ -252,5 +263,6 @@ fn main() {
     for t in threads {
         let _ = t.join();
     }
+    let _ = announcing.join();
     repeater.stop();
 }

@@ -487,8 +487,11 @@ impl<'a> Worker<'a> {
             return self.ignored();
         };
         // Sent to a configured peer and coming from it: relayed by it to
-        // every node of its cluster, this one included.
-        let relayed = request.from == envelope.to && self.peers.iter().any(|p| !p.learned && p.addr == envelope.to);
+        // every node of its cluster, this one included. Not when its sender
+        // is configured here too (a mesh, where that is a replay with a
+        // forged source).
+        let configured = |a: &SocketAddr| self.peers.iter().any(|p| !p.learned && p.addr == *a);
+        let relayed = request.from == envelope.to && configured(&envelope.to) && !configured(&envelope.from);
         if !relayed && !self.is_me(&envelope.to) {
             ReplicationCounters::bump(&self.counters.sync_misdirected);
             if let Verdict::Log { .. } = self.misdirected_log.check(now) {
@@ -514,11 +517,13 @@ impl<'a> Worker<'a> {
         let unix_now = clock::unix_secs();
         if !self.cookies.verify(&from, envelope.proof, unix_now) {
             // An answer to what this node sent through a relay, from a node
-            // the relay reached: learnt, its cookie kept and this node's
+            // the relay reached (not one configured here: in a mesh that is
+            // a replay): learnt, its cookie kept and this node's
             // sent (a cookie answers even a cookie here: the answer to it
             // proves, so it never goes back and forth), then only what is no
             // larger, a pull, until it proves itself.
-            if let Some(relay) = self.relay_of_cookie(envelope.proof, unix_now) {
+            let configured = self.peers.iter().any(|p| !p.learned && p.addr == from);
+            if let Some(relay) = self.relay_of_cookie(envelope.proof, unix_now).filter(|_| !configured) {
                 self.relay_seen(relay);
                 if self.learn(from, now) {
                     self.keep_cookie(from, envelope.grant);

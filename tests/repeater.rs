@@ -695,3 +695,60 @@ fn a_stranger_subscribed_to_a_sealed_cluster_reads_nothing() {
     assert!(got >= 20, "the stranger received {got} datagrams");
     println!("a stranger subscribed to a sealed cluster got {got} datagrams, every one sealed, no session id in any");
 }
+
+/// The repeater inside a node's own instance (its ini has the repeater's
+/// lines too): both nodes resume each other's sessions.
+#[test]
+fn a_repeater_inside_a_node_serves_its_cluster() {
+    let _heavy = heavy();
+    let dir = test_dir("repeater-inside");
+    let (data, subscription) = (
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+        SocketAddr::from(([127, 0, 0, 1], free_port())),
+    );
+    let (https, udp) = (free_port(), free_port());
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let stats = free_port();
+        let mut extra = String::new();
+        if i == 1 {
+            extra = format!("udprepeater = {data}\nudprepeater-subscription-server = {subscription}\n");
+        }
+        let ini = seed_setup2_node(
+            &plugin_dir(),
+            i,
+            https,
+            stats,
+            &through_all(&[data], &[subscription], i, udp, &extra),
+        );
+        let mut node = Uwsgi::spawn(&dir, &format!("node{i}"), &ini);
+        node.wait_ready_on(&[SocketAddr::from(([127, 0, 0, i as u8], https))]);
+        node.wait_ready(&[stats]);
+        nodes.push((node, stats));
+    }
+    let log = nodes[0].0.log();
+    assert!(log.contains("spawned sslcache udprepeater 1"), "{log}");
+    let addrs: Vec<SocketAddr> = (1..=2).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
+    assert!(
+        eventually(Duration::from_secs(15), || metric(
+            nodes[0].1,
+            "sslcache.udprepeater.subscribers"
+        ) == 2),
+        "{}",
+        nodes[0].0.log()
+    );
+    let client = Client::new(Proto::Tls12NoTickets);
+    for (from, to) in [(0, 1), (1, 0)] {
+        let mut made: Vec<_> = (0..50)
+            .map(|_| client.connect_to(addrs[from], None, &[]).unwrap().session.unwrap())
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        let resumed = resume_all(&client, addrs[to], &mut made);
+        assert!(
+            resumed >= 49,
+            "node {} resumed {resumed}/50 of node {}'s sessions",
+            to + 1,
+            from + 1
+        );
+    }
+}

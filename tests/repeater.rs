@@ -752,3 +752,37 @@ fn a_repeater_inside_a_node_serves_its_cluster() {
         );
     }
 }
+
+/// A reload of the repeater's instance (SIGHUP: uWSGI re-executes it): its
+/// new gateway serves again, its stats answer, the nodes' next announces
+/// bring them back, and sessions go through it again.
+#[test]
+fn a_reloaded_repeater_forwards_again() {
+    let _heavy = heavy();
+    let dir = test_dir("repeater-reload");
+    let repeater = Repeater::start(&dir, "repeater", "");
+    let nodes = Nodes::start(&dir, &repeater, 2, "subscribe-freq = 1\n");
+    repeater.wait_subscribers(CLUSTER, 2);
+    // SAFETY: signals the test's own child process by pid.
+    assert_eq!(unsafe { libc::kill(repeater.process.pid, libc::SIGHUP) }, 0);
+    assert!(
+        eventually(Duration::from_secs(20), || repeater
+            .process
+            .log()
+            .matches("spawned sslcache udprepeater 1")
+            .count()
+            >= 2),
+        "{}",
+        repeater.process.log()
+    );
+    let stats = || std::net::TcpStream::connect(repeater.stats).is_ok();
+    assert!(eventually(Duration::from_secs(10), stats), "no stats after the reload");
+    repeater.wait_subscribers(CLUSTER, 2);
+    let client = Client::new(Proto::Tls12NoTickets);
+    let mut made: Vec<_> = (0..50)
+        .map(|_| client.connect_to(nodes.addr(1), None, &[]).unwrap().session.unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let resumed = resume_all(&client, nodes.addr(2), &mut made);
+    assert!(resumed >= 49, "{resumed}/50 after the repeater's reload");
+}

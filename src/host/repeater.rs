@@ -33,6 +33,17 @@ pub fn init(server: &mut Server) -> Result<(), String> {
         return Ok(());
     }
     let repeater = Repeater::bind(settings)?;
+    // Bound here, before privileges drop, as uWSGI's gateways bind theirs;
+    // a reloaded image closes the descriptors it does not know between
+    // `init` and `post_init`, so these are made known. (They close on exec:
+    // the next image binds its own.)
+    if let Some(add_safe_fd) = symbols::get().and_then(|s| s.add_safe_fd) {
+        for fd in repeater.fds() {
+            // SAFETY: uwsgi_add_safe_fd records the number in the list its
+            // descriptor closing consults; the master's only thread.
+            unsafe { add_safe_fd(fd) };
+        }
+    }
     log::info!("{}", repeater.summary());
     if let Some(warning) = repeater.warning() {
         log::warn!("{warning}");

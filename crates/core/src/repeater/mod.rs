@@ -150,6 +150,14 @@ impl Repeater {
         })
     }
 
+    /// Its descriptors (the host keeps uWSGI from closing them).
+    pub fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![self.data.as_raw_fd(), self.subscriptions.as_raw_fd()];
+        fds.extend(self.stats.as_ref().map(|l| l.as_raw_fd()));
+        fds
+    }
+
     /// The line logged at startup.
     pub fn summary(&self) -> String {
         let s = &self.settings;

@@ -7,7 +7,7 @@
 #   make test                 the whole test suite (installs what it needs)
 #   make soak                 a 3-node cluster under load and faults, SOAK_MINUTES=N (default 10; not in `test`)
 #   make demo                 a local cluster showing resumed sessions
-#   make bench                benchmarks (figures in the README)
+#   make bench                benchmarks (figures in docs/BENCHMARKS.md)
 #   make unit-test            the core crate's tests alone (no uWSGI, no libclang)
 #   make core-alone           ... with uWSGI and libclang hidden (root; a mount namespace)
 #   make fuzz                 fuzz the datagram decoder (needs cargo-fuzz)
@@ -56,9 +56,9 @@ install: $(PLUGIN)
 # plugin in $(UWSGI)'s plugin directory, depending on that binary's ABI
 # (uwsgi-core provides uwsgi-abi-<md5 of uwsgi --dot-h>: a plugin reads the
 # layout of uWSGI's structures, so it only works in the build it was made
-# for) and on the libraries it links (dpkg-shlibdeps); README, copyright,
-# changelog and the example configs under /usr/share/doc. Built without
-# root (--root-owner-group); staged under $(DEB_BUILD).
+# for) and on the libraries it links (dpkg-shlibdeps); README, docs/,
+# copyright, changelog and the example configs under /usr/share/doc.
+# Built without root (--root-owner-group); staged under $(DEB_BUILD).
 DEB_NAME := uwsgi-plugin-sslcache
 DEB_VERSION = $(shell sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml)
 DEB_ARCH = $(shell dpkg --print-architecture)
@@ -71,8 +71,9 @@ DEB_OUT ?= .
 DEB_FILE = $(DEB_OUT)/$(DEB_NAME)_$(DEB_VERSION)_$(DEB_ARCH).deb
 DEB_ROOT = $(DEB_BUILD)/debian/$(DEB_NAME)
 DEB_DOC = $(DEB_ROOT)/usr/share/doc/$(DEB_NAME)
-# The example configs (uWSGI inis, HAProxy's cfg).
+# The example configs (uWSGI inis, HAProxy's cfg), and the pages of docs/.
 DEB_EXAMPLES = $(wildcard examples/configs/*)
+DEB_DOCS = $(wildcard docs/*.md)
 
 # No LICENSE file in the tree: Cargo.toml's `license = "MIT"`, in full.
 DEB_YEAR = $(or $(shell git log -1 --format=%cd --date=format:%Y 2>/dev/null),$(shell date +%Y))
@@ -128,6 +129,7 @@ deb: $(DEB_SO)
 	strip --strip-unneeded --remove-section=.comment --remove-section=.note $(DEB_ROOT)$(DEB_PLUGIN_DIR)/$(PLUGIN)
 	chmod 0644 $(DEB_ROOT)$(DEB_PLUGIN_DIR)/$(PLUGIN)
 	install -m 0644 README.md $(DEB_DOC)/README.md
+	$(if $(DEB_DOCS),install -d -m 0755 $(DEB_DOC)/docs && install -m 0644 $(DEB_DOCS) $(DEB_DOC)/docs/)
 	$(if $(DEB_EXAMPLES),install -d -m 0755 $(DEB_DOC)/examples && install -m 0644 $(DEB_EXAMPLES) $(DEB_DOC)/examples/)
 	printf '%s\n' "$$DEB_COPYRIGHT" > $(DEB_DOC)/copyright
 # A native package (no Debian revision): policy names its changelog changelog.gz. Dated by the

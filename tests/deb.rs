@@ -231,6 +231,29 @@ fn package_installs_runs_and_purges() {
             installed.display()
         );
     }
+    // Every page of docs/, which the README links to (docs/NAME.md), beside it.
+    let pages: Vec<PathBuf> = fs::read_dir(repo_root().join("docs"))
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    assert!(!pages.is_empty(), "no docs/*.md in the checkout");
+    for page in &pages {
+        let installed = Path::new(DOC_DIR).join("docs").join(page.file_name().unwrap());
+        assert!(
+            listed.contains(&installed),
+            "{} not in the package: rebuild it (make deb)",
+            installed.display()
+        );
+        let meta = fs::metadata(&installed).unwrap();
+        assert_eq!(
+            (meta.mode() & 0o7777, meta.uid()),
+            (0o644, 0),
+            "{}",
+            installed.display()
+        );
+    }
     // Files, as opposed to the directories other packages share.
     let files: Vec<&PathBuf> = listed.iter().filter(|p| !p.is_dir()).collect();
 

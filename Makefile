@@ -36,7 +36,7 @@ PYPI_PLUGIN_DIR := $(PYPI_DIR)/plugin
 # The same uWSGI built without SSL: sslcache must refuse to build for it.
 PYPI_NOSSL_UWSGI := $(PYPI_DIR)/nossl/uwsgi-$(PYPI_UWSGI_VERSION)/uwsgi
 
-.PHONY: all $(PLUGIN) install deb deb-pypi deps test soak unit-test core-alone demo bench fuzz fuzz-build pypi-uwsgi clean
+.PHONY: all $(PLUGIN) install deb deb-pypi deps nextest test soak unit-test core-alone demo bench fuzz fuzz-build pypi-uwsgi clean
 
 all: $(PLUGIN)
 
@@ -211,14 +211,23 @@ unit-test:
 core-alone:
 	tests/core-alone.sh
 
-test: deps $(PLUGIN) pypi-uwsgi fuzz-build deb deb-pypi
+# Every test in a process of its own, several at once (cargo nextest;
+# .config/nextest.toml says how many and which stay apart). The examples
+# are built too, as `cargo test` would.
+test: deps nextest $(PLUGIN) pypi-uwsgi fuzz-build deb deb-pypi
+	$(CARGO) build --release --examples
 	SSLCACHE_REQUIRE_ALL=1 \
 	SSLCACHE_DEB=$(abspath $(DEB_FILE)) \
 	SSLCACHE_DEB_OTHER_ABI=$(abspath $(DEB_PYPI_FILE)) \
 	SSLCACHE_PYPI_UWSGI=$(abspath $(PYPI_UWSGI)) \
 	SSLCACHE_PYPI_PLUGIN_DIR=$(abspath $(PYPI_PLUGIN_DIR)) \
 	SSLCACHE_NOSSL_UWSGI=$(abspath $(PYPI_NOSSL_UWSGI)) \
-	$(CARGO) test --release --workspace -- --test-threads=2
+	$(CARGO) nextest run --release --workspace
+
+# cargo-nextest comes with the Rust toolchain on machines of this kind;
+# installed from crates.io where it is missing.
+nextest:
+	@$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 # tests/soak.rs, an ignored test: sealed UDP replication, then Redis, each for
 # half of SOAK_MINUTES (read from the environment), under load and faults.

@@ -140,27 +140,44 @@ pub fn pki() -> &'static Pki {
     })
 }
 
-/// A loopback port free for both TCP and UDP right now.
+/// A loopback port free for both TCP and UDP right now, and reserved for
+/// this process until it exits: test processes run side by side (`make
+/// test` runs every test in a process of its own, several at once), so a
+/// port is claimed with a lock file (flock, released by the kernel when the
+/// process ends, even by a crash) before it is tried. Below Linux's
+/// ephemeral range (32768-60999), where a client's connection could take it
+/// between this check and the bind of the process under test.
 pub fn free_port() -> u16 {
+    const FIRST: u16 = 10_000;
+    const LAST: u16 = 32_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 2_000) as u16 * 10,
-        Ordering::Relaxed,
-        Ordering::Relaxed,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::Relaxed);
-        if p > 60_000 {
-            NEXT.store(20_000, Ordering::Relaxed);
+    static CLAIMED: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
+    let claims = repo_root().join("target/itest/ports");
+    fs::create_dir_all(&claims).unwrap();
+    let start = FIRST + (std::process::id() % 2_000) as u16 * 10;
+    let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in FIRST..=LAST {
+        let mut p = NEXT.fetch_add(1, Ordering::Relaxed);
+        if p > LAST {
+            NEXT.store(FIRST, Ordering::Relaxed);
+            p = NEXT.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(claim) = fs::File::create(claims.join(p.to_string())) else {
+            continue;
+        };
+        // SAFETY: flock on a descriptor this function owns (close-on-exec:
+        // the processes a test starts do not inherit the claim).
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&claim), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             continue;
         }
         let tcp = TcpListener::bind(("127.0.0.1", p));
         let udp = UdpSocket::bind(("127.0.0.1", p));
         if tcp.is_ok() && udp.is_ok() {
+            CLAIMED.lock().unwrap_or_else(|e| e.into_inner()).push(claim);
             return p;
         }
     }
+    panic!("no free port left between {FIRST} and {LAST}");
 }
 
 /// Starts `cmd` in `dir`, in its own process group (so that it can be
@@ -598,8 +615,12 @@ pub fn seed_setup1(plugin_dir: &Path, https_port: u16, stats_port: u16, processe
 pub const DEFAULT_CACHE: &str = "cache = 20000\ncache-blocksize = 4096\nssl-sessions-use-cache = true";
 pub const NAMED_CACHE: &str = "cache2 = name=ssl,items=20000,keysize=128,blocksize=4096\nssl-sessions-use-cache = ssl";
 
-/// A lock shared by tests that start many router processes: the machine
-/// has 2 cores and such tests measure nothing when they starve each other.
+/// A lock shared by the tests of one test binary that start many router
+/// processes (or use the example configurations' fixed ports), when the
+/// binary runs its tests on threads (`cargo test`). `make test` runs each
+/// test in a process of its own (cargo nextest), where this lock holds
+/// nothing: `.config/nextest.toml` weighs those tests instead (how many run
+/// at once) and keeps the fixed-port ones apart.
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: OnceLock<Mutex<()>> = OnceLock::new();
     HEAVY

@@ -2,11 +2,9 @@
 //! plugin, and build.rs stops with one clear line for a missing binary, a
 //! binary without SSL, and a missing libclang.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::path::PathBuf;
 use std::process::Command;
-use support::*;
 
 #[test]
 fn uwsgi_build_plugin_builds_a_working_plugin() {

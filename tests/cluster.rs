@@ -3,11 +3,9 @@
 //! two-node named-cache example, its multicast example, interop with stock
 //! uWSGI nodes, and hostile datagrams.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
-use support::*;
 
 const RECONNECTS: usize = 300;
 

@@ -2,9 +2,7 @@
 //! `[sslcache]` line and an exit, never a crash or a hang; good values work
 //! whatever the order of the lines.
 
-mod support;
-
-use support::*;
+use sslcache_testkit::*;
 
 /// Starts uWSGI on `body` (with the plugin and one https listener) and
 /// expects it to exit with status 1 and exactly one `[sslcache]` line,

@@ -2,11 +2,9 @@
 //! it, the core's cache API (here through the Python plugin) finds it and
 //! must not crash on it, and every other cache stays the core's.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::io::{Read, Write};
 use std::time::Duration;
-use support::*;
 
 const APP: &str = r#"
 import uwsgi

@@ -14,8 +14,6 @@
 //! backend on 3031), below the ports `free_port` hands out (20000+); the
 //! tests here share them, hence `heavy()` around each.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -25,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 /// The nodes' HTTPS port (on 127.0.0.1, .2, .3) and stats ports.
 const HTTPS: u16 = 8443;

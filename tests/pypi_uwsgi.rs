@@ -4,10 +4,8 @@
 //!
 //! `make test` builds both (SSLCACHE_PYPI_UWSGI, SSLCACHE_PYPI_PLUGIN_DIR).
 
-mod support;
-
+use sslcache_testkit::*;
 use std::path::PathBuf;
-use support::*;
 
 fn pypi() -> Option<(PathBuf, PathBuf)> {
     let binary = std::env::var_os("SSLCACHE_PYPI_UWSGI").map(PathBuf::from);

@@ -3,12 +3,10 @@
 //! sessions, plain and sealed; a whole fleet stopped and started again still
 //! resumes; values planted in Redis are never used.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use support::*;
 
 const RECONNECTS: usize = 300;
 const KEY: &str = "8f1e5f3b2c4d6a7980a1b2c3d4e5f60718293a4b5c6d7e8f9012a3b4c5d6e7f8";

@@ -3,13 +3,11 @@
 //! uWSGI's own `subscribe2`), behind HAProxy; a stock uWSGI node
 //! subscribed the same way; nodes that leave; signed subscriptions.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 const RECONNECTS: usize = 300;
 const CLUSTER: &str = "sessions.example";

@@ -3,8 +3,6 @@
 //! the store, captured datagrams hold no session bytes in clear, keys rotate
 //! without a flag day, and key files are checked.
 
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sslcache_core::replication::keys::Key;
 use sslcache_core::replication::seal::Sealer;
-use support::*;
+use sslcache_testkit::*;
 
 const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const NEW: &str = "2222222222222222222222222222222222222222222222222222222222222222";

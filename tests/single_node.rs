@@ -1,10 +1,8 @@
 //! One node: Debian's uWSGI (or `UWSGI=...`) with the plugin, real TLS
 //! clients over loopback.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::time::Duration;
-use support::*;
 
 const RECONNECTS: usize = 200;
 

@@ -7,14 +7,12 @@
 //! of the test's own, iptables' statistic match), repair brings every
 //! session to every node, where without it about a third are missing.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::SslSession;
-use support::*;
+use sslcache_testkit::*;
 
 /// A cluster of `configured` nodes on 127.0.0.1..=configured (each lists
 /// every other as a peer), of which some run.

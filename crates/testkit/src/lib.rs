@@ -2,8 +2,6 @@
 //! only. Every process started here is stopped by its pid (SIGINT to the
 //! master, then SIGKILL to its process group), every wait is bounded.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -17,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslOptions, SslSession, SslStream, SslVerifyMode, SslVersion};
 
+/// The workspace: this crate is `crates/testkit` in it.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The uWSGI binary under test (`UWSGI`, else `uwsgi` on PATH).

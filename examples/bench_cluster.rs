@@ -10,13 +10,10 @@
 //! to the next node, so stock resumes only when a ticket happens to come
 //! back to the node that issued it.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::*;
+use sslcache_testkit::*;
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;

@@ -22,13 +22,10 @@
 //! made before issue 18, whose sweep read every bucket), that build runs
 //! beside this one, at the same time, and gets a row of its own.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::UdpSocket;
 use std::time::Duration;
 
-use support::*;
+use sslcache_testkit::*;
 
 const SESSIONS: u64 = 10_000;
 

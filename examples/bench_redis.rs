@@ -21,9 +21,6 @@
 //!    would be 2.45 million datagrams/s: more than this 2-core machine
 //!    sends, hence the scaling.)
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +28,7 @@ use std::time::{Duration, Instant};
 use sslcache_core::config::{Multicast, RedisServer, Replication};
 use sslcache_core::replication::{Observer, Replicator};
 use sslcache_core::store::{Limits, Store};
-use support::*;
+use sslcache_testkit::*;
 
 const ROUNDS: usize = 3;
 const SECONDS: u32 = 4;

@@ -23,15 +23,12 @@
 //! repeater's own `forwarded` counter agrees); the highest rate at which
 //! nothing was lost is where one repeater stops.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 const SUBSCRIBERS: usize = 10;
 const RATE: u64 = 10_000;

@@ -13,14 +13,11 @@
 //! sync traffic against replication traffic, per session made. Then the
 //! same counters over IDLE_SECONDS without load.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use sslcache_core::replication::encode_set;
-use support::*;
+use sslcache_testkit::*;
 
 const SESSIONS: usize = 100_000;
 const ROUNDS: usize = 3;

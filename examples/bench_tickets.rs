@@ -11,14 +11,11 @@
 //! connections made (full / resumed), and the sessions stored (stats
 //! `items`) and datagrams sent for them all.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use openssl::ssl::{SslConnector, SslMethod, SslSession, SslSessionCacheMode, SslVerifyMode, SslVersion};
-use support::*;
+use sslcache_testkit::*;
 
 const ROUNDS: usize = 50;
 

@@ -12,10 +12,7 @@
 //! Reported: the median of each node's rates and the median of the
 //! per-round ratios (the machine is shared and noisy; rounds alternate).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
-use support::*;
+use sslcache_testkit::*;
 
 const ROUNDS: usize = 5;
 const SECONDS: u32 = 4;

@@ -24,15 +24,12 @@
 //! made. It prints the share resumed and how often a router process waited
 //! for a session made an instant ago (fresh_waits, fresh_found).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 const SESSIONS: usize = 600;
 const PACE: Duration = Duration::from_millis(5);

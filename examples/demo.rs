@@ -9,13 +9,10 @@
 //! resumed, and each node's session cache and replication counters from its
 //! stats server.
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::*;
+use sslcache_testkit::*;
 
 const NODES: usize = 3;
 const RECONNECTS: usize = 90;

@@ -2,11 +2,9 @@
 //! plugin, and build.rs stops with one clear line for a missing binary, a
 //! binary without SSL, and a missing libclang.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::path::PathBuf;
 use std::process::Command;
-use support::*;
 
 #[test]
 fn uwsgi_build_plugin_builds_a_working_plugin() {
@@ -34,7 +32,7 @@ fn uwsgi_build_plugin_builds_a_working_plugin() {
     );
     assert!(node.log().contains("[sslcache] TLS session cache"), "{}", node.log());
     let outcome = Client::new(Proto::Tls12NoTickets).reconnects(https, 30, &[]);
-    assert!(outcome.resumption_rate() >= 0.99, "{outcome:?}");
+    outcome.assert_resumed("TLS 1.2", &node.log());
 }
 
 /// Runs build.rs through cargo with `env`; returns cargo's output.

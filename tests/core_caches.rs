@@ -2,11 +2,9 @@
 //! it, the core's cache API (here through the Python plugin) finds it and
 //! must not crash on it, and every other cache stays the core's.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::io::{Read, Write};
 use std::time::Duration;
-use support::*;
 
 const APP: &str = r#"
 import uwsgi
@@ -69,7 +67,7 @@ fn core_cache_api_on_the_session_cache_is_safe() {
 
     // Sessions go in, through the routers.
     let out = Client::new(Proto::Tls12NoTickets).reconnects(https, 20, &[]);
-    assert!(out.resumption_rate() >= 0.99, "{out:?}");
+    out.assert_resumed("", "");
 
     // The core's API finds the session cache empty and cannot change it.
     let ssl = http_get(web, "/?ssl");
@@ -108,7 +106,7 @@ fn core_cache_api_on_the_session_cache_is_safe() {
     // Sessions survived all of that, the stats show both caches, and no
     // process died.
     let out = Client::new(Proto::Tls12NoTickets).reconnects(https, 20, &[]);
-    assert!(out.resumption_rate() >= 0.99, "{out:?}");
+    out.assert_resumed("", "");
     let all = stats(stats_port);
     let names: Vec<&str> = all["caches"]
         .as_array()

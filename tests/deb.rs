@@ -10,15 +10,13 @@
 //! before its compiled-in plugin directory, so they keep loading the
 //! repository's sslcache_plugin.so.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use support::*;
 
 const PACKAGE: &str = "uwsgi-plugin-sslcache";
 const DOC_DIR: &str = "/usr/share/doc/uwsgi-plugin-sslcache";

@@ -14,8 +14,6 @@
 //! backend on 3031), below the ports `free_port` hands out (20000+); the
 //! tests here share them, hence `heavy()` around each.
 
-mod support;
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -25,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 /// The nodes' HTTPS port (on 127.0.0.1, .2, .3) and stats ports.
 const HTTPS: u16 = 8443;
@@ -217,7 +215,7 @@ fn through_balancer(what: &str, port: u16) {
             out.attempts - 1,
             out.resumption_rate() * 100.0
         );
-        assert!(out.resumption_rate() >= 0.99, "{what}: {proto:?}: {out:?}");
+        out.assert_resumed(format_args!("{what}: {proto:?}"), "");
     }
 }
 
@@ -305,7 +303,7 @@ fn setup1_resumes_across_router_processes() {
             out.owners.len(),
             routers.len()
         );
-        assert!(out.resumption_rate() >= 0.99, "{proto:?}: {out:?}");
+        out.assert_resumed(format_args!("{proto:?}"), "");
         assert!(out.owners.len() > 1, "one router process only: {:?}", out.owners);
     }
     let cache = cache_stats(5001, "default");

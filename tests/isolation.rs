@@ -19,8 +19,6 @@
 //! 1.2 ticket on the SNI host (an OpenSSL/uWSGI weakness); sslcache must
 //! refuse all four, and keep resuming where the policy is the same.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::*;
+use sslcache_testkit::*;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\nHost: x\r\n\r\n";
 /// What the backend answers, as the client sees it after the router.

@@ -2,12 +2,10 @@
 //! stacks see them: Debian's `stats_pusher_statsd` plugin sending to a UDP
 //! listener of the test, and uWSGI's `metrics-dir` files.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// Sessions made, more than the cache holds: evictions are certain.
 const SESSIONS: usize = 40;

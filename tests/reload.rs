@@ -3,12 +3,10 @@
 //! `R` (brutal), SIGTERM (brutal in uWSGI 2.0). Stock uWSGI, resuming by
 //! tickets, loses them all. Sealed replication goes on across a reload.
 
-mod support;
-
 use std::time::{Duration, SystemTime};
 
 use openssl::ssl::SslSession;
-use support::*;
+use sslcache_testkit::*;
 
 const SESSIONS: usize = 500;
 

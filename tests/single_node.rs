@@ -1,10 +1,8 @@
 //! One node: Debian's uWSGI (or `UWSGI=...`) with the plugin, real TLS
 //! clients over loopback.
 
-mod support;
-
+use sslcache_testkit::*;
 use std::time::Duration;
-use support::*;
 
 const RECONNECTS: usize = 200;
 
@@ -14,12 +12,7 @@ fn assert_resumes(outcome: &Outcome, what: &str) {
         "{what}: connection errors {:?}",
         outcome.errors
     );
-    assert!(
-        outcome.resumption_rate() >= 0.99,
-        "{what}: resumed {}/{}",
-        outcome.resumed,
-        outcome.attempts - 1
-    );
+    outcome.assert_resumed(what, "");
 }
 
 /// The Done-when of the single-node issue for one cache form: TLS 1.2
@@ -300,11 +293,7 @@ fn https_socket_and_sslrouter_contexts_resume() {
     for port in [router, socket] {
         for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
             let out = Client::new(proto).reconnects(port, 30, &[]);
-            assert!(
-                out.resumption_rate() >= 0.99,
-                "port {port} {proto:?}: {out:?}\n{}",
-                node.log()
-            );
+            out.assert_resumed(format_args!("port {port} {proto:?}"), &node.log());
         }
     }
 }
@@ -335,7 +324,7 @@ fn sni_dir_contexts_keep_their_first_session() {
             "{proto:?}: the first session of an sni-dir host was not kept"
         );
         let out = client.reconnects(https, 30, &[]);
-        assert!(out.resumption_rate() >= 0.99, "{proto:?}: {out:?}");
+        out.assert_resumed(format_args!("{proto:?}"), "");
     }
 }
 

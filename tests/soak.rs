@@ -44,8 +44,6 @@
 //!   every captured session datagram replayed to the node that sent it
 //!   refused.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -59,7 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslSession, SslSessionRef, SslStream};
-use support::*;
+use sslcache_testkit::*;
 
 /// Sessions the store of each node holds: small, so that a burst of full
 /// handshakes evicts.
@@ -721,7 +719,11 @@ fn store_bound_kb(avg_session: u64) -> u64 {
     let capacity = CACHE_ITEMS as u64;
     let shards = (capacity / 128).clamp(1, 64).next_power_of_two().min(64);
     let per_shard = capacity.div_ceil(shards);
-    let slots = if shards == 1 { per_shard } else { per_shard + per_shard / 4 + 16 };
+    let slots = if shards == 1 {
+        per_shard
+    } else {
+        per_shard + per_shard / 4 + 16
+    };
     let chunks = avg_session.div_ceil(CHUNK) + 2;
     let shard = slots * (chunks * CHUNK + ENTRY) + slots.next_power_of_two() * 4 + 8192;
     (shards * shard + 64 * 1024).div_ceil(1024)

@@ -3,12 +3,10 @@
 //! stops uWSGI at startup with one clear line and leaves every file as it
 //! was.
 
-mod support;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use support::*;
+use sslcache_testkit::*;
 
 /// Runs uWSGI on the seed's Setup 1 plus `cache_lines`, expects it to exit
 /// with status 1 and exactly one `[sslcache]` line that is not a warning

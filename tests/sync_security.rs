@@ -16,8 +16,6 @@
 //!   message only at the reply address it names, never at the forged
 //!   source it came from.
 
-mod support;
-
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -29,7 +27,7 @@ use sslcache_core::replication::digest::{self, Envelope, Message, Window};
 use sslcache_core::replication::keys::Key;
 use sslcache_core::replication::seal::{Opener, Sealer};
 use sslcache_core::replication::wire::{self, Frame, FrameLimits};
-use support::*;
+use sslcache_testkit::*;
 
 const LIMITS: FrameLimits = FrameLimits {
     max_key: 1024,

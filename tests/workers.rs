@@ -6,8 +6,6 @@
 //! sessions exist. The same scan of the master and of a router process
 //! (which need them) finds them: the scan can fail.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -19,7 +17,7 @@ use std::time::{Duration, Instant};
 use openssl::pkey::PKey;
 use openssl::sign::Signer;
 use serde_json::Value;
-use support::*;
+use sslcache_testkit::*;
 
 const CLUSTER_KEY: &str = "5c0ffee15badc0de0123456789abcdeffedcba9876543210a5a5a5a55a5a5a5a";
 

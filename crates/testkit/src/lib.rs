@@ -2,8 +2,6 @@
 //! only. Every process started here is stopped by its pid (SIGINT to the
 //! master, then SIGKILL to its process group), every wait is bounded.
 
-#![allow(dead_code)]
-
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
@@ -17,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use openssl::ssl::{SslConnector, SslMethod, SslOptions, SslSession, SslStream, SslVerifyMode, SslVersion};
 
+/// The workspace: this crate is `crates/testkit` in it.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The uWSGI binary under test (`UWSGI`, else `uwsgi` on PATH).
@@ -543,12 +543,29 @@ pub struct Outcome {
     pub owners: Vec<i32>,
 }
 
+/// The share of reconnects that must resume, in every test that counts
+/// them: never lowered to make a test pass.
+pub const RESUME_FLOOR: f64 = 0.99;
+
 impl Outcome {
     pub fn resumption_rate(&self) -> f64 {
         if self.attempts <= 1 {
             return 0.0;
         }
         self.resumed as f64 / (self.attempts - 1) as f64
+    }
+
+    /// Asserts that [`RESUME_FLOOR`] of the reconnects resumed; else fails
+    /// with `what`, the outcome and `log` (the log of the node concerned,
+    /// or "").
+    #[track_caller]
+    pub fn assert_resumed(&self, what: impl std::fmt::Display, log: &str) {
+        assert!(
+            self.resumption_rate() >= RESUME_FLOOR,
+            "{what}: resumed {}/{} (floor {RESUME_FLOOR}): {self:?}\n{log}",
+            self.resumed,
+            self.attempts.saturating_sub(1)
+        );
     }
 }
 

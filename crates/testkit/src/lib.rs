@@ -637,7 +637,8 @@ pub const NAMED_CACHE: &str = "cache2 = name=ssl,items=20000,keysize=128,blocksi
 /// binary runs its tests on threads (`cargo test`). `make test` runs each
 /// test in a process of its own (cargo nextest), where this lock holds
 /// nothing: `.config/nextest.toml` weighs those tests instead (how many run
-/// at once) and keeps the fixed-port ones apart.
+/// at once), keeps the fixed-port ones apart and runs the loopback flood
+/// alone.
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: OnceLock<Mutex<()>> = OnceLock::new();
     HEAVY

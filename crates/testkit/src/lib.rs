@@ -143,16 +143,18 @@ pub fn pki() -> &'static Pki {
 /// A loopback port free for both TCP and UDP right now, and reserved for
 /// this process until it exits: test processes run side by side (`make
 /// test` runs every test in a process of its own, several at once), so a
-/// port is claimed with a lock file (flock, released by the kernel when the
-/// process ends, even by a crash) before it is tried. Below Linux's
-/// ephemeral range (32768-60999), where a client's connection could take it
-/// between this check and the bind of the process under test.
+/// port is claimed with a lock file in a directory of the machine's (flock,
+/// released by the kernel when the process ends, even by a crash) before it
+/// is tried. Below Linux's ephemeral range (32768-60999), where a client's
+/// connection could take it between this check and the bind of the process
+/// under test.
 pub fn free_port() -> u16 {
     const FIRST: u16 = 10_000;
     const LAST: u16 = 32_000;
     static NEXT: AtomicU16 = AtomicU16::new(0);
     static CLAIMED: Mutex<Vec<fs::File>> = Mutex::new(Vec::new());
-    let claims = repo_root().join("target/itest/ports");
+    // Machine-wide: suites of two checkouts may run at once.
+    let claims = std::env::temp_dir().join("sslcache-test-ports");
     fs::create_dir_all(&claims).unwrap();
     let start = FIRST + (std::process::id() % 2_000) as u16 * 10;
     let _ = NEXT.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);

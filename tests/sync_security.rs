@@ -17,6 +17,7 @@
 //!   source it came from.
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -107,6 +108,28 @@ impl Arrived {
 
 /// Reads what arrives at `socket` for `quiet` after the last datagram (at
 /// most `limit` in all), opening sealed datagrams with `opener`.
+/// A socket standing in for a node or a victim at `addr`, with a receive
+/// buffer as large as a node's (4 MB): a pull is answered with hundreds of
+/// datagrams at once, which the 208 kB default drops when this process
+/// reads late (a loaded machine).
+fn receiver(addr: SocketAddr) -> UdpSocket {
+    let socket = UdpSocket::bind(addr).unwrap();
+    let size: libc::c_int = 4 << 20;
+    // SAFETY: setsockopt on a descriptor `socket` owns, with a pointer to a
+    // c_int that lives through the call and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_RCVBUFFORCE (needs root)");
+    socket
+}
+
 fn collect(socket: &UdpSocket, quiet: Duration, limit: Duration, opener: Option<&Opener>) -> Arrived {
     socket.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
     let mut arrived = Arrived::default();
@@ -177,7 +200,7 @@ fn a_taken_peer_address_gets_no_session_with_a_client_identity() {
     let (udp, taken) = (free_port(), free_port());
     assert!(taken > 1024, "a port any local user may bind");
     // The peer is down; the test holds its address.
-    let attacker = UdpSocket::bind(local(taken)).unwrap();
+    let attacker = receiver(local(taken));
     let (open, verified, stats_port) = (free_port(), free_port(), free_port());
     let ini = format!(
         "[uwsgi]\nplugin-dir = {}\nplugins = sslcache\nmaster = true\n{DEFAULT_CACHE}\n\
@@ -433,7 +456,7 @@ fn forged_sources_get_no_more_than_three_times_what_they_sent() {
         let (udp, victim_port, https, stats_port) = (free_port(), free_port(), free_port(), free_port());
         // The victim: a configured peer's address, where nothing of the
         // node's is.
-        let victim = UdpSocket::bind(local(victim_port)).unwrap();
+        let victim = receiver(local(victim_port));
         let ini = seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE)
             + &format!("cache-udp-server = 127.0.0.1:{udp}\ncache-udp-node = 127.0.0.1:{victim_port}\n");
         let mut node = Uwsgi::start(&dir, "node", &ini, &[https, stats_port]);
@@ -514,8 +537,8 @@ fn sealed_messages_are_answered_only_by_their_recipient_at_their_reply_address()
         // B and C: sealed nodes; A: the peer B and C know, played by the
         // test (it holds A's address and the key); V: a bystander.
         let (a, b, c, v) = (free_port(), free_port(), free_port(), free_port());
-        let a_socket = UdpSocket::bind(local(a)).unwrap();
-        let victim = UdpSocket::bind(local(v)).unwrap();
+        let a_socket = receiver(local(a));
+        let victim = receiver(local(v));
         let start = |name: &str, udp: u16| {
             let (https, stats_port) = (free_port(), free_port());
             let ini = seed_setup1(&plugin_dir(), https, stats_port, 1, DEFAULT_CACHE)

@@ -232,6 +232,32 @@ pub fn wait_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32, ready: &mut Vec<bo
     Ok(())
 }
 
+/// Asks for a receive buffer of `bytes` on `socket`: past the system's
+/// limit (`net.core.rmem_max`, 208 kB on a stock Debian) where the process
+/// may (root, or CAP_NET_ADMIN: the master binds its sockets before it
+/// drops privileges), else up to that limit. Returns the size the kernel
+/// gives (it doubles what it is asked, for its bookkeeping).
+pub fn big_receive_buffer(socket: BorrowedFd<'_>, bytes: usize) -> usize {
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on a descriptor the caller lends for the call,
+        // reading a c_int that lives through it, of the size given.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+    }
+    socket2::SockRef::from(&socket).recv_buffer_size().unwrap_or(0)
+}
+
 /// Sends `datagram` to every address of `to` from `socket`, several a
 /// system call (sendmmsg), never waiting; how many were sent (one the
 /// kernel refuses, a full buffer, is skipped and the rest still go).
@@ -425,6 +451,24 @@ pub mod fork_guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_receive_buffer_past_the_system_limit_as_root() {
+        use std::os::fd::AsFd;
+        let limit: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(212_992);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let asked = 4 * limit;
+        let got = big_receive_buffer(socket.as_fd(), asked);
+        if effective_uid() == 0 {
+            assert!(got >= asked, "asked {asked}, got {got} (rmem_max {limit})");
+        } else {
+            // Without the privilege: the system's limit, doubled.
+            assert!(got >= limit && got <= 2 * limit + 4096, "got {got} (rmem_max {limit})");
+        }
+    }
 
     #[test]
     fn a_datagram_goes_to_many_in_one_call() {

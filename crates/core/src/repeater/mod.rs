@@ -118,9 +118,8 @@ fn bind_udp(option: &str, addr: SocketAddr) -> Result<UdpSocket, String> {
         .map_err(|e| format!("{option} = {addr}: {e}"))?;
     // Room for bursts while the gateway waits for a CPU (as the nodes'
     // receiving sockets), and for the copies it sends.
-    let s = socket2::SockRef::from(&socket);
-    let _ = s.set_recv_buffer_size(4 << 20);
-    let _ = s.set_send_buffer_size(4 << 20);
+    os::big_receive_buffer(socket.as_fd(), 4 << 20);
+    let _ = socket2::SockRef::from(&socket).set_send_buffer_size(4 << 20);
     Ok(socket)
 }
 

@@ -218,8 +218,9 @@ pub fn bind_receiver(addr: SocketAddr, mc: &Multicast) -> io::Result<UdpSocket> 
         SocketAddr::V6(v6) if v6.ip().is_multicast() => s.join_multicast_v6(v6.ip(), 0)?,
         _ => {}
     }
-    // Big enough for bursts of sessions while the receiver is descheduled.
-    let _ = s.set_recv_buffer_size(4 << 20);
+    // Big enough for bursts of sessions (a warm-start answer: hundreds of
+    // datagrams at once) while the receiver waits for a CPU.
+    crate::os::big_receive_buffer(std::os::fd::AsFd::as_fd(&s), 4 << 20);
     Ok(s.into())
 }
 

@@ -62,30 +62,45 @@ pub fn test_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Self-signed certificate + key for `cn`, made once per process.
-pub fn cert(cn: &str) -> (PathBuf, PathBuf) {
-    static MADE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-    let dir = repo_root().join("target/itest/certs");
+/// A directory shared by the test processes of one run (`cargo nextest`
+/// names its run in `NEXTEST_RUN_ID`; elsewhere, one process is one run),
+/// and `make` done in it once, whichever process comes first: the others
+/// wait on its lock (flock), then find what it made.
+fn made_once(name: &str, done: &str, make: impl FnOnce(&Path)) -> PathBuf {
+    let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_else(|_| std::process::id().to_string());
+    let dir = repo_root().join("target/itest/shared").join(run).join(name);
     fs::create_dir_all(&dir).unwrap();
-    let crt = dir.join(format!("{cn}-{}.crt", std::process::id()));
-    let key = dir.join(format!("{cn}-{}.key", std::process::id()));
-    let mut made = MADE.lock().unwrap();
-    if !made.iter().any(|c| c == cn) {
+    let lock = fs::File::create(dir.join(".lock")).unwrap();
+    // SAFETY: flock on a descriptor this function owns; released when it is
+    // closed at the end of the function.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock {}", dir.display());
+    if !dir.join(done).exists() {
+        make(&dir);
+        assert!(dir.join(done).exists(), "{} not made in {}", done, dir.display());
+    }
+    dir
+}
+
+/// Self-signed certificate + key for `cn`, made once per test run (an RSA
+/// key costs a tenth of a second of CPU: once, not once per test process).
+pub fn cert(cn: &str) -> (PathBuf, PathBuf) {
+    let (crt, key) = (format!("{cn}.crt"), format!("{cn}.key"));
+    let dir = made_once("certs", &crt, |dir| {
         let status = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
             .arg(format!("/CN={cn}"))
             .arg("-keyout")
-            .arg(&key)
+            .arg(dir.join(&key))
             .arg("-out")
-            .arg(&crt)
+            .arg(dir.join(&crt))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("openssl CLI");
         assert!(status.success(), "openssl req failed");
-        made.push(cn.to_string());
-    }
-    (crt, key)
+    });
+    (dir.join(crt), dir.join(key))
 }
 
 /// Listener certificates (self-signed), a CA that client-certificate
@@ -113,23 +128,24 @@ pub fn openssl(dir: &Path, args: &str) {
     );
 }
 
-/// Made once per test process.
+/// Made once per test run.
 pub fn pki() -> &'static Pki {
     static PKI: OnceLock<Pki> = OnceLock::new();
     PKI.get_or_init(|| {
-        let dir = test_dir("pki");
-        openssl(
-            &dir,
-            "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt",
-        );
-        openssl(
-            &dir,
-            "req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
-        );
-        openssl(
-            &dir,
-            "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt",
-        );
+        let dir = made_once("pki", "client.crt", |dir| {
+            openssl(
+                dir,
+                "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca -keyout ca.key -out ca.crt",
+            );
+            openssl(
+                dir,
+                "req -newkey rsa:2048 -nodes -subj /CN=client -keyout client.key -out client.csr",
+            );
+            openssl(
+                dir,
+                "x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -out client.crt",
+            );
+        });
         Pki {
             a: cert("listener-a"),
             b: cert("listener-b"),

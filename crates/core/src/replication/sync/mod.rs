@@ -46,6 +46,8 @@ use crate::os::{self, fork_guard};
 use crate::record::{self, Origin, Record};
 use crate::store::{Insert, Store};
 
+mod send;
+
 /// Sessions sent a second, at most, in answer to pulls and repairs.
 pub const SESSIONS_PER_SEC: u64 = 20_000;
 /// Sessions sent back to back before the pacing waits.
@@ -1139,65 +1141,6 @@ impl<'a> Worker<'a> {
             self.tokens -= 1;
             // Round robin between peers.
             j = (j + 1) % self.jobs.len().max(1);
-        }
-    }
-
-    /// Sends `message` to `to` with the cookie `to` gave this node as proof.
-    fn send_message(&mut self, message: &Message, to: SocketAddr) {
-        let proof = self.their_cookies.get(&to).copied().unwrap_or(0);
-        self.send_with_proof(message, to, proof);
-    }
-
-    /// Sends `message` to `to` in an envelope: from the address `to`
-    /// answers to, with `proof`, granting `to` this node's cookie.
-    fn send_with_proof(&mut self, message: &Message, to: SocketAddr, proof: u64) {
-        let Some(from) = self.repliers.iter().find(|r| r.reaches(&to)).map(|r| r.local_addr()) else {
-            return;
-        };
-        let envelope = Envelope {
-            to,
-            from,
-            proof,
-            grant: self.cookies.mint(&to, clock::unix_secs()),
-        };
-        let mut frame = Vec::new();
-        for body in message.encode(&envelope) {
-            frame.clear();
-            if wire::encode_sync(&body, &mut frame).is_ok() {
-                let _ = self.send(&frame, to);
-            }
-        }
-    }
-
-    /// Seals (when sealing) and sends one frame to `to`, counted as sync
-    /// traffic.
-    fn send(&mut self, frame: &[u8], to: SocketAddr) -> io::Result<()> {
-        let datagram = match self.sealer {
-            Some(sealer) => {
-                sealer.seal(frame, &self.counters.sealed, clock::unix_ms(), &mut self.sealed);
-                &self.sealed[..]
-            }
-            None => frame,
-        };
-        let Some(replier) = self.repliers.iter().find(|r| r.reaches(&to)) else {
-            return Err(io::ErrorKind::AddrNotAvailable.into());
-        };
-        let c = self.counters;
-        match replier.send_to(datagram, to) {
-            Ok(()) => {
-                ReplicationCounters::bump(&c.sync_sent);
-                ReplicationCounters::add(&c.sync_sent_bytes, datagram.len() as u64);
-                Ok(())
-            }
-            Err(e) => {
-                let counter = if e.kind() == io::ErrorKind::WouldBlock {
-                    &c.send_dropped
-                } else {
-                    &c.send_errors
-                };
-                ReplicationCounters::bump(counter);
-                Err(e)
-            }
         }
     }
 }

@@ -46,25 +46,18 @@ use crate::record::{self, Origin, Record};
 use crate::store::{Insert, Store};
 
 mod pace;
+mod pull;
 mod send;
 
 pub use pace::SESSIONS_PER_SEC;
 use pace::{sendable, Item, Job, BURST};
+use pull::{PULL_ATTEMPTS, PULL_PROGRESS_MS, PULL_RETRY_MS};
 
-/// How often a puller reports what it received.
-const PULL_PROGRESS_MS: u64 = 50;
-/// How long an answered pull is remembered (a repeated ask gets its end
-/// again, not a second copy).
-const PULL_ANSWER_KEPT_MS: u64 = 10_000;
 /// Sessions queued for sending, at most (a `Want` beyond is dropped; the
 /// next round asks again).
 const MAX_QUEUED: usize = 50_000;
 /// Ids listed in one `Keys` answer, at most (the next round lists more).
 const MAX_KEYS_PER_ANSWER: usize = 16_000;
-/// Pull attempts, and the time between them, when a peer does not say it
-/// has sent everything.
-const PULL_ATTEMPTS: u32 = 3;
-const PULL_RETRY_MS: u64 = 2_000;
 /// Time between digests to a peer: while differences were seen lately,
 /// when this node's digest changed, and when nothing happens.
 const DIGEST_FAST_MS: u64 = 200;
@@ -609,68 +602,11 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn start_pull_answer(&mut self, to: SocketAddr, instance: u64, now: u64) {
-        // The same puller asking again soon after it was answered (the
-        // answer to its first ask was lost): the end of the answer again,
-        // not all of it.
-        if let Some(&(sessions, at, asked_by)) = self.pulls_answered.get(&to) {
-            if asked_by == instance && now.saturating_sub(at) < PULL_ANSWER_KEPT_MS {
-                for message in [Message::PullStarted { sessions }, Message::Pulled { sessions }] {
-                    self.send_message(&message, to);
-                }
-                return;
-            }
-        }
-        let sessions = self.store.len();
-        self.send_message(&Message::PullStarted { sessions }, to);
-        if self.jobs.iter().any(|j| j.to == to && j.via == Via::Pulled) {
-            return;
-        }
-        if self.verbose {
-            log::info!(
-                "warm start of {to}: sending the {} sessions of cache \"{}\"",
-                self.store.len(),
-                self.cache
-            );
-        }
-        let mut job = Job::new(to, Via::Pulled, VecDeque::new(), Some(0), now);
-        job.instance = instance;
-        self.jobs.push(job);
-    }
-
-    fn pull_answered(&mut self, from: SocketAddr, sessions: u64, now: u64) {
-        let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from) else {
-            return;
-        };
-        if peer.pulling.take().is_some() {
-            log::info!(
-                "warm start of cache \"{}\": {from} sent its {sessions} live sessions in {} ms; {} sessions pulled so far",
-                self.cache,
-                now.saturating_sub(peer.pull_started_ms),
-                self.counters.pulled.load(std::sync::atomic::Ordering::Relaxed)
-            );
-            peer.next_digest_ms = now + DIGEST_CHANGED_MS;
-        }
-    }
-
     fn noted_difference(&mut self, with: SocketAddr, now: u64) {
         if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == with) {
             peer.differed_ms = now;
             peer.next_digest_ms = peer.next_digest_ms.min(now + DIGEST_FAST_MS);
         }
-    }
-
-    /// Whether `peer` is answering this node's pull (it said it started).
-    fn pulling_from(&self, peer: SocketAddr) -> bool {
-        self.peers
-            .iter()
-            .any(|p| p.addr == peer && p.pulling.is_some() && p.pull_acked)
-    }
-
-    /// Whether a pull is under way between this node and `peer`, either
-    /// way: what it lacks is on its way, nothing is compared meanwhile.
-    fn pull_between(&self, peer: SocketAddr) -> bool {
-        self.pulling_from(peer) || self.jobs.iter().any(|j| j.to == peer && j.via == Via::Pulled)
     }
 
     fn compare_digest(&mut self, from: SocketAddr, window: Window, xors: &[u64], now: u64) {

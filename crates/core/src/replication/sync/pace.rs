@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 
-use super::{Worker, PULL_ANSWER_KEPT_MS, PULL_PROGRESS_MS};
+use super::pull::{PULL_ANSWER_KEPT_MS, PULL_PROGRESS_MS};
+use super::Worker;
 use crate::clock;
 use crate::record::{self, Origin, Record};
 use crate::replication::digest::Message;

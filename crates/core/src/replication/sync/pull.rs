@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use super::{Job, Worker, DIGEST_CHANGED_MS};
+use super::repair::DIGEST_CHANGED_MS;
+use super::{Job, Worker};
 use crate::replication::digest::Message;
 use crate::replication::wire::Via;
 

@@ -13,14 +13,6 @@
 //! Sessions learnt from plain datagrams are never sent sealed (that would
 //! vouch for them); sessions with a client identity never in the clear.
 //!
-//! Through a relay (a udprepeater: a configured peer that forwards to the
-//! nodes of its cluster) a message arrives from the relay's address naming
-//! the relay as recipient: it is for this node, and answered at the
-//! envelope's reply address. A node that answers what this node sent
-//! through a relay proves it with this node's cookie for the relay: it is
-//! learnt, a peer like a configured one once its own cookie comes back
-//! (before, only a cookie or a pull, no larger, goes there).
-//!
 //! Everything it sends in answer is paced ([`SESSIONS_PER_SEC`]) so that
 //! serving a pull of a large store never starves the node's handshakes,
 //! and every queue is bounded.
@@ -47,12 +39,14 @@ use crate::store::Store;
 
 mod pace;
 mod pull;
+mod relay;
 mod repair;
 mod send;
 
 pub use pace::SESSIONS_PER_SEC;
 use pace::{Job, BURST};
 use pull::{PULL_ATTEMPTS, PULL_PROGRESS_MS, PULL_RETRY_MS};
+use relay::{DISCOVERY_MS, LEARNED_PULL_MS, LEARNED_SILENCE_MS};
 use repair::{
     Asked, DIFFERENCES_FRESH_MS, DIGEST_CHANGED_MS, DIGEST_FAST_MS, DIGEST_IDLE_MS, GATHER_MS, SCANS_BURST,
     SCANS_PER_SEC,
@@ -69,18 +63,6 @@ const ASKS_PER_SEC: u64 = 64;
 const ASKS_BURST: u64 = 128;
 /// Cookies of other nodes kept (for the messages sent to them).
 const MAX_THEIR_COOKIES: usize = 4096;
-/// Nodes learnt through a relay (a udprepeater), at most; one silent this
-/// long is forgotten (it digests every few seconds while alive).
-const MAX_LEARNED: usize = 256;
-const LEARNED_SILENCE_MS: u64 = 30_000;
-/// A node learnt this soon after start is pulled from (at most this many:
-/// each sends every live session).
-const LEARNED_PULL_MS: u64 = 30_000;
-const LEARNED_PULLS: usize = 2;
-/// Digests to a relay go every second for this long after start or after a
-/// node was learnt (each one that arrives introduces this node to every
-/// node the relay reaches), every DIGEST_IDLE_MS otherwise.
-const DISCOVERY_MS: u64 = 30_000;
 
 static SYNC: Boundary = Boundary::new("a sync step (warm start, repair)");
 
@@ -511,56 +493,6 @@ impl<'a> Worker<'a> {
             self.their_cookies.retain(|a, _| peers.contains(a));
         }
         self.their_cookies.insert(from, grant);
-    }
-
-    /// Notes that configured peer `addr` relays (a udprepeater): its own
-    /// pull is given up (the nodes it relays to are pulled from instead).
-    fn relay_seen(&mut self, addr: SocketAddr) {
-        let cache = self.cache;
-        let Some(peer) = self.peers.iter_mut().find(|p| !p.learned && p.addr == addr) else {
-            return;
-        };
-        if !peer.relay {
-            peer.relay = true;
-            peer.pulling = None;
-            log::info!(
-                "cache \"{cache}\": {addr} relays to the nodes of its cluster (a udprepeater): warm start and repair \
-                 with the nodes it reaches"
-            );
-        }
-    }
-
-    /// The configured peer whose cookie `proof` is, if any.
-    fn relay_of_cookie(&self, proof: u64, unix_now: u64) -> Option<SocketAddr> {
-        self.peers
-            .iter()
-            .filter(|p| !p.learned)
-            .map(|p| p.addr)
-            .find(|a| self.cookies.verify(a, proof, unix_now))
-    }
-
-    /// Learns `addr`, a node reached through a relay (or refreshes it);
-    /// false when it cannot be (this node, unreachable, too many).
-    fn learn(&mut self, addr: SocketAddr, now: u64) -> bool {
-        if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == addr) {
-            peer.heard_ms = now;
-            return true;
-        }
-        let learned = self.peers.iter().filter(|p| p.learned).count();
-        if self.is_me(&addr) || learned >= MAX_LEARNED || !self.repliers.iter().any(|r| r.reaches(&addr)) {
-            return false;
-        }
-        let pull = now < self.learned_pull_until_ms && self.learned_pulls < LEARNED_PULLS;
-        self.learned_pulls += usize::from(pull);
-        self.discovering_until_ms = now + DISCOVERY_MS;
-        let mut peer = Peer::new(addr, pull, now);
-        peer.learned = true;
-        peer.proven = false;
-        if self.verbose {
-            log::info!("cache \"{}\": learnt node {addr} through a relay", self.cache);
-        }
-        self.peers.push(peer);
-        true
     }
 
     /// `from` answered with its cookie what it did not act on: ask again

@@ -3,6 +3,8 @@
 //! the host gathers them; the boolean words and `cache2` lists as uWSGI
 //! reads them.
 
+use std::net::Ipv4Addr;
+
 use super::*;
 
 fn raw() -> RawOptions {

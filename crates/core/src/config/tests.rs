@@ -3,7 +3,7 @@
 //! the host gathers them; the boolean words and `cache2` lists as uWSGI
 //! reads them.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use super::*;
 

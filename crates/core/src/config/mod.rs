@@ -3,6 +3,12 @@
 //! Everything here is plain Rust: the host layer gathers the strings (from
 //! our own options and from `uwsgi.exported_opts`), this module turns them
 //! into [`Settings`] or one [`ConfigError`] that names the offending option.
+//!
+//! Here: [`Settings`] and [`resolve`]. Beside it: `options.rs` (the option
+//! table), `values.rs` (numbers, booleans, lists), `cache.rs` (the cache
+//! that becomes the store), `replication.rs`, `redis.rs` and `redis_tls.rs`
+//! (where sessions are replicated), `repeater.rs` (the udprepeater's
+//! settings), `addr.rs` (addresses); the tests in `tests.rs`.
 
 pub mod addr;
 mod cache;

@@ -1,6 +1,7 @@
 //! Store tests, including several forked processes sharing one store, and
 //! processes killed while they hold a shard lock.
 
+use super::layout::FORMAT;
 use super::shard::crash;
 use super::*;
 use std::time::Instant;

@@ -1,9 +1,10 @@
 //! Store tests, including several forked processes sharing one store, and
 //! processes killed while they hold a shard lock.
 
-use super::layout::FORMAT;
+use super::layout::{Header, FORMAT};
 use super::shard::crash;
 use super::*;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
 
 const NOW: u64 = 1_000_000;

@@ -18,6 +18,12 @@
 //! costs one of the other processes [`LOCK_TIMEOUT`] once a second; the
 //! other attempts on that shard wait a few milliseconds (lookups miss,
 //! inserts are dropped) until it answers again.
+//!
+//! Here: the [`Store`] handle and what it does (look up, insert, remove,
+//! scan, sweep). Beside it: `create.rs` (a new store, or one taken over),
+//! `layout.rs` (where everything sits in the region, and its header),
+//! `shard.rs` (one shard: index, LRU list, chunks, repair), `file.rs`
+//! (store files); the tests in `tests.rs` and `tests/processes.rs`.
 
 mod create;
 pub mod file;

@@ -1,3 +1,4 @@
+// Over 600 lines on purpose: one data structure whose crash-safety order and repair must be read together.
 //! One shard of the store: a hash index, an LRU list and a pool of 64-byte
 //! chunks holding `key || value`, all in shared memory and all guarded by the
 //! shard's robust mutex.

@@ -38,7 +38,10 @@ impl Store {
     pub fn create_in_file(limits: Limits, fd: OwnedFd) -> io::Result<(Store, OwnedFd)> {
         let layout = Layout::new(limits)?;
         let len = libc::off_t::try_from(layout.total).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: empties the file the caller handed us.
+        // SAFETY: ftruncate takes no pointer; `fd` is owned here and no
+        // mapping of this process covers the file (a new file was never
+        // mapped; a refused one was unmapped when `adopt` dropped its
+        // region), so shrinking it leaves no reference past its end.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -48,8 +51,9 @@ impl Store {
         let file = std::fs::File::from(fd);
         std::os::unix::fs::FileExt::write_all_at(&file, &MAGIC, 0)?;
         let fd = OwnedFd::from(file);
-        // SAFETY: resizes the file the caller handed us to the store's size
-        // (sparse zeros after the magic).
+        // SAFETY: ftruncate takes no pointer; it grows the file owned here,
+        // still unmapped, to the store's size (sparse zeros after the
+        // magic) before the region below maps exactly that size.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
             return Err(io::Error::last_os_error());
         }

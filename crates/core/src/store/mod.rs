@@ -132,7 +132,8 @@ impl Counters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for Counters {}
-// SAFETY: atomics only.
+// SAFETY: every field is an AtomicU64, changed only through atomic
+// operations: shared references while other processes count are sound.
 unsafe impl Concurrent for Counters {}
 
 /// Result of a lookup.

@@ -299,7 +299,10 @@ fn handed_over_with(limits: Limits, damage: impl FnOnce(&mut [u8])) -> OwnedFd {
     let len = store.reserved_bytes();
     drop(store);
     let region = Region::map_file(fd.as_fd()).unwrap();
-    // SAFETY: the only mapping in use of this memory file.
+    // SAFETY: `len` bytes from offset 0 are in bounds of `region` (ptr_at
+    // checked them), mapped until `region` drops after the call; the store
+    // was dropped, so this is the file's only mapping and the slice the only
+    // reference to it.
     damage(unsafe { std::slice::from_raw_parts_mut(region.ptr_at::<u8>(0, len), len) });
     fd
 }
@@ -326,7 +329,9 @@ fn another_layout_or_damage_is_refused_with_a_reason() {
     assert_eq!(e, "not a session store");
     // A format of another version: its header's own checksum is right.
     let fd = handed_over_with(limits(2000), |b| {
-        // SAFETY: the header at the start of the region, aligned.
+        // SAFETY: `b` is the whole region from its page-aligned base, so
+        // aligned for a Header and longer than one; any bytes are a valid
+        // Header (SharedPod); the reference lives only in this closure.
         let header = unsafe { &mut *b.as_mut_ptr().cast::<Header>() };
         header.format = FORMAT + 1;
         header.check = header.checksum();
@@ -348,7 +353,9 @@ fn damage_behind_the_header_is_repaired_on_takeover() {
     let region = Region::map_file(fd.as_fd()).unwrap();
     // Scribble over the bucket array and the LRU links of the only shard.
     let buckets = region.ptr_at::<u32>(layout.shard_base, layout.buckets);
-    // SAFETY: the only mapping in use; in bounds.
+    // SAFETY: `layout.buckets` u32s at `shard_base` are in bounds and aligned
+    // (ptr_at checked them) and mapped until `region` drops below; the store
+    // was dropped, so nothing else references them.
     unsafe { std::slice::from_raw_parts_mut(buckets, layout.buckets).fill(0xdead_beef) };
     drop(region);
     let (store, _fd) = Store::adopt(limits(100), fd).unwrap();

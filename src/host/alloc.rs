@@ -12,18 +12,22 @@ pub struct Wiping;
 // only zeroed before System frees them.
 unsafe impl GlobalAlloc for Wiping {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract, passed on.
+        // SAFETY: GlobalAlloc::alloc's contract (a layout of non-zero size)
+        // binds our caller and is exactly System.alloc's: passed on unchanged.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: as above.
+        // SAFETY: GlobalAlloc::alloc_zeroed's contract (a layout of non-zero
+        // size) binds our caller and is exactly System's: passed on unchanged.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` is a live block of `layout.size()` bytes (the
-        // caller's contract); explicit_bzero is never optimised away.
+        // SAFETY: GlobalAlloc::dealloc's contract: `ptr` was allocated by this
+        // allocator (so by System: every block is System's) with `layout`, so
+        // it is a live, writable block of `layout.size()` bytes until
+        // System.dealloc frees it; explicit_bzero is never optimised away.
         unsafe {
             libc::explicit_bzero(ptr.cast(), layout.size());
             System.dealloc(ptr, layout);
@@ -31,9 +35,13 @@ unsafe impl GlobalAlloc for Wiping {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: the caller guarantees a valid layout for `new_size` with
-        // the same alignment; the old block is copied, then zeroed and freed
-        // as in `dealloc` (System's realloc would free it as it is).
+        // SAFETY: GlobalAlloc::realloc's contract: `ptr` is a live block of
+        // this allocator with `layout`, and `new_size` with `layout.align()`
+        // is a valid layout of non-zero size, so `new_layout` may be made
+        // unchecked and allocated; the new block does not overlap the old,
+        // at least `min(old, new)` bytes of both are valid, and the old block
+        // is then zeroed and freed as in `dealloc` (System's realloc would
+        // free it as it is).
         unsafe {
             let new_layout = Layout::from_size_align_unchecked(new_size, layout.align());
             let new = System.alloc(new_layout);

@@ -217,7 +217,10 @@ fn setup() -> Result<(), String> {
         // in use yet: the router processes have not forked.
         let (digest, verify) = unsafe { (fingerprint::context_digest(c.ctx), Verify::of_ctx(c.ctx)) };
         let sid = fingerprint::fingerprint(&context, &digest, verify);
-        // SAFETY: as above.
+        // SAFETY: `c.ctx` is the same valid SSL_CTX (listener_contexts skips
+        // null ones), made by uWSGI's option handlers; no other thread uses
+        // it: `setup` runs in `jail`, the master's only thread, before the
+        // router processes fork.
         unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout, settings.tls13_tickets) }
             .map_err(|e| format!("cannot set up the TLS context of {} for session caching: {e}", c.name))?;
         digests.push((c.ctx as usize, digest));
@@ -229,7 +232,10 @@ fn setup() -> Result<(), String> {
     }
     let sni = server.sni_contexts();
     for ctx in &sni {
-        // SAFETY: as above.
+        // SAFETY: each `ctx` is a non-null SSL_CTX of uWSGI's `sni` and
+        // `sni-regexp` entries (sni_contexts skips null ones), made when the
+        // options were read, its certificate and trust store set then and
+        // never again; no other thread uses it before the fork.
         unsafe {
             tls::prepare_sni_context(*ctx);
             digests.push((*ctx as usize, fingerprint::context_digest(*ctx)));
@@ -294,7 +300,9 @@ fn setup() -> Result<(), String> {
         verbose: settings.verbose,
         quickack: settings.quickack,
         listeners,
-        // SAFETY: the checked `uwsgi` symbol of this process.
+        // SAFETY: `host.server` is this process's `uwsgi` symbol
+        // (symbols::get), whose layout abi::check verified in on_load, as
+        // UwsgiSni::new requires.
         sni: Box::new(unsafe { UwsgiSni::new(host.server) }),
         counters,
         digests,
@@ -380,8 +388,10 @@ unsafe extern "C" fn master_cycle() {
 unsafe extern "C" fn master_cleanup() {
     MASTER_CLEANUP.guard((), || {
         let Some(host) = symbols::get() else { return };
-        // SAFETY: the checked `uwsgi` symbol; the master's own thread reads
-        // its status flags.
+        // SAFETY: `host.server` is the checked `uwsgi` symbol; this runs on
+        // the master's main thread and only reads the `status` flags, which
+        // that thread sets (the children have their own copies since fork,
+        // and the master's other threads do not write them).
         let reloading = unsafe { Server::new(host.server) }.is_reloading();
         handover::before_exec(reloading);
     });

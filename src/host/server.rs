@@ -47,7 +47,8 @@ fn bytes<'a>(ptr: *const c_char) -> &'a [u8] {
     if ptr.is_null() {
         return b"";
     }
-    // SAFETY: as in `text`.
+    // SAFETY: `ptr` is non-null (checked above) and a uWSGI string:
+    // NUL-terminated and never freed once configured, so valid for any 'a.
     unsafe { CStr::from_ptr(ptr) }.to_bytes()
 }
 
@@ -72,7 +73,11 @@ impl Server {
     }
 
     fn get_mut(&mut self) -> &mut sys::uwsgi_server {
-        // SAFETY: as in `get`; `&mut self` makes this the only reference.
+        // SAFETY: the `uwsgi` struct is valid and laid out as the bindings
+        // say (abi::check, `new`'s contract); changes go through a Server
+        // made in `jail` or `init`, on the master's only thread before fork,
+        // when nothing else reads the struct; `&mut self` makes this the only
+        // reference made through this Server.
         unsafe { &mut *self.raw }
     }
 

@@ -22,10 +22,13 @@ pub struct UwsgiSni {
     regexp_match: Option<RegexpMatch>,
 }
 
-// SAFETY: only reads uWSGI's lists, from the thread that runs handshakes
-// (see `resolve`).
+// SAFETY: `server` points at uWSGI's process-wide `uwsgi` struct, valid for
+// the life of the process whichever thread holds it, and `regexp_match` is a
+// plain function pointer: moving a UwsgiSni moves only addresses.
 unsafe impl Send for UwsgiSni {}
-// SAFETY: as above.
+// SAFETY: through `&UwsgiSni` uWSGI's fields are only read (`server`), from
+// handshake callbacks, as uWSGI's own SNI callback reads them on the same
+// thread (see `server`); nothing here writes them.
 unsafe impl Sync for UwsgiSni {}
 
 impl UwsgiSni {
@@ -54,7 +57,10 @@ impl UwsgiSni {
     #[cfg(any(uwsgi_regexp = "split", uwsgi_regexp = "wrapped"))]
     fn regexp(&self, name: &[u8]) -> Option<SniTarget> {
         let matches = self.regexp_match?;
-        // SAFETY: the core's list of compiled SNI patterns (see `server`).
+        // SAFETY: `sni_regexp` is null or the head of uWSGI's list of
+        // compiled SNI patterns, built from the `sni-regexp` options before
+        // any handshake and never changed or freed after, so valid and
+        // unchanged while this loop walks it.
         let patterns = unsafe { nodes(self.server().sni_regexp) };
         for u in patterns {
             // SAFETY: the pattern compiled by uWSGI; the subject is passed
@@ -68,7 +74,9 @@ impl UwsgiSni {
                     name.len() as c_int,
                 )
             };
-            // SAFETY: as above.
+            // SAFETY: the same for the `wrapped` prototype: the pattern was
+            // compiled by uWSGI; the subject is passed with its length and
+            // only read.
             #[cfg(uwsgi_regexp = "wrapped")]
             let hit = unsafe { matches(u.pattern.cast(), name.as_ptr().cast(), name.len() as c_int) };
             if hit >= 0 {
@@ -110,7 +118,10 @@ impl SniResolver for UwsgiSni {
         // uWSGI tries at most 5 names: the name, then (dotsplit) each
         // parent domain, dot included.
         for _ in 0..5 {
-            // SAFETY: the core's list of SNI names (see `server`).
+            // SAFETY: `sni` is null or the head of uWSGI's list of SNI names;
+            // uWSGI adds and frees nodes (subscriptions, `sni-dir`) only on the
+            // thread now in this handshake callback (see `server`), so none
+            // changes or goes while `names` is used.
             let mut names = unsafe { nodes(s.sni) };
             if let Some(u) = names.find(|u| c_bytes(u.value, u.len) == servername) {
                 return target(u.custom_ptr, true);
@@ -130,7 +141,9 @@ impl SniResolver for UwsgiSni {
             return found;
         }
         if !s.sni_dir.is_null() {
-            // SAFETY: a configured NUL-terminated string.
+            // SAFETY: `sni_dir` is non-null (checked above): the value of
+            // uWSGI's `sni-dir` option, a NUL-terminated string it keeps for
+            // the life of the process.
             let dir = unsafe { std::ffi::CStr::from_ptr(s.sni_dir) }.to_bytes();
             let file = |ext: &str| {
                 let mut p = dir.to_vec();

@@ -19,9 +19,14 @@ pub struct Symbols {
     pub add_safe_fd: Option<AddSafeFdFn>,
 }
 
-// SAFETY: plain addresses inside the process image, valid for its lifetime.
+// SAFETY: plain addresses inside the process image (the `uwsgi` struct and
+// uWSGI's functions), valid for its lifetime from any thread: moving a copy
+// moves only addresses.
 unsafe impl Send for Symbols {}
-// SAFETY: as above; what may be done through them is decided by callers.
+// SAFETY: a Symbols is Copy and immutable: sharing one shares only addresses;
+// reading or calling through them is unsafe, and each such use states why it
+// is sound there (`Server::new`, `UwsgiSni::new`, the logger, metrics,
+// add_safe_fd).
 unsafe impl Sync for Symbols {}
 
 static SYMBOLS: OnceLock<Option<Symbols>> = OnceLock::new();

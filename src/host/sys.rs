@@ -38,11 +38,14 @@ pub unsafe trait Linked: Sized {
 
 macro_rules! linked {
     ($($t:ty),*) => {$(
-        // SAFETY: `next` is the list link of this uWSGI struct.
+        // SAFETY: each listed struct's `next` field is its link to the next
+        // node of the same type (uwsgi.h), and next_link returns that field's
+        // address.
         unsafe impl Linked for $t {
             unsafe fn next_link(node: *mut Self) -> *mut *mut Self {
-                // SAFETY: per the contract, `node` is valid; only the field's
-                // address is taken.
+                // SAFETY: next_link's contract makes `node` point at a valid
+                // node; addr_of_mut! computes the address of its `next` field
+                // without reading it or making a reference to the node.
                 unsafe { std::ptr::addr_of_mut!((*node).next) }
             }
         }
@@ -69,9 +72,13 @@ pub unsafe fn nodes<'a, T: Linked + 'a>(head: *mut T) -> impl Iterator<Item = &'
             return None;
         }
         let node = at;
-        // SAFETY: per the contract, `node` is a valid node; its link is read.
+        // SAFETY: `node` is non-null, and is `head` or was read from the link
+        // of a node before it: by `nodes`' contract a valid node of a list
+        // nobody changes meanwhile, so its `next` field (next_link) is
+        // readable and holds null or the next valid node.
         at = unsafe { *T::next_link(node) };
-        // SAFETY: as above; nobody changes it while the iterator is used.
+        // SAFETY: the same valid node, which `nodes`' contract keeps valid and
+        // unchanged while the caller uses the iterator and what it yields.
         Some(unsafe { &*node })
     })
 }
@@ -86,12 +93,15 @@ pub unsafe fn nodes<'a, T: Linked + 'a>(head: *mut T) -> impl Iterator<Item = &'
 pub unsafe fn link_at<T: Linked>(head: *mut *mut T, index: usize) -> *mut *mut T {
     let mut link = head;
     for _ in 0..index {
-        // SAFETY: per the contract, a link holds null or a valid node.
+        // SAFETY: `link` is `head` or the `next` field of a valid node reached
+        // from it; link_at's contract (a list of valid nodes nobody else reads
+        // or changes) makes it readable and its value null or a valid node.
         let node = unsafe { *link };
         if node.is_null() {
             break;
         }
-        // SAFETY: as above.
+        // SAFETY: `node` is non-null (checked above), so a valid node of the
+        // list by link_at's contract, as next_link requires.
         link = unsafe { T::next_link(node) };
     }
     link

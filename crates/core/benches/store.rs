@@ -99,7 +99,9 @@ fn run(processes: usize) {
         let pid = unsafe { libc::fork() };
         if pid == 0 {
             let (gets, inserts) = work(&store, 0x1234 + p as u64 * 7919);
-            // SAFETY: our pipe's write end, owned by this child.
+            // SAFETY: fds[1] is the write end of the pipe made above; in this
+            // child nothing else owns or closes it, so the File is its only
+            // owner.
             let mut w = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fds[1]) };
             for v in gets.iter().chain(inserts.iter()) {
                 w.write_all(&v.to_le_bytes()).unwrap();
@@ -115,7 +117,9 @@ fn run(processes: usize) {
     let mut gets = Vec::new();
     let mut inserts = Vec::new();
     for (pid, fd) in children {
-        // SAFETY: our pipe's read end.
+        // SAFETY: `fd` is the read end of a pipe made above, kept only in
+        // `children` and closed by nothing else: the File becomes its only
+        // owner.
         let mut r = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
         let mut bytes = Vec::new();
         r.read_to_end(&mut bytes).unwrap();

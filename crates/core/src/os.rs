@@ -64,8 +64,9 @@ fn owned(rc: libc::c_long) -> io::Result<OwnedFd> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: a descriptor just returned by the kernel to this call, owned
-    // by nobody else.
+    // SAFETY: `rc >= 0` (checked above) is the descriptor the open call of
+    // our caller just made in this process: no other owner exists, so the
+    // OwnedFd is its only owner and closes it once.
     Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) })
 }
 
@@ -144,9 +145,9 @@ pub fn open_walking(path: &Path, flags: libc::c_int, mode: u32) -> io::Result<Ow
 fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: libc::c_int, mode: u32) -> io::Result<OwnedFd> {
     let c = c_path(name)?;
     let dir = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: openat reads a NUL-terminated name alive for the call; `dir`
-    // is AT_FDCWD or a descriptor the caller holds; it returns a new
-    // descriptor or -1.
+    // SAFETY: openat reads `c`, a NUL-terminated CString alive for the
+    // call; `dir` is AT_FDCWD or the number of an OwnedFd borrowed for this
+    // call, so open until it returns; it returns a new descriptor or -1.
     let rc = unsafe { libc::openat(dir, c.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
     owned(libc::c_long::from(rc))
 }
@@ -154,8 +155,9 @@ fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: libc::c_int, mode: u32) -
 /// The `S_IFMT` bits of an open descriptor's file.
 fn file_type(fd: &OwnedFd) -> io::Result<libc::mode_t> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: fstat fills `st` for a descriptor the caller holds (O_PATH
-    // descriptors included).
+    // SAFETY: `st` is a stat-sized buffer on this stack frame, written by
+    // fstat only; `fd` is borrowed from an OwnedFd, so open for the call
+    // (fstat takes O_PATH descriptors too).
     if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -175,7 +177,8 @@ pub fn monotonic() -> libc::timespec {
 /// Takes an exclusive `flock` on an open file without waiting; false when
 /// someone else holds one.
 pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> bool {
-    // SAFETY: flock on a descriptor the caller holds open.
+    // SAFETY: `fd` is a BorrowedFd, open for the call; flock takes no
+    // pointer and changes only the lock on that file.
     unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
@@ -183,7 +186,9 @@ pub fn try_lock_exclusive(fd: BorrowedFd<'_>) -> bool {
 /// (`posix_fallocate`).
 pub fn allocate(fd: BorrowedFd<'_>, len: u64) -> std::io::Result<()> {
     let len = libc::off_t::try_from(len).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: allocates blocks of a file the caller holds open read-write.
+    // SAFETY: `fd` is a BorrowedFd, open for the call; posix_fallocate takes
+    // no pointer and only gives that file's first `len` bytes disk blocks
+    // (a read-only descriptor fails with EBADF, returned as the error).
     match unsafe { libc::posix_fallocate(fd.as_raw_fd(), 0, len) } {
         0 => Ok(()),
         errno => Err(std::io::Error::from_raw_os_error(errno)),
@@ -199,7 +204,9 @@ pub fn effective_uid() -> u32 {
 /// Keeps process-directed signals away from the calling thread, as uWSGI
 /// does in its own threads: they stay with the master's main thread.
 pub fn block_signals() {
-    // SAFETY: builds a full signal set and applies it to this thread only.
+    // SAFETY: sigfillset initialises `set` (on this stack frame) before
+    // pthread_sigmask reads it; the old mask is not asked for (null), and
+    // only the calling thread's mask changes.
     unsafe {
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
         libc::sigfillset(set.as_mut_ptr());
@@ -362,7 +369,9 @@ pub fn favour_latency() -> Favour {
         }
     };
     let before = nice_now();
-    // SAFETY: as above.
+    // SAFETY: setpriority takes no pointer and changes only the nice value
+    // of `tid`, this thread (gettid above); a refusal (no privilege to
+    // lower it) changes nothing and is read back by `nice_now`.
     unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, (before - NICE_BOOST).max(-20)) };
     let nice = nice_now();
     let attr = SchedAttr {
@@ -415,20 +424,27 @@ pub mod fork_guard {
     static INSTALL: Once = Once::new();
 
     extern "C" fn lock() {
-        // SAFETY: a statically initialised mutex.
+        // SAFETY: LOCK is a static made with PTHREAD_MUTEX_INITIALIZER and
+        // never moved, so `get()` points at a valid mutex for the life of
+        // the process.
         unsafe { libc::pthread_mutex_lock(LOCK.0.get()) };
     }
 
     extern "C" fn unlock() {
-        // SAFETY: called by the thread that locked it in `lock` (in the
-        // child, the forking thread is that thread's copy).
+        // SAFETY: LOCK is a valid static mutex (see `lock`), held by the
+        // calling thread: the parent and child handlers run on the thread
+        // that ran the prepare handler `lock` (in the child, its copy), and
+        // `Held` is dropped by the thread that made it in `hold` (its users
+        // keep it in a local).
         unsafe { libc::pthread_mutex_unlock(LOCK.0.get()) };
     }
 
     /// Registers the fork handlers (once per process image).
     pub fn install() {
         INSTALL.call_once(|| {
-            // SAFETY: registers handlers that only lock and unlock LOCK.
+            // SAFETY: `lock` and `unlock` are extern "C" functions of this
+            // image, valid for its life, that only lock and unlock the static
+            // LOCK; pthread_atfork takes no other pointer.
             unsafe { libc::pthread_atfork(Some(lock), Some(unlock), Some(unlock)) };
         });
     }

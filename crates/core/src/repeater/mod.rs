@@ -72,7 +72,8 @@ pub struct RepeaterCounters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for RepeaterCounters {}
-// SAFETY: atomics only.
+// SAFETY: every field is an AtomicU64, changed only through atomic
+// operations: shared references while other processes count are sound.
 unsafe impl Concurrent for RepeaterCounters {}
 
 impl RepeaterCounters {

@@ -97,7 +97,8 @@ pub struct ReplicationCounters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for ReplicationCounters {}
-// SAFETY: atomics only.
+// SAFETY: every field is an AtomicU64, changed only through atomic
+// operations: shared references while other processes count are sound.
 unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {

@@ -58,7 +58,10 @@ impl RobustMutex {
     pub unsafe fn init(this: *mut RobustMutex) -> io::Result<()> {
         let mut attr = std::mem::MaybeUninit::<libc::pthread_mutexattr_t>::uninit();
         // SAFETY: attr is initialised by pthread_mutexattr_init before any
-        // other use and destroyed afterwards; `this` is valid per the caller.
+        // other use and destroyed afterwards; `this` points to writable memory
+        // that no process uses as a mutex yet (this function's contract: its
+        // one caller, `Store::init_locks`, runs on a region no other process
+        // or thread uses yet), so initialising it in place races with nobody.
         unsafe {
             check(libc::pthread_mutexattr_init(attr.as_mut_ptr()))?;
             let result = (|| {
@@ -79,14 +82,17 @@ impl RobustMutex {
 
     /// Takes the lock, waiting at most `timeout`.
     pub fn lock(&self, timeout: Duration) -> Locked {
-        // SAFETY: the mutex was initialised by `init` before the region was
-        // shared; pthread calls are the only access to it.
+        // SAFETY: `inner` is a mutex `init` initialised before the region was
+        // shared (a new store, or one taken over before any fork); it lives in
+        // the region as long as `self`, and pthread calls are the only access
+        // to it.
         let rc = unsafe { libc::pthread_mutex_trylock(self.inner.get()) };
         let rc = if rc == libc::EBUSY && !timeout.is_zero() {
             // A monotonic deadline: a wall clock stepped back must not
             // stretch the wait.
             let deadline = deadline_after(timeout);
-            // SAFETY: as above; `deadline` is a valid timespec.
+            // SAFETY: the same initialised mutex as the trylock above;
+            // `deadline` is a timespec on this stack frame, only read.
             unsafe { pthread_mutex_clocklock(self.inner.get(), libc::CLOCK_MONOTONIC, &deadline) }
         } else {
             rc
@@ -102,7 +108,10 @@ impl RobustMutex {
 
     /// After repairing the data of a dead holder: the lock is usable again.
     pub fn mark_consistent(&self) {
-        // SAFETY: called only by the current holder after EOWNERDEAD.
+        // SAFETY: an initialised mutex (see `lock`) that lives as long as
+        // `self`; the call touches only the mutex. Its caller is the holder
+        // after EOWNERDEAD (`Store::with_shard`); on a mutex not in that
+        // state glibc returns EINVAL and changes nothing.
         unsafe {
             libc::pthread_mutex_consistent(self.inner.get());
         }
@@ -110,7 +119,10 @@ impl RobustMutex {
 
     /// Releases a lock taken by [`lock`](Self::lock).
     pub fn unlock(&self) {
-        // SAFETY: called only by the current holder.
+        // SAFETY: an initialised mutex (see `lock`) that lives as long as
+        // `self`; the call touches only the mutex. A robust mutex checks its
+        // owner: unlocked by a thread that does not hold it, it returns
+        // EPERM and stays locked.
         unsafe {
             libc::pthread_mutex_unlock(self.inner.get());
         }

@@ -36,7 +36,8 @@ pub unsafe trait Concurrent: SharedPod {}
 
 // SAFETY: integers are plain data and zero is a valid value.
 unsafe impl SharedPod for u32 {}
-// SAFETY: as above.
+// SAFETY: a u8 is plain data (no pointer, no drop glue) and zero is a valid
+// value.
 unsafe impl SharedPod for u8 {}
 // SAFETY: atomics are plain integers in memory; zero is a valid value.
 unsafe impl SharedPod for std::sync::atomic::AtomicU32 {}
@@ -47,7 +48,9 @@ unsafe impl<T: SharedPod, const N: usize> SharedPod for [T; N] {}
 // SAFETY: CachePadded is `repr(C)` with T as its only field, aligned to the
 // cache line (crossbeam-utils >= 0.8.22): plain data and zero-valid if T is.
 unsafe impl<T: SharedPod> SharedPod for crossbeam_utils::CachePadded<T> {}
-// SAFETY: only T's fields, used as T's.
+// SAFETY: a CachePadded<T> holds a T and padding only, and is used through
+// its Deref to T: every field another process may change is one of T's,
+// which `T: Concurrent` promises are atomics or locks.
 unsafe impl<T: Concurrent> Concurrent for crossbeam_utils::CachePadded<T> {}
 
 /// Owner of one mapping.
@@ -58,10 +61,17 @@ pub struct Region {
     scrub: std::sync::OnceLock<scrub::Registration>,
 }
 
-// SAFETY: the region is plain memory; synchronisation of what is inside it is
-// the business of the types placed there (atomics and robust mutexes).
+// SAFETY: a Region owns its mapping (`base`, `len`) alone, and the mapping
+// belongs to the process, not to a thread: moving the Region to another
+// thread moves only that ownership (munmap in Drop works from any thread);
+// its registration is an index into scrub's atomic table.
 unsafe impl Send for Region {}
-// SAFETY: as above.
+// SAFETY: through `&Region` the mapping is reached only as a raw pointer
+// (`ptr_at`: dereferencing it is unsafe, and synchronised by its user: the
+// store's shard locks, the stats entry's atomics) or as a shared reference
+// to a Concurrent type (`shared_ref`: atomics and locks, safe to share
+// between threads and processes); `size` and `resident_bytes` read nothing
+// of the memory, and the OnceLock of the registration is Sync.
 unsafe impl Sync for Region {}
 
 impl Region {
@@ -91,7 +101,9 @@ impl Region {
         // SAFETY: a descriptor just returned to us and owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let size = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: resizes our own memory file (sparse: nothing is allocated).
+        // SAFETY: `fd` is the memory file made above and owned here, not
+        // mapped yet: its size is set before the mapping below, so no mapping
+        // ever reaches past its end (sparse: nothing is allocated).
         if unsafe { libc::ftruncate(fd.as_raw_fd(), size) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -103,7 +115,8 @@ impl Region {
     /// (possibly by an earlier process image), or of a store file.
     pub fn map_file(fd: BorrowedFd<'_>) -> io::Result<Region> {
         let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-        // SAFETY: fstat fills `st` for a descriptor the caller owns.
+        // SAFETY: `st` is a stat-sized buffer on this stack frame, written by
+        // fstat only; `fd` is a BorrowedFd, open for the call.
         if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -177,7 +190,10 @@ impl Region {
     /// types, which other processes may write concurrently.
     pub fn shared_ref<T: Concurrent>(&self, offset: usize) -> &T {
         // SAFETY: in bounds and aligned (ptr_at), zero-valid and pointer-free
-        // (SharedPod); the mapping lives as long as `self`.
+        // (SharedPod), so any bytes another process left there are a valid
+        // T; T: Concurrent has only atomics and locks, so sharing the
+        // reference while other processes write is sound; the mapping lives
+        // as long as `self`, which the reference borrows.
         unsafe { &*self.ptr_at::<T>(offset, 1) }
     }
 
@@ -214,8 +230,9 @@ impl SecretPage {
         if unsafe { libc::madvise(base, region.len, libc::MADV_DONTDUMP) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        // SAFETY: as above; failing (RLIMIT_MEMLOCK) only means the page
-        // may be swapped.
+        // SAFETY: mlock reads no memory of ours: it pins `base..base + len`,
+        // the private mapping made above; failing (RLIMIT_MEMLOCK) only
+        // leaves those pages swappable.
         unsafe { libc::mlock(base, region.len) };
         Ok(SecretPage { region })
     }
@@ -227,7 +244,9 @@ impl SecretPage {
     }
 
     pub fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as above; `&mut self` makes this the only reference.
+        // SAFETY: `base..base + len` is this page's private mapping, alive as
+        // long as `self`, which the slice borrows; `&mut self` makes the
+        // slice the only reference to it.
         unsafe { std::slice::from_raw_parts_mut(self.region.base.as_ptr(), self.region.len) }
     }
 }

@@ -245,7 +245,9 @@ mod tests {
         let (region, fd) = Region::memory_file(c"scrub-test", 1 << 20).unwrap();
         region.forget_in_app_children();
         let shared = region.ptr_at::<u8>(0, 1 << 20);
-        // SAFETY: our own fresh mapping.
+        // SAFETY: `shared` is the first byte of `region`'s 1 MiB mapping
+        // (ptr_at checked the bounds), alive until `region` drops at the end
+        // of the test; no other thread touches it.
         unsafe { shared.write(0x5a) };
         let mut page = SecretPage::new(32).unwrap();
         page.bytes_mut()[0] = 0xa5;
@@ -258,7 +260,9 @@ mod tests {
             let done = forget_in_child();
             // SAFETY: reads our own (now private, zero) mappings.
             let shared_byte = unsafe { shared.read_volatile() };
-            // SAFETY: as above.
+            // SAFETY: `page_addr` is the first byte of `page`'s mapping, which
+            // this child inherited and `forget_in_child` replaced by private
+            // zero pages: still mapped and readable.
             let page_byte = unsafe { (page_addr as *const u8).read_volatile() };
             let line = maps_line(shared as usize);
             let target = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
@@ -288,7 +292,9 @@ mod tests {
             "status {status}: failed checks (bits) {}",
             libc::WEXITSTATUS(status)
         );
-        // SAFETY: our own mapping.
+        // SAFETY: `shared` points into `region`, still mapped in this
+        // process (dropped at the end of the test); the child changed only
+        // its own copy of the range.
         assert_eq!(unsafe { shared.read_volatile() }, 0x5a);
         assert_eq!(page.bytes()[0], 0xa5);
         assert!(maps_line(shared as usize).contains("scrub-test"));

@@ -18,24 +18,31 @@
 //! costs one of the other processes [`LOCK_TIMEOUT`] once a second; the
 //! other attempts on that shard wait a few milliseconds (lookups miss,
 //! inserts are dropped) until it answers again.
+//!
+//! Here: the [`Store`] handle and what it does (look up, insert, remove,
+//! scan, sweep). Beside it: `create.rs` (a new store, or one taken over),
+//! `layout.rs` (where everything sits in the region, and its header),
+//! `shard.rs` (one shard: index, LRU list, chunks, repair), `file.rs`
+//! (store files); the tests in `tests.rs` and `tests/processes.rs`.
 
+mod create;
 pub mod file;
+mod layout;
 mod shard;
 
-use std::ffi::CStr;
 use std::hash::Hasher;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::clock::monotonic_ms;
-use crossbeam_utils::CachePadded;
 use siphasher::sip::SipHasher13;
 
-use crate::shm::{Concurrent, Locked, Region, RobustMutex, SharedPod};
-use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView, CHUNK};
+use crate::shm::{Concurrent, Locked, Region, SharedPod};
+pub use create::MEMORY_FILE_NAME;
+use layout::{is_store_prefix, Layout, PaddedHead, ShardHead, HEAD_STRIDE, MAGIC};
+use shard::{Chunk, Entry, NoRoom, ShardMeta, ShardView};
 
 /// Longest wait for a shard lock on the handshake path. Far above any
 /// critical section (microseconds) plus a scheduler delay on a busy machine.
@@ -44,13 +51,6 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_millis(50);
 const STALL_BACKOFF_MS: u64 = 1000;
 /// The cut-short wait.
 const STALLED_WAIT: Duration = Duration::from_millis(2);
-/// Upper bound on shards.
-const MAX_SHARDS: usize = 64;
-/// Entries per shard below which a smaller store uses fewer shards.
-const MIN_ENTRIES_PER_SHARD: u64 = 128;
-/// Keys are session ids; a longer key only costs chunks, so the chunk pool
-/// is sized for keys of up to this many bytes.
-const POOL_KEY_BYTES: u64 = 64;
 
 /// Most sessions one store holds: ten million, a node's worth at thousands
 /// of new TLS sessions a second kept for minutes. Beyond it the index alone
@@ -132,267 +132,9 @@ impl Counters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for Counters {}
-// SAFETY: atomics only.
+// SAFETY: every field is an AtomicU64, changed only through atomic
+// operations: shared references while other processes count are sound.
 unsafe impl Concurrent for Counters {}
-
-/// The part of a shard that is shared without its lock. Each sits on cache
-/// lines of its own ([`PaddedHead`]): processes locking different shards
-/// must not pull each other's lines back and forth.
-#[repr(C)]
-struct ShardHead {
-    lock: RobustMutex,
-    /// Bytes of keys and values stored, mirrored from the shard's metadata
-    /// for lock-free sums.
-    bytes: AtomicU64,
-    /// Until this time (monotonic ms), waits are cut short: the holder
-    /// seemed stuck.
-    stalled_until: AtomicU64,
-}
-
-// SAFETY: repr(C); the mutex is initialised before use, atomics are zero-valid.
-unsafe impl SharedPod for ShardHead {}
-// SAFETY: a robust mutex (used only through pthread calls) and atomics.
-unsafe impl Concurrent for ShardHead {}
-
-/// A shard head padded to the platform's cache line pair.
-type PaddedHead = CachePadded<ShardHead>;
-/// Distance between consecutive shard heads in the region.
-const HEAD_STRIDE: usize = std::mem::size_of::<PaddedHead>();
-
-/// What sits at the start of a store's region: what it is, how it is laid
-/// out and how it hashes, so that a store handed from one process image to
-/// the next (across uWSGI's reload exec) is recognised before any use.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Header {
-    magic: [u8; 8],
-    /// [`FORMAT`]: changes with the layout code.
-    format: u64,
-    /// Sizes of the structs in the region, as this build lays them out.
-    shapes: u64,
-    capacity: u64,
-    keysize: u64,
-    blocksize: u64,
-    shards: u64,
-    total: u64,
-    /// SipHash keys of the index: the same keys find the same buckets.
-    hash_keys: [u64; 2],
-    /// SipHash (fixed keys) of everything above: a damaged header is
-    /// refused.
-    check: u64,
-}
-
-// SAFETY: repr(C), integers only, all-zero is a (refused) header.
-unsafe impl SharedPod for Header {}
-
-const MAGIC: [u8; 8] = *b"SSLCSTOR";
-
-/// Whether the first bytes of a file are those of a store's region (the
-/// first test [`Header::refusal`] makes): a store file, possibly of other
-/// sizes, another format or damaged, but one this store may overwrite.
-fn is_store_prefix(first: &[u8]) -> bool {
-    first.len() >= MAGIC.len() && first[..MAGIC.len()] == MAGIC
-}
-/// Version of the region's layout; bump when it changes meaning.
-const FORMAT: u64 = 2;
-
-/// The sizes that decide the layout, packed: a build whose structs differ
-/// does not take over the store.
-fn shapes() -> u64 {
-    let sizes = [
-        std::mem::size_of::<Entry>(),
-        std::mem::size_of::<ShardMeta>(),
-        HEAD_STRIDE,
-        std::mem::size_of::<Counters>(),
-        CHUNK,
-    ];
-    sizes.iter().fold(0u64, |acc, s| acc.rotate_left(12) ^ *s as u64)
-}
-
-impl Header {
-    fn new(limits: Limits, layout: &Layout, hash_keys: [u64; 2]) -> Header {
-        let mut h = Header {
-            magic: MAGIC,
-            format: FORMAT,
-            shapes: shapes(),
-            capacity: limits.capacity,
-            keysize: limits.keysize as u64,
-            blocksize: limits.blocksize as u64,
-            shards: layout.shards as u64,
-            total: layout.total as u64,
-            hash_keys,
-            check: 0,
-        };
-        h.check = h.checksum();
-        h
-    }
-
-    fn checksum(&self) -> u64 {
-        let mut hasher = SipHasher13::new_with_keys(0x7373_6c63_6163_6865, FORMAT);
-        for word in [
-            u64::from_le_bytes(self.magic),
-            self.format,
-            self.shapes,
-            self.capacity,
-            self.keysize,
-            self.blocksize,
-            self.shards,
-            self.total,
-            self.hash_keys[0],
-            self.hash_keys[1],
-        ] {
-            hasher.write_u64(word);
-        }
-        hasher.finish()
-    }
-
-    /// Why a header found in a region is not this store's, if it is not.
-    fn refusal(&self, expected: &Header) -> Option<String> {
-        if self.magic != MAGIC {
-            return Some("not a session store".into());
-        }
-        if self.check != self.checksum() {
-            return Some("its header is damaged".into());
-        }
-        if self.format != FORMAT || self.shapes != expected.shapes {
-            return Some(format!("made by another version of sslcache (format {})", self.format));
-        }
-        let sizes = |h: &Header| (h.capacity, h.keysize, h.blocksize);
-        if sizes(self) != sizes(expected) {
-            let (c, k, b) = sizes(self);
-            return Some(format!("made for items={c}, keysize={k}, blocksize={b}"));
-        }
-        if (self.shards, self.total) != (expected.shards, expected.total) {
-            return Some("laid out differently".into());
-        }
-        None
-    }
-}
-
-/// Where each array of each shard sits in the region.
-#[derive(Debug, Clone, Copy)]
-struct Layout {
-    shards: usize,
-    slots: usize,
-    buckets: usize,
-    chunks: usize,
-    counters_at: usize,
-    /// Live entries per shard (`AtomicU32` each), mirrored from the shards'
-    /// metadata, packed together so that summing them reads few cache lines.
-    lens_at: usize,
-    heads_at: usize,
-    metas_at: usize,
-    shard_base: usize,
-    shard_stride: usize,
-    entries_off: usize,
-    next_off: usize,
-    chunks_off: usize,
-    total: usize,
-}
-
-fn align(n: usize, to: usize) -> usize {
-    n.div_ceil(to) * to
-}
-
-impl Layout {
-    /// The layout of a store of these sizes, within [`MAX_ITEMS`],
-    /// [`MAX_RESERVED`] and what 32-bit links can reach.
-    fn new(limits: Limits) -> io::Result<Layout> {
-        let invalid = |what: String| io::Error::new(io::ErrorKind::InvalidInput, what);
-        if limits.capacity > MAX_ITEMS {
-            return Err(invalid(format!("more than {MAX_ITEMS} items")));
-        }
-        let layout = Layout::compute(limits)?;
-        if layout.total as u64 > MAX_RESERVED {
-            return Err(invalid(format!(
-                "{} GiB reserved, more than {} GiB",
-                (layout.total as u64).div_ceil(1 << 30),
-                MAX_RESERVED >> 30
-            )));
-        }
-        // Links are u32 slot and chunk numbers.
-        if layout.slots as u64 >= u32::MAX as u64 / 2 {
-            return Err(invalid("too many items".into()));
-        }
-        if layout.chunks as u64 >= u32::MAX as u64 / 2 {
-            return Err(invalid("items * blocksize is too large".into()));
-        }
-        Ok(layout)
-    }
-
-    /// Where everything goes, bounds aside (arithmetic checked: `Err` only
-    /// for sizes past any address space).
-    fn compute(limits: Limits) -> io::Result<Layout> {
-        let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
-        if limits.capacity == 0 || limits.keysize == 0 || limits.blocksize == 0 {
-            return Err(invalid("capacity, keysize and blocksize must be positive"));
-        }
-        if limits.keysize > u16::MAX as u32 {
-            return Err(invalid("keysize must be below 65536"));
-        }
-        let too_large = || invalid("store too large");
-        let shards = (limits.capacity / MIN_ENTRIES_PER_SHARD)
-            .clamp(1, MAX_SHARDS as u64)
-            .next_power_of_two()
-            .min(MAX_SHARDS as u64) as usize;
-        let per_shard = limits.capacity.div_ceil(shards as u64);
-        // With one shard the count is exact; with more, hash skew can fill
-        // one shard before the store is full, so each gets some slack. The
-        // store-wide capacity is enforced on top (see Store::insert).
-        let slots = if shards == 1 {
-            per_shard
-        } else {
-            per_shard + per_shard / 4 + 16
-        };
-        let per_entry = (limits.keysize as u64).min(POOL_KEY_BYTES) + limits.blocksize as u64;
-        let chunks = slots
-            .checked_mul(per_entry.div_ceil(CHUNK as u64))
-            .ok_or_else(too_large)?;
-        let buckets = slots.checked_next_power_of_two().ok_or_else(too_large)?;
-        // Each array of a shard below 2^60 bytes: the sums below cannot
-        // overflow.
-        let arrays = [
-            buckets.checked_mul(4),
-            slots.checked_mul(std::mem::size_of::<Entry>() as u64),
-            chunks.checked_mul(4),
-            chunks.checked_mul(CHUNK as u64),
-        ];
-        if arrays.iter().any(|a| a.is_none_or(|a| a > 1 << 60)) {
-            return Err(too_large());
-        }
-        let (slots, chunks, buckets) = (slots as usize, chunks as usize, buckets as usize);
-
-        let counters_at = align(std::mem::size_of::<Header>(), 64);
-        let lens_at = align(counters_at + std::mem::size_of::<Counters>(), 64);
-        let heads_at = align(lens_at + shards * 4, std::mem::align_of::<PaddedHead>());
-        let metas_at = align(heads_at + shards * HEAD_STRIDE, 64);
-        let shard_base = align(metas_at + shards * std::mem::size_of::<ShardMeta>(), 4096);
-        let entries_off = align(buckets * 4, 64);
-        let next_off = align(entries_off + slots * std::mem::size_of::<Entry>(), 64);
-        let chunks_off = align(next_off + chunks * 4, 64);
-        let shard_stride = align(chunks_off + chunks * CHUNK, 4096);
-        let total = shards
-            .checked_mul(shard_stride)
-            .and_then(|t| t.checked_add(shard_base))
-            .ok_or_else(too_large)?;
-        Ok(Layout {
-            shards,
-            slots,
-            buckets,
-            chunks,
-            counters_at,
-            lens_at,
-            heads_at,
-            metas_at,
-            shard_base,
-            shard_stride,
-            entries_off,
-            next_off,
-            chunks_off,
-            total,
-        })
-    }
-}
 
 /// Result of a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -435,133 +177,7 @@ pub struct Store {
     hash_keys: [u64; 2],
 }
 
-/// Name of the memory file of a store that can be handed over
-/// (`/proc/<pid>/fd` shows it as `/memfd:sslcache-store`).
-pub const MEMORY_FILE_NAME: &CStr = c"sslcache-store";
-
 impl Store {
-    /// Creates an empty store in a new shared mapping.
-    pub fn create(limits: Limits) -> io::Result<Store> {
-        let layout = Layout::new(limits)?;
-        Store::format(Region::shared(layout.total)?, layout, limits)
-    }
-
-    /// Creates an empty store in a memory file (see
-    /// [`Region::memory_file`]) whose descriptor can hand it to a new
-    /// process image, which takes it over with [`Store::adopt`].
-    pub fn create_handed_over(limits: Limits) -> io::Result<(Store, OwnedFd)> {
-        let layout = Layout::new(limits)?;
-        let (region, fd) = Region::memory_file(MEMORY_FILE_NAME, layout.total)?;
-        Ok((Store::format(region, layout, limits)?, fd))
-    }
-
-    /// Creates an empty store in the file behind `fd` (a persistent store,
-    /// see [`file::open_private`]); whatever it held is cleared first.
-    pub fn create_in_file(limits: Limits, fd: OwnedFd) -> io::Result<(Store, OwnedFd)> {
-        let layout = Layout::new(limits)?;
-        let len = libc::off_t::try_from(layout.total).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        // SAFETY: empties the file the caller handed us.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // The magic first: however far this gets (a full disk, a kill),
-        // the file is empty or says it is a store, so the next start takes
-        // it again (file::open_private refuses any other content).
-        let file = std::fs::File::from(fd);
-        std::os::unix::fs::FileExt::write_all_at(&file, &MAGIC, 0)?;
-        let fd = OwnedFd::from(file);
-        // SAFETY: resizes the file the caller handed us to the store's size
-        // (sparse zeros after the magic).
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        file::reserve(fd.as_fd(), layout.total as u64)?;
-        let region = Region::map_file(fd.as_fd())?;
-        Ok((Store::format(region, layout, limits)?, fd))
-    }
-
-    /// Writes a fresh header and initialises the locks of a zeroed region.
-    fn format(region: Region, layout: Layout, limits: Limits) -> io::Result<Store> {
-        let mut keys = [0u8; 16];
-        openssl::rand::rand_bytes(&mut keys).map_err(io::Error::other)?;
-        let hash_keys = [
-            u64::from_le_bytes(keys[..8].try_into().expect("8 bytes")),
-            u64::from_le_bytes(keys[8..].try_into().expect("8 bytes")),
-        ];
-        let store = Store {
-            region,
-            layout,
-            limits,
-            hash_keys,
-        };
-        store.init_locks()?;
-        // SAFETY: the region is ours alone (not shared with anyone yet), the
-        // header is in bounds and aligned (ptr_at), and Header is SharedPod.
-        unsafe {
-            store
-                .region
-                .ptr_at::<Header>(0, 1)
-                .write(Header::new(limits, &layout, hash_keys))
-        };
-        Ok(store)
-    }
-
-    fn init_locks(&self) -> io::Result<()> {
-        for i in 0..self.layout.shards {
-            // CachePadded is repr(C) around its one field: the head is at
-            // offset 0.
-            let head = self
-                .region
-                .ptr_at::<PaddedHead>(self.layout.heads_at + i * HEAD_STRIDE, 1)
-                .cast::<ShardHead>();
-            // SAFETY: no other process or thread uses the region yet (a new
-            // one, or one taken over before any fork); `head` is in bounds
-            // and aligned.
-            unsafe {
-                RobustMutex::init(std::ptr::addr_of_mut!((*head).lock))?;
-                (*head).stalled_until.store(0, Ordering::Relaxed);
-            }
-        }
-        Ok(())
-    }
-
-    /// Takes over the store a previous process image made with
-    /// [`Store::create_handed_over`] and handed over as `fd`: only if it was
-    /// made by this format for the same `limits`; its locks are made anew
-    /// (their holders are gone) and every shard is repaired (anything left
-    /// half-done is dropped) before use. `Err` says, in a few words, why the
-    /// store was not taken (the caller then makes a new one).
-    pub fn adopt(limits: Limits, fd: OwnedFd) -> Result<(Store, OwnedFd), String> {
-        let layout = Layout::new(limits).map_err(|e| e.to_string())?;
-        let region = Region::map_file(fd.as_fd()).map_err(|e| format!("cannot map it: {e}"))?;
-        if region.size() < std::mem::size_of::<Header>() {
-            return Err("not a session store".into());
-        }
-        // SAFETY: in bounds and aligned (ptr_at); a plain copy of integers,
-        // any bit pattern of which is a Header (SharedPod).
-        let found = unsafe { region.ptr_at::<Header>(0, 1).read() };
-        let expected = Header::new(limits, &layout, found.hash_keys);
-        if let Some(why) = found.refusal(&expected) {
-            return Err(why);
-        }
-        if region.size() != layout.total {
-            return Err("laid out differently".into());
-        }
-        let store = Store {
-            region,
-            layout,
-            limits,
-            hash_keys: found.hash_keys,
-        };
-        store.init_locks().map_err(|e| e.to_string())?;
-        for shard in 0..layout.shards {
-            store
-                .with_shard(shard, |view| view.repair())
-                .ok_or("a lock of it cannot be taken")?;
-        }
-        Ok((store, fd))
-    }
-
     pub fn limits(&self) -> Limits {
         self.limits
     }

@@ -495,42 +495,53 @@ fn two_repeaters_one_killed_under_load_lose_nothing() {
     let lb = free_port();
     let _proxy = haproxy(&dir, lb, &backends);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (made, resumed, errors) = std::thread::scope(|scope| {
+    let began = Instant::now();
+    let mut events = Vec::new();
+    let (made, resumed, errors, missed_at) = std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             let client = Client::new(Proto::Tls12NoTickets);
-            let (mut made, mut resumed, mut errors) = (0, 0, Vec::new());
+            let (mut made, mut resumed, mut errors, mut missed_at) = (0, 0, Vec::new(), Vec::new());
             let deadline = Instant::now() + Duration::from_secs(60);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline && made < 3000 {
                 match client.connect(lb, None, &[]) {
                     Ok(full) => {
                         made += 1;
                         match client.connect(lb, full.session.as_ref(), &[]) {
-                            Ok(c) => resumed += usize::from(c.resumed),
+                            Ok(c) if c.resumed => resumed += 1,
+                            Ok(_) => missed_at.push(format!("{:.2}", began.elapsed().as_secs_f64())),
                             Err(e) => errors.push(e.to_string()),
                         }
                     }
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            (made, resumed, errors)
+            (made, resumed, errors, missed_at)
         });
         std::thread::sleep(Duration::from_secs(2));
         let pid = first.process.pid;
+        events.push(format!("killed at {:.2}", began.elapsed().as_secs_f64()));
         // SAFETY: signals the test's own child process by pid.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
         first.process.stop();
         std::thread::sleep(Duration::from_secs(3));
+        events.push(format!("started again at {:.2}", began.elapsed().as_secs_f64()));
         first = Repeater::start_at(&dir, "repeater1-again", first_addrs, "");
         first.wait_subscribers(CLUSTER, 3);
+        events.push(format!(
+            "its 3 subscribers back at {:.2}",
+            began.elapsed().as_secs_f64()
+        ));
         std::thread::sleep(Duration::from_secs(2));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         load.join().unwrap()
     });
     println!(
         "two repeaters, one killed and started again: {resumed}/{made} sessions resumed at once on the next node, \
-         {} failed handshakes; the other forwarded {}",
+         {} failed handshakes; the other forwarded {}; repeater 1 {}; missed at {:?} s",
         errors.len(),
-        second.counter("forwarded")
+        second.counter("forwarded"),
+        events.join(", "),
+        missed_at
     );
     // Where misses came from: lookups that waited for a session made an
     // instant ago elsewhere, found it or not, and how long they waited.

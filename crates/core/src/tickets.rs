@@ -58,12 +58,6 @@ use crate::shm::SecretPage;
 pub const NAME_LEN: usize = 16;
 /// Bytes of a context fingerprint.
 pub const FINGERPRINT_LEN: usize = 32;
-/// Longest ticket lifetime, seconds: 7 days (RFC 8446 §4.6.1).
-pub const MAX_LIFETIME: u64 = 604_800;
-/// Default rotation interval, seconds.
-pub const DEFAULT_INTERVAL: u64 = 3600;
-/// Longest rotation interval, seconds.
-pub const MAX_INTERVAL: u64 = 604_800;
 
 const EXTRACT_SALT: &[u8] = b"sslcache cluster tickets v1";
 const ID_INFO: &[u8] = b"sslcache ticket key id";

@@ -76,6 +76,22 @@ pub struct CacheDef {
 pub const DEFAULT_TLS13_TICKETS: u8 = 2;
 pub const MAX_TLS13_TICKETS: u8 = 8;
 
+/// Cluster tickets (`ssl-sessions-tickets = cluster`): the default and
+/// largest rotation interval, and the longest ticket lifetime (7 days, RFC
+/// 8446 §4.6.1), seconds.
+pub const DEFAULT_TICKET_ROTATION: u64 = 3600;
+pub const MAX_TICKET_ROTATION: u64 = 604_800;
+pub const MAX_TICKET_LIFETIME: u64 = 604_800;
+
+/// Cluster tickets: ticket keys derived from the cluster key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tickets {
+    /// Seconds between key rotations.
+    pub rotation: u64,
+    /// Seconds a ticket lives: `ssl-sessions-timeout`, at most 7 days.
+    pub lifetime: u64,
+}
+
 /// Default `ssl-sessions-max-skew`, seconds.
 pub const DEFAULT_MAX_SKEW: u64 = 30;
 
@@ -173,6 +189,8 @@ pub struct Settings {
     pub tls13_tickets: u8,
     /// Push the ACK of the client's Finished on resumed TLS 1.2 handshakes.
     pub quickack: bool,
+    /// Cluster tickets, when on.
+    pub tickets: Option<Tickets>,
     /// Log every session event (uWSGI's `ssl-verbose`).
     pub verbose: bool,
     /// Non-fatal remarks to log once at startup.
@@ -773,6 +791,50 @@ pub fn repeater(raw: &RawOptions) -> Result<Option<RepeaterSettings>, ConfigErro
     }))
 }
 
+/// `ssl-sessions-tickets` and its rotation: cluster tickets need the
+/// cluster key.
+fn tickets(
+    raw: &RawOptions,
+    cache: &CacheDef,
+    replication: &Replication,
+    timeout: u32,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Tickets>, ConfigError> {
+    let on = match raw.tickets.as_deref().map(str::trim) {
+        None | Some("off") => false,
+        Some("cluster") => true,
+        Some(v) => return err(format!("ssl-sessions-tickets = {v}: expected off or cluster")),
+    };
+    let rotation = match &raw.tickets_rotation {
+        Some(v) => positive("ssl-sessions-tickets-rotation", v, MAX_TICKET_ROTATION)?,
+        None => DEFAULT_TICKET_ROTATION,
+    };
+    if !on {
+        if raw.tickets_rotation.is_some() {
+            warnings.push(
+                "ssl-sessions-tickets-rotation is set but ssl-sessions-tickets is not cluster: it changes nothing"
+                    .to_string(),
+            );
+        }
+        return Ok(None);
+    }
+    if replication.key_file.is_none() {
+        return err(format!(
+            "ssl-sessions-tickets = cluster needs a cluster key ({}): without one (plain mode) the nodes share \
+             no secret to derive ticket keys from",
+            option_name(cache, "cache-udp-key", "udp_key")
+        ));
+    }
+    let lifetime = u64::from(timeout).min(MAX_TICKET_LIFETIME);
+    if u64::from(timeout) > MAX_TICKET_LIFETIME {
+        warnings.push(format!(
+            "ssl-sessions-timeout = {timeout}: cluster tickets live at most {MAX_TICKET_LIFETIME} seconds (7 days, \
+             RFC 8446)"
+        ));
+    }
+    Ok(Some(Tickets { rotation, lifetime }))
+}
+
 /// Resolves the raw options; `Ok(None)` when `ssl-sessions-use-cache` is not
 /// set (the plugin then stays out of the way).
 pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
@@ -901,11 +963,13 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
         None => true,
     };
     let verbose = raw.ssl_verbose.as_deref().is_some_and(uwsgi_true);
+    let tickets = tickets(raw, &cache, &replication, timeout, &mut warnings)?;
     Ok(Some(Settings {
         cache,
         timeout,
         tls13_tickets,
         quickack,
+        tickets,
         verbose,
         https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,
@@ -1175,6 +1239,75 @@ mod tests {
             .unwrap_err()
             .0
             .contains("ssl-sessions-peer-sync = sometimes"));
+    }
+
+    #[test]
+    fn cluster_tickets_need_the_cluster_key() {
+        let mut r = raw();
+        assert_eq!(resolve(&r).unwrap().unwrap().tickets, None);
+        r.tickets = Some("off".into());
+        assert_eq!(resolve(&r).unwrap().unwrap().tickets, None);
+        // Plain mode: refused with one line naming both options.
+        r.tickets = Some("cluster".into());
+        let e = resolve(&r).unwrap_err().0;
+        assert!(
+            e.starts_with("ssl-sessions-tickets = cluster needs a cluster key (cache-udp-key)"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
+        r.cache_udp_key = Some("/etc/keys".into());
+        let s = resolve(&r).unwrap().unwrap();
+        assert_eq!(
+            s.tickets,
+            Some(Tickets {
+                rotation: DEFAULT_TICKET_ROTATION,
+                lifetime: DEFAULT_TIMEOUT as u64
+            })
+        );
+        r.tickets_rotation = Some("5".into());
+        r.timeout = Some("700000".into());
+        let s = resolve(&r).unwrap().unwrap();
+        assert_eq!(
+            s.tickets,
+            Some(Tickets {
+                rotation: 5,
+                lifetime: MAX_TICKET_LIFETIME
+            })
+        );
+        assert!(
+            s.warnings.iter().any(|w| w.contains("at most 604800 seconds")),
+            "{:?}",
+            s.warnings
+        );
+        for (v, expected) in [
+            ("0", "ssl-sessions-tickets-rotation"),
+            ("604801", "ssl-sessions-tickets-rotation"),
+            ("hourly", "ssl-sessions-tickets-rotation"),
+        ] {
+            r.tickets_rotation = Some(v.into());
+            let e = resolve(&r).unwrap_err().0;
+            assert!(e.contains(expected), "{v}: {e}");
+        }
+        r.tickets_rotation = None;
+        r.tickets = Some("on".into());
+        assert!(resolve(&r)
+            .unwrap_err()
+            .0
+            .contains("ssl-sessions-tickets = on: expected off or cluster"));
+        // A cache2's key counts, and is named in the error.
+        let mut r = raw();
+        r.use_cache = Some("s".into());
+        r.tickets = Some("cluster".into());
+        r.cache2 = vec!["name=s,items=5".into()];
+        assert!(resolve(&r).unwrap_err().0.contains("(cache2 \"s\" udp_key)"));
+        r.cache2 = vec!["name=s,items=5,udp_key=/k".into()];
+        assert!(resolve(&r).unwrap().unwrap().tickets.is_some());
+        // The rotation alone changes nothing, and says so.
+        let mut r = raw();
+        r.tickets_rotation = Some("60".into());
+        let s = resolve(&r).unwrap().unwrap();
+        assert!(s.tickets.is_none());
+        assert!(s.warnings.iter().any(|w| w.contains("changes nothing")));
     }
 
     #[test]

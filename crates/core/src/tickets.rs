@@ -627,9 +627,9 @@ mod tests {
         let (t2, _, _) = issue(&step2, NOW, &FP_A);
         assert_ne!(t1[..4], t2[..4]);
         // Step 1 and 2 nodes open each other's tickets; the old key's are renewed.
-        assert_eq!(open(&step1, &t2, NOW, &FP_A).unwrap().0.renew, true);
-        assert_eq!(open(&step2, &t1, NOW, &FP_A).unwrap().0.renew, true);
-        assert_eq!(open(&step2, &t2, NOW, &FP_A).unwrap().0.renew, false);
+        assert!(open(&step1, &t2, NOW, &FP_A).unwrap().0.renew);
+        assert!(open(&step2, &t1, NOW, &FP_A).unwrap().0.renew);
+        assert!(!open(&step2, &t2, NOW, &FP_A).unwrap().0.renew);
         // Once the old key is gone, its tickets are another cluster's.
         assert_eq!(open(&step3, &t1, NOW, &FP_A).unwrap_err(), Refused::WrongCluster);
         assert!(open(&step3, &t2, NOW, &FP_A).is_ok());

@@ -52,6 +52,9 @@ pub struct TicketState {
     opened: Option<Opened>,
     /// The key callback refused (and counted) the ticket being opened.
     counted: bool,
+    /// A refusal was counted on this connection: a HelloRetryRequest makes
+    /// OpenSSL open the same ticket again for the second ClientHello.
+    refusal_counted: bool,
     /// The handshake resumes a ticket's session.
     resuming: bool,
 }
@@ -135,6 +138,13 @@ unsafe fn authenticated_at(sess: *mut SSL_SESSION) -> Option<u64> {
 pub(super) unsafe fn is_ticket_session(sess: *mut SSL_SESSION) -> bool {
     // SAFETY: per the contract.
     installed().is_some_and(|c| c.tickets.is_some()) && unsafe { authenticated_at(sess) }.is_some()
+}
+
+/// Counts a refused ticket, once per connection.
+fn count_refusal(state: &mut TicketState, counter: &std::sync::atomic::AtomicU64) {
+    if !std::mem::replace(&mut state.refusal_counted, true) {
+        bump(counter);
+    }
 }
 
 /// Counts a resumption by ticket when the handshake is done.
@@ -295,7 +305,7 @@ unsafe extern "C" fn on_ticket_key(
         // SAFETY: the live connection, driven by this thread.
         let Some((fp, _)) = (unsafe { landing(cache, ssl, conn) }) else {
             conn.ticket.counted = true;
-            bump(&counters.tickets_refused_context);
+            count_refusal(&mut conn.ticket, &counters.tickets_refused_context);
             return 0;
         };
         // SAFETY: OpenSSL passes the 16-byte IV that follows the key name,
@@ -316,16 +326,19 @@ unsafe extern "C" fn on_ticket_key(
             }
             Ok((_, false)) => {
                 conn.ticket.counted = true;
-                bump(&counters.tickets_refused_forged);
+                count_refusal(&mut conn.ticket, &counters.tickets_refused_forged);
                 0
             }
             Err(refused) => {
                 conn.ticket.counted = true;
-                bump(match refused {
-                    Refused::WrongCluster => &counters.tickets_refused_cluster,
-                    Refused::Expired => &counters.tickets_refused_expired,
-                    Refused::WrongContext => &counters.tickets_refused_context,
-                });
+                count_refusal(
+                    &mut conn.ticket,
+                    match refused {
+                        Refused::WrongCluster => &counters.tickets_refused_cluster,
+                        Refused::Expired => &counters.tickets_refused_expired,
+                        Refused::WrongContext => &counters.tickets_refused_context,
+                    },
+                );
                 if cache.verbose {
                     log::info!("ticket {}.. not opened here: {refused:?}", hex(&name));
                 }
@@ -360,7 +373,7 @@ unsafe extern "C" fn on_decrypt(
                 // Not refused by its key name: it did not verify or decrypt
                 // (altered, truncated, made up).
                 if !counted {
-                    bump(&counters.tickets_refused_forged);
+                    count_refusal(&mut conn.ticket, &counters.tickets_refused_forged);
                     if cache.verbose {
                         log::info!("ticket refused: it does not verify");
                     }
@@ -369,7 +382,7 @@ unsafe extern "C" fn on_decrypt(
             }
             ffi::SSL_TICKET_SUCCESS | ffi::SSL_TICKET_SUCCESS_RENEW if !sess.is_null() => {
                 let Some(opened) = opened else {
-                    bump(&counters.tickets_refused_forged);
+                    count_refusal(&mut conn.ticket, &counters.tickets_refused_forged);
                     return REFUSE;
                 };
                 let now = unix_secs();
@@ -386,16 +399,16 @@ unsafe extern "C" fn on_decrypt(
                 // Keys derive from the fingerprint: a mismatch here means a
                 // ticket this code did not make. Checked all the same.
                 if !context_ok {
-                    bump(&counters.tickets_refused_context);
+                    count_refusal(&mut conn.ticket, &counters.tickets_refused_context);
                     return REFUSE;
                 }
                 let Some(authenticated) = authenticated else {
-                    bump(&counters.tickets_refused_forged);
+                    count_refusal(&mut conn.ticket, &counters.tickets_refused_forged);
                     return REFUSE;
                 };
                 let limit = keys.schedule().lifetime;
                 if now > authenticated.saturating_add(limit) || now > made.saturating_add(lifetime.min(limit)) {
-                    bump(&counters.tickets_refused_expired);
+                    count_refusal(&mut conn.ticket, &counters.tickets_refused_expired);
                     if cache.verbose {
                         log::info!("ticket refused: expired");
                     }
@@ -403,12 +416,22 @@ unsafe extern "C" fn on_decrypt(
                 }
                 // SAFETY: the live connection and the session it resumes.
                 unsafe { land_here(ssl, conn, sess, &opened.fp) };
-                conn.ticket.resuming = true;
-                if opened.ahead {
-                    bump(&counters.tickets_ahead);
+                // Counted once (a HelloRetryRequest opens the ticket again).
+                if !std::mem::replace(&mut conn.ticket.resuming, true) {
+                    if opened.ahead {
+                        bump(&counters.tickets_ahead);
+                    }
+                    if opened.renew {
+                        bump(&counters.tickets_renewed);
+                    }
                 }
-                if opened.renew {
-                    bump(&counters.tickets_renewed);
+                // TLS 1.3: a new ticket at every resumption, as OpenSSL's
+                // own keys do (clients may use each ticket once, RFC 8446
+                // §C.4); it keeps the chain's first authentication time.
+                // SAFETY: the opened session.
+                let tls13 =
+                    unsafe { openssl_sys::SSL_SESSION_get_protocol_version(sess) } >= openssl_sys::TLS1_3_VERSION;
+                if opened.renew || tls13 {
                     ffi::SSL_TICKET_RETURN_USE_RENEW
                 } else {
                     ffi::SSL_TICKET_RETURN_USE

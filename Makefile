@@ -235,6 +235,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_memory
 	$(CARGO) run --release --quiet --example bench_tls
 	$(CARGO) run --release --quiet --example bench_tickets
+	$(CARGO) run --release --quiet --example bench_cluster_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 	$(CARGO) run --release --quiet --example bench_sync
 	$(CARGO) run --release --quiet --example bench_repeater

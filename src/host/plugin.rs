@@ -198,29 +198,7 @@ fn setup() -> Result<(), String> {
     store.forget_in_app_children();
     let store = Arc::new(store);
 
-    // Key files are readable only now (uWSGI drops privileges later): the
-    // engine takes the keys in post_init, cluster tickets derive theirs here.
-    if settings.replication.is_enabled() || settings.tickets.is_some() {
-        replication::preload_keys(&settings.replication)?;
-    }
-    let ticket_keys = match settings.tickets {
-        None => None,
-        Some(t) => {
-            let schedule = Schedule {
-                interval: t.rotation,
-                lifetime: t.lifetime,
-                skew: settings.replication.max_skew,
-            };
-            let keys = replication::with_preloaded_keys(|keys| TicketKeys::new(keys, schedule))
-                .ok_or("ssl-sessions-tickets = cluster: the cluster key was not read")?
-                .map_err(|e| format!("ssl-sessions-tickets = cluster: {e}"))?;
-            Some(keys)
-        }
-    };
-    if !settings.replication.is_enabled() {
-        replication::drop_preloaded_keys();
-    }
-    let cluster_tickets = ticket_keys.is_some();
+    let cluster_tickets = settings.tickets.is_some();
 
     let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
@@ -278,6 +256,28 @@ fn setup() -> Result<(), String> {
         counts[2],
         sni.len()
     );
+    // Key files are readable only now (uWSGI drops privileges later): the
+    // engine takes the keys in post_init, cluster tickets derive theirs here.
+    if settings.replication.is_enabled() || settings.tickets.is_some() {
+        replication::preload_keys(&settings.replication)?;
+    }
+    let ticket_keys = match settings.tickets {
+        None => None,
+        Some(t) => {
+            let schedule = Schedule {
+                interval: t.rotation,
+                lifetime: t.lifetime,
+                skew: settings.replication.max_skew,
+            };
+            let keys = replication::with_preloaded_keys(|keys| TicketKeys::new(keys, schedule))
+                .ok_or("ssl-sessions-tickets = cluster: the cluster key was not read")?
+                .map_err(|e| format!("ssl-sessions-tickets = cluster: {e}"))?;
+            Some(keys)
+        }
+    };
+    if !settings.replication.is_enabled() {
+        replication::drop_preloaded_keys();
+    }
     if let Some(keys) = &ticket_keys {
         let s = keys.schedule();
         log::info!(

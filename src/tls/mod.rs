@@ -5,7 +5,10 @@
 //! 1.3 gets stateful tickets whose identity is the session id), the
 //! configured timeout, and callbacks: `new` (store the DER session), `get`
 //! (decode it back), `remove`, a ClientHello callback that tags the
-//! connection, and a per-connection info callback.
+//! connection, and a per-connection info callback. With cluster tickets
+//! ([`tickets`]) tickets are on instead, with keys derived from the
+//! cluster key: TLS 1.2 clients that send tickets and TLS 1.3 resume
+//! statelessly, session-id clients through the store as before.
 //!
 //! **A session resumes only where it was made.** Each session carries, as
 //! its session id context, the [`fingerprint`] of the context that made it

@@ -23,6 +23,15 @@
 //! (`items`), their bytes (`bytes`), the kB allocated to the nodes' store
 //! memory files (shared memory actually used), replication datagrams and
 //! bytes sent (`sent`, `sent_bytes`). Each divided by the clients resumed.
+//!
+//! Part 3 (`BENCH_PART=cpu`), the server's CPU per resumption in process,
+//! which a loaded machine disturbs far less than part 1: two OpenSSL server
+//! contexts in this process, one with OpenSSL's own ticket keys (what stock
+//! uWSGI runs), one set up by sslcache's `tls::hook_listener` with cluster
+//! tickets (its ClientHello, info, ticket key, generate and decrypt
+//! callbacks all run); an OpenSSL client resumes one ticket over an
+//! in-memory pipe, 20,000 times per round, only the server's handshake
+//! calls timed; 9 alternating rounds, medians of per-round times and ratios.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -53,6 +62,9 @@ fn main() {
     }
     if part.is_empty() || part == "cost" {
         cost();
+    }
+    if part.is_empty() || part == "cpu" {
+        cpu();
     }
 }
 
@@ -240,5 +252,243 @@ fn cost() {
             );
         }
         drop(cluster);
+    }
+}
+
+mod in_process {
+    use std::cell::RefCell;
+    use std::collections::{HashSet, VecDeque};
+    use std::io::{Read, Write};
+    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use foreign_types::ForeignType;
+    use openssl::ssl::{
+        ErrorCode, Ssl, SslConnector, SslContext, SslFiletype, SslMethod, SslOptions, SslSession, SslStream,
+        SslVerifyMode, SslVersion,
+    };
+    use sslcache::tls::fingerprint::{self, Verify};
+    use sslcache::tls::{self, Listener, SessionCache, SessionEvents, SniResolver, SniTarget};
+    use sslcache_core::replication::keys::Key;
+    use sslcache_core::shm::Shared;
+    use sslcache_core::store::{Limits, Store};
+    use sslcache_core::tickets::{Schedule, TicketKeys};
+
+    /// One direction of an in-memory connection each way.
+    #[derive(Clone)]
+    struct Pipe {
+        inbox: Rc<RefCell<VecDeque<u8>>>,
+        outbox: Rc<RefCell<VecDeque<u8>>>,
+    }
+
+    impl Read for Pipe {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let mut q = self.inbox.borrow_mut();
+            if q.is_empty() {
+                return Err(std::io::ErrorKind::WouldBlock.into());
+            }
+            let n = buf.len().min(q.len());
+            for (b, v) in buf.iter_mut().zip(q.drain(..n)) {
+                *b = v;
+            }
+            Ok(n)
+        }
+    }
+
+    impl Write for Pipe {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.outbox.borrow_mut().extend(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn pipes() -> (Pipe, Pipe) {
+        let (a, b) = (
+            Rc::new(RefCell::new(VecDeque::new())),
+            Rc::new(RefCell::new(VecDeque::new())),
+        );
+        (
+            Pipe {
+                inbox: a.clone(),
+                outbox: b.clone(),
+            },
+            Pipe { inbox: b, outbox: a },
+        )
+    }
+
+    struct NoSni;
+    impl SniResolver for NoSni {
+        fn resolve(&self, _name: &[u8]) -> SniTarget {
+            SniTarget::Listener
+        }
+        fn single_threaded(&self) -> bool {
+            true
+        }
+    }
+    struct NoEvents;
+    impl SessionEvents for NoEvents {}
+
+    pub struct Bench {
+        stock: SslContext,
+        cluster: SslContext,
+    }
+
+    fn server_context(crt: &std::path::Path, key: &std::path::Path) -> SslContext {
+        let mut b = SslContext::builder(SslMethod::tls_server()).unwrap();
+        b.set_certificate_chain_file(crt).unwrap();
+        b.set_private_key_file(key, SslFiletype::PEM).unwrap();
+        b.build()
+    }
+
+    impl Bench {
+        pub fn new(crt: &std::path::Path, key: &std::path::Path) -> Bench {
+            let stock = server_context(crt, key);
+            let cluster = server_context(crt, key);
+            let ctx = cluster.as_ptr();
+            // SAFETY: a context of this process, not yet used by any connection.
+            let (digest, verify) = unsafe { (fingerprint::context_digest(ctx), Verify::of_ctx(ctx)) };
+            let sid = fingerprint::fingerprint(b"foobar", &digest, verify);
+            // SAFETY: as above; this thread alone uses it.
+            unsafe { tls::hook_listener(ctx, &sid, 300, 2, true) }.unwrap();
+            let limits = Limits {
+                capacity: 1000,
+                keysize: 64,
+                blocksize: 4096,
+            };
+            let schedule = Schedule {
+                interval: 3600,
+                lifetime: 300,
+                skew: 30,
+            };
+            tls::install(SessionCache {
+                store: Arc::new(Store::create(limits).unwrap()),
+                timeout: 300,
+                events: Box::new(NoEvents),
+                verbose: false,
+                quickack: false,
+                listeners: vec![Listener {
+                    ctx: ctx as usize,
+                    context: b"foobar".to_vec(),
+                }],
+                sni: Box::new(NoSni),
+                counters: Shared::create().unwrap(),
+                digests: vec![(ctx as usize, digest)],
+                runtime_prepared: Mutex::new(HashSet::new()),
+                tickets: Some(TicketKeys::new(&[Key::new([3; 32])], schedule).unwrap()),
+            });
+            Bench { stock, cluster }
+        }
+
+        /// One handshake against `server` (resuming `session`), the time
+        /// spent in the server's handshake calls, the client's session and
+        /// whether it resumed.
+        fn handshake(
+            server: &SslContext,
+            client: &SslConnector,
+            session: Option<&SslSession>,
+        ) -> (Duration, SslSession, bool) {
+            let (c_io, s_io) = pipes();
+            let mut config = client.configure().unwrap();
+            config.set_verify_hostname(false);
+            let mut c_ssl = config.into_ssl("localhost").unwrap();
+            if let Some(s) = session {
+                // SAFETY: the session comes from this client's context.
+                unsafe { c_ssl.set_session(s).unwrap() };
+            }
+            let mut c = SslStream::new(c_ssl, c_io).unwrap();
+            let mut s = SslStream::new(Ssl::new(server).unwrap(), s_io).unwrap();
+            let (mut c_done, mut s_done, mut spent) = (false, false, Duration::ZERO);
+            let pending = |e: &openssl::ssl::Error| matches!(e.code(), ErrorCode::WANT_READ | ErrorCode::WANT_WRITE);
+            for _ in 0..100 {
+                if !c_done {
+                    match c.connect() {
+                        Ok(()) => c_done = true,
+                        Err(e) if pending(&e) => {}
+                        Err(e) => panic!("client: {e}"),
+                    }
+                }
+                if !s_done {
+                    let t = Instant::now();
+                    let r = s.accept();
+                    spent += t.elapsed();
+                    match r {
+                        Ok(()) => s_done = true,
+                        Err(e) if pending(&e) => {}
+                        Err(e) => panic!("server: {e}"),
+                    }
+                }
+                if c_done && s_done {
+                    break;
+                }
+            }
+            assert!(c_done && s_done, "no handshake");
+            // TLS 1.3 tickets follow the handshake.
+            let mut byte = [0u8; 1];
+            let _ = c.ssl_read(&mut byte);
+            let resumed = c.ssl().session_reused();
+            let session = c.ssl().session().unwrap().to_owned();
+            // Closed cleanly: OpenSSL makes the session of a connection
+            // freed without close_notify unresumable.
+            let _ = c.shutdown();
+            let _ = s.shutdown();
+            (spent, session, resumed)
+        }
+
+        /// Median µs of server time per resumption against `server`.
+        fn round(server: &SslContext, client: &SslConnector, n: usize) -> f64 {
+            let (_, session, _) = Self::handshake(server, client, None);
+            let mut total = Duration::ZERO;
+            for _ in 0..n {
+                let (spent, _, resumed) = Self::handshake(server, client, Some(&session));
+                assert!(resumed, "not resumed");
+                total += spent;
+            }
+            total.as_secs_f64() * 1e6 / n as f64
+        }
+
+        pub fn run(&self, tls13: bool, rounds: usize, n: usize) -> (f64, f64, f64) {
+            let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+            b.set_verify(SslVerifyMode::NONE);
+            if tls13 {
+                b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+            } else {
+                b.set_max_proto_version(Some(SslVersion::TLS1_2)).unwrap();
+            }
+            b.clear_options(SslOptions::NO_TICKET);
+            let client = b.build();
+            let (mut stock, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let s = Self::round(&self.stock, &client, n);
+                let o = Self::round(&self.cluster, &client, n);
+                stock.push(s);
+                ours.push(o);
+                ratios.push(s / o);
+            }
+            (super::median(stock), super::median(ours), super::median(ratios))
+        }
+    }
+}
+
+fn cpu() {
+    let (crt, key) = cert("localhost");
+    let bench = in_process::Bench::new(&crt, &key);
+    println!(
+        "\nServer CPU per resumption by ticket, in process (OpenSSL handshakes over memory, only the server's calls \
+         timed; 9 alternating rounds of 20,000)\n"
+    );
+    println!(
+        "| TLS | OpenSSL's own tickets (stock uWSGI) | sslcache cluster tickets | stock / cluster (median of rounds) |"
+    );
+    println!("|---|---|---|---|");
+    for tls13 in [false, true] {
+        let (stock, ours, ratio) = bench.run(tls13, 9, 20_000);
+        println!(
+            "| {} | {stock:.1} µs | {ours:.1} µs | {ratio:.3} |",
+            if tls13 { "1.3" } else { "1.2" }
+        );
     }
 }

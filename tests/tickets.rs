@@ -722,6 +722,49 @@ fn tickets_survive_reloads_and_follow_the_cluster_key_rotation() {
     println!("old key removed: old tickets refused, renewed ones resume");
 }
 
+/// A TLS 1.3 client that resumes again and again (each resumption brings a
+/// new ticket) makes a full handshake at least once per ticket lifetime:
+/// no resumption comes later than the chain's first authentication + the
+/// lifetime (3 s here), and chains are renewed by full handshakes.
+#[test]
+fn tls13_resumption_chains_end_with_their_first_authentication() {
+    let dir = test_dir("tickets-chain");
+    let keys = key_file(&dir, "keys", &[K1]);
+    let lifetime = 3.0;
+    let (_node, port, stats_port) = lone_node(&dir, "node", &keys, "ssl-sessions-timeout = 3\n", &[]);
+    let client = Client::new(Proto::Tls13);
+    let started = Instant::now();
+    let (mut session, mut chain_start, mut full, mut resumed, mut longest) = (None, Instant::now(), 0, 0, 0.0f64);
+    while started.elapsed() < Duration::from_secs_f64(2.5 * lifetime) {
+        let at = Instant::now();
+        let c = client.connect(port, session.as_ref(), &[]).unwrap();
+        if c.resumed {
+            resumed += 1;
+            let age = at.duration_since(chain_start).as_secs_f64();
+            longest = longest.max(age);
+            // Lifetimes are whole seconds: up to 1 s of rounding.
+            assert!(
+                age <= lifetime + 1.0,
+                "resumed {age:.2} s after the chain's full handshake"
+            );
+        } else {
+            full += 1;
+            chain_start = at;
+        }
+        session = c.session;
+    }
+    println!(
+        "TLS 1.3 chains, lifetime {lifetime} s: {full} full handshakes, {resumed} resumptions, longest {longest:.2} s"
+    );
+    assert!(full >= 2, "the chain was never renewed by a full handshake");
+    assert!(resumed > 10);
+    assert!(longest >= lifetime - 1.0, "chains ended too early: {longest:.2} s");
+    assert!(eventually(Duration::from_secs(5), || metric(
+        stats_port,
+        "sslcache.default.tickets_resumed"
+    ) >= resumed));
+}
+
 /// Without a cluster key there is nothing to derive ticket keys from: the
 /// option is refused with one line.
 #[test]

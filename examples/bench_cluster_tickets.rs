@@ -8,7 +8,7 @@
 //! OpenSSL made for its context) and sslcache with a cluster key and
 //! `ssl-sessions-tickets = cluster`. The client is `openssl s_time -reuse
 //! -www /` (it resumes by ticket) for 4 s against one node then the other,
-//! alternating, 5 rounds per TLS version; each run is checked to have
+//! alternating, 7 rounds per TLS version; each run is checked to have
 //! resumed all but its first connection. Reported: the median of each
 //! node's rates (connections / wall-clock seconds) and the median of the
 //! per-round ratios.
@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use support::*;
 
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const SECONDS: u32 = 4;
 const CLIENTS: usize = 1000;
 const KEY: &str = "3333333333333333333333333333333333333333333333333333333333333333";

@@ -435,8 +435,15 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
         let ssl = ssl.cast_mut();
         if what & ffi::SSL_CB_HANDSHAKE_DONE != 0 {
             // The client proved it knows the session: removals count now.
+            // Only a marked session is touched (setting ex_data on a
+            // session allocates its table).
             // SAFETY: the live connection and its current session.
-            unsafe { set_unproven(openssl_sys::SSL_get_session(ssl), false) };
+            unsafe {
+                let sess = openssl_sys::SSL_get_session(ssl);
+                if is_unproven(sess) {
+                    set_unproven(sess, false);
+                }
+            }
             // SAFETY: the live connection, driven by this thread.
             unsafe { tickets::handshake_done(cache, ssl) };
             if cache.quickack {

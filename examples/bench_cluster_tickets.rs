@@ -5,13 +5,17 @@
 //! Part 1, resumed connections per second on one node. Method: two uWSGI
 //! nodes with the seed's Setup 1 on 127.0.0.1 (HTTPS router,
 //! `http-processes = 4`): stock uWSGI (it resumes with the ticket keys
-//! OpenSSL made for its context) and sslcache with a cluster key and
-//! `ssl-sessions-tickets = cluster`. The client is `openssl s_time -reuse
-//! -www /` (it resumes by ticket) for 4 s against one node then the other,
-//! alternating, 7 rounds per TLS version; each run is checked to have
+//! OpenSSL made for its context), and sslcache with a cluster key and
+//! `ssl-sessions-tickets = cluster`, once as it comes and once with
+//! `ssl-sessions-quickack = false` (the ACK sslcache pushes after a resumed
+//! TLS 1.2 handshake costs a system call and a segment). The client is
+//! `openssl s_time -reuse -www /` (it resumes by ticket) for 4 s against one
+//! node then the next, alternating, 7 rounds per TLS version; each run is checked to have
 //! resumed all but its first connection. Reported: the median of each
 //! node's rates (connections / wall-clock seconds) and the median of the
-//! per-round ratios.
+//! per-round ratios; and the CPU time (user + system, /proc/PID/stat) its
+//! router processes spent per connection, which other load on the machine
+//! disturbs less.
 //!
 //! Part 2, what a resumed client costs a 3-node cluster. Method: seed Setup
 //! 2's three nodes sealed with one key behind HAProxy (round robin), once in
@@ -70,41 +74,82 @@ fn main() {
     }
 }
 
+/// CPU seconds (user + system) the router processes of `node` used so far.
+fn routers_cpu(node: &Uwsgi) -> f64 {
+    // SAFETY: sysconf has no side effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    node.children()
+        .iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            let rest = stat.rsplit_once(") ")?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / hz)
+        })
+        .sum()
+}
+
+/// `s_time` against `port`: (connections per wall second, share resumed,
+/// router CPU µs per connection).
+fn measured(node: &Uwsgi, port: u16, version: &str) -> (f64, f64, f64) {
+    let before = routers_cpu(node);
+    let (rate, resumed) = s_time(port, version, SECONDS);
+    let cpu = routers_cpu(node) - before;
+    (rate, resumed, cpu * 1e6 / (rate * f64::from(SECONDS)).max(1.0))
+}
+
 fn rate() {
     let dir = test_dir("bench-cluster-tickets-rate");
     let keys = key_file(&dir);
-    let (https, stats_port) = (free_port(), free_port());
-    let ini = seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE)
-        + &format!("cache-udp-key = {}\nssl-sessions-tickets = cluster\n", keys.display());
-    let _node = Uwsgi::start(&dir, "cluster-tickets", &ini, &[https]);
+    let cluster_node = |name: &str, extra: &str| {
+        let (https, stats_port) = (free_port(), free_port());
+        let ini = seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE)
+            + &format!(
+                "cache-udp-key = {}\nssl-sessions-tickets = cluster\n{extra}",
+                keys.display()
+            );
+        (Uwsgi::start(&dir, name, &ini, &[https]), https, stats_port)
+    };
+    let (node, https, stats_port) = cluster_node("cluster-tickets", "");
+    let (no_ack, no_ack_https, _) = cluster_node("cluster-tickets-no-quickack", "ssl-sessions-quickack = false\n");
     let (stock_https, stock_stats) = (free_port(), free_port());
     let stock_ini =
         seed_setup1(&plugin_dir(), stock_https, stock_stats, 4, "").replace("plugins = sslcache\n", "plugins = http\n");
-    let _stock = Uwsgi::start(&dir, "stock", &stock_ini, &[stock_https]);
+    let stock = Uwsgi::start(&dir, "stock", &stock_ini, &[stock_https]);
 
-    println!("Resumed TLS handshakes per second by ticket, one node, {ROUNDS} alternating rounds of {SECONDS} s\n");
-    println!("| TLS | stock uWSGI (its own tickets) | sslcache cluster tickets | ratio (median of rounds) |");
-    println!("|---|---|---|---|");
+    println!(
+        "Resumed TLS handshakes per second by ticket, one node, {ROUNDS} alternating rounds of {SECONDS} s; router \
+         CPU per connection\n"
+    );
+    println!(
+        "| TLS | sslcache node | stock uWSGI (its own tickets) | sslcache cluster tickets | ratio (median of rounds) | \
+         router CPU, stock / sslcache | CPU ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     for version in ["-tls1_2", "-tls1_3"] {
-        let (mut stock_rates, mut ours_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        // Per variant: rates, CPU per connection, and their per-round ratios.
+        let mut rows: [[Vec<f64>; 6]; 2] = Default::default();
         for _ in 0..ROUNDS {
-            let (stock, stock_resumed) = s_time(stock_https, version, SECONDS);
-            let (ours, ours_resumed) = s_time(https, version, SECONDS);
-            assert!(
-                stock_resumed > 0.99 && ours_resumed > 0.99,
-                "not resumed: stock {stock_resumed}, cluster tickets {ours_resumed}"
-            );
-            stock_rates.push(stock);
-            ours_rates.push(ours);
-            ratios.push(ours / stock);
+            let (s_rate, s_resumed, s_cpu) = measured(&stock, stock_https, version);
+            assert!(s_resumed > 0.99, "stock not resumed: {s_resumed}");
+            for (row, (n, port)) in rows.iter_mut().zip([(&node, https), (&no_ack, no_ack_https)]) {
+                let (o_rate, o_resumed, o_cpu) = measured(n, port, version);
+                assert!(o_resumed > 0.99, "cluster tickets not resumed: {o_resumed}");
+                for (v, x) in row
+                    .iter_mut()
+                    .zip([s_rate, o_rate, o_rate / s_rate, s_cpu, o_cpu, s_cpu / o_cpu])
+                {
+                    v.push(x);
+                }
+            }
         }
-        println!(
-            "| {} | {:.0}/s | {:.0}/s | {:.3} |",
-            &version[4..].replace('_', "."),
-            median(stock_rates),
-            median(ours_rates),
-            median(ratios)
-        );
+        for (row, what) in rows.into_iter().zip(["default", "`ssl-sessions-quickack = false`"]) {
+            let [a, b, c, d, e, f] = row.map(median);
+            println!(
+                "| {} | {what} | {a:.0}/s | {b:.0}/s | {c:.3} | {d:.0} µs / {e:.0} µs | {f:.3} |",
+                &version[4..].replace('_', ".")
+            );
+        }
     }
     println!(
         "\nstore of the cluster-tickets node: {} sessions (s_time resumes by ticket)\n",

@@ -428,6 +428,8 @@ mod in_process {
                 listeners: vec![Listener {
                     ctx: ctx as usize,
                     context: b"foobar".to_vec(),
+                    verify,
+                    fingerprint: sid,
                 }],
                 sni: Box::new(NoSni),
                 counters: Shared::create().unwrap(),

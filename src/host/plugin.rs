@@ -227,6 +227,8 @@ fn setup() -> Result<(), String> {
         listeners.push(tls::Listener {
             ctx: c.ctx as usize,
             context,
+            verify,
+            fingerprint: sid,
         });
         counts[slot] += 1;
     }

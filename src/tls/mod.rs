@@ -189,6 +189,11 @@ pub struct Listener {
     /// The `SSL_CTX`, as an address (only compared, never dereferenced).
     pub ctx: usize,
     pub context: Vec<u8>,
+    /// The policy the context gives its connections, and the fingerprint
+    /// of sessions made under it there (its session id context): the
+    /// common case of [`landing`], without hashing.
+    pub verify: Verify,
+    pub fingerprint: Fingerprint,
 }
 
 /// The state the callbacks use, set once in the master before fork.
@@ -758,6 +763,9 @@ unsafe fn landing(cache: &SessionCache, ssl: *mut SSL, conn: &Conn) -> Option<(F
                 },
             }
         };
+        if ctx == listener_ctx && verify == conn.listener.verify {
+            return Some((conn.listener.fingerprint, verify));
+        }
         Some((cache.fingerprint_of(conn.listener, ctx, verify), verify))
     }
 }

@@ -19,10 +19,11 @@ PLUGIN := sslcache_plugin.so
 # Debian packages: the uWSGI binary and what bindgen needs to read its
 # headers, the TLS and balancer tools the tests drive, the Python plugin used
 # to reach the stats entry through uWSGI's cache API, dpkg-shlibdeps for
-# `make deb`, Redis for replication through it.
+# `make deb`, Redis for replication through it, libfaketime for a node
+# whose clock runs ahead (tests/tickets.rs).
 DEB_PACKAGES := uwsgi-core uwsgi-plugin-python3 libclang-dev libssl-dev libpcre3-dev \
 	zlib1g-dev libcap-dev uuid-dev pkg-config openssl haproxy iproute2 iptables binutils gnutls-bin \
-	dpkg-dev redis-server
+	dpkg-dev redis-server libfaketime
 
 # The plugin directory compiled into $(UWSGI) (its -DUWSGI_PLUGIN_DIR), where
 # `plugins = sslcache` finds the plugin without a plugin-dir line.
@@ -245,6 +246,7 @@ bench: deps $(PLUGIN)
 	$(CARGO) run --release --quiet --example bench_memory
 	$(CARGO) run --release --quiet --example bench_tls
 	$(CARGO) run --release --quiet --example bench_tickets
+	$(CARGO) run --release --quiet --example bench_cluster_tickets
 	$(CARGO) run --release --quiet --example bench_cluster
 	$(CARGO) run --release --quiet --example bench_sync
 	$(CARGO) run --release --quiet --example bench_repeater

@@ -6,7 +6,7 @@
 
 use std::ffi::{c_char, c_int, c_long, c_uchar, c_uint, c_void};
 
-use openssl_sys::{SSL, SSL_CTX, SSL_SESSION, X509};
+use openssl_sys::{EVP_CIPHER_CTX, EVP_MAC_CTX, OSSL_PARAM, SSL, SSL_CTX, SSL_SESSION, X509};
 
 // uWSGI's functions (uwsgi.h), called through addresses found with dlsym
 // (`host::symbols`): the bindings hold types only, the plugin links no
@@ -58,7 +58,53 @@ extern "C" {
     pub fn SSL_SESSION_get0_peer(s: *mut SSL_SESSION) -> *mut X509;
     pub fn SSL_SESSION_set_ex_data(s: *mut SSL_SESSION, idx: c_int, data: *mut c_void) -> c_int;
     pub fn SSL_SESSION_get_ex_data(s: *const SSL_SESSION, idx: c_int) -> *mut c_void;
+    pub fn SSL_SESSION_set_timeout(s: *mut SSL_SESSION, t: c_long) -> c_long;
 }
+
+// Session tickets (<openssl/ssl.h>, <openssl/tls1.h>, OpenSSL 3: the _evp_
+// variant hands an EVP_MAC_CTX; the older one is a deprecated macro).
+
+/// `SSL_CTX_set_tlsext_ticket_key_evp_cb`'s callback: `enc` 1 to make a
+/// ticket (fill `key_name` and `iv`, initialise both contexts; 1 = made, 0 =
+/// none), 0 to open one (1 = opened, 2 = opened and renew, 0 = not ours).
+pub type TicketKeyEvpCb =
+    unsafe extern "C" fn(*mut SSL, *mut c_uchar, *mut c_uchar, *mut EVP_CIPHER_CTX, *mut EVP_MAC_CTX, c_int) -> c_int;
+/// `SSL_CTX_generate_session_ticket_fn`: before a ticket is made (0 aborts
+/// the handshake).
+pub type GenerateTicketCb = unsafe extern "C" fn(*mut SSL, *mut c_void) -> c_int;
+/// `SSL_CTX_decrypt_session_ticket_fn`: after a ticket was opened (or not),
+/// with its session and status; returns an `SSL_TICKET_RETURN`.
+pub type DecryptTicketCb =
+    unsafe extern "C" fn(*mut SSL, *mut SSL_SESSION, *const c_uchar, usize, c_int, *mut c_void) -> c_int;
+
+extern "C" {
+    pub fn SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx: *mut SSL_CTX, cb: Option<TicketKeyEvpCb>) -> c_int;
+    pub fn SSL_CTX_set_session_ticket_cb(
+        ctx: *mut SSL_CTX,
+        gen_cb: Option<GenerateTicketCb>,
+        dec_cb: Option<DecryptTicketCb>,
+        arg: *mut c_void,
+    ) -> c_int;
+    pub fn SSL_SESSION_set1_ticket_appdata(s: *mut SSL_SESSION, data: *const c_void, len: usize) -> c_int;
+    pub fn SSL_SESSION_get0_ticket_appdata(s: *mut SSL_SESSION, data: *mut *mut c_void, len: *mut usize) -> c_int;
+    /// <openssl/params.h>; `bsize` 0: the length of the NUL-terminated `buf`.
+    pub fn OSSL_PARAM_construct_utf8_string(key: *const c_char, buf: *mut c_char, bsize: usize) -> OSSL_PARAM;
+}
+
+/// `SSL_TICKET_STATUS` values passed to the decrypt callback.
+pub const SSL_TICKET_EMPTY: c_int = 3;
+pub const SSL_TICKET_NO_DECRYPT: c_int = 4;
+pub const SSL_TICKET_SUCCESS: c_int = 5;
+pub const SSL_TICKET_SUCCESS_RENEW: c_int = 6;
+/// `SSL_TICKET_RETURN` values of the decrypt callback: do not use the
+/// ticket and send a new one; use it; use it and send a new one.
+pub const SSL_TICKET_RETURN_IGNORE_RENEW: c_int = 2;
+pub const SSL_TICKET_RETURN_USE: c_int = 3;
+pub const SSL_TICKET_RETURN_USE_RENEW: c_int = 4;
+/// `TLSEXT_KEYNAME_LENGTH` (ssl/ssl_local.h): bytes of a ticket's key name;
+/// OpenSSL's tickets carry a 16-byte IV after it.
+pub const TLSEXT_KEYNAME_LENGTH: usize = 16;
+pub const TICKET_IV_LENGTH: usize = 16;
 
 /// `UWSGI_HTTP_SSL` (uWSGI plugins/http/common.h, not in uwsgi.h): the mode
 /// of an `https` gateway socket.

@@ -19,6 +19,7 @@ use sslcache_core::config::options::{Arg, Owner, OPTIONS};
 use sslcache_core::config::{self, Settings};
 use sslcache_core::shm::Shared;
 use sslcache_core::store::{Limits, Store};
+use sslcache_core::tickets::{Schedule, TicketKeys};
 
 use super::handover::{self, Origin};
 use super::server::{ContextKind, Server};
@@ -197,6 +198,8 @@ fn setup() -> Result<(), String> {
     store.forget_in_app_children();
     let store = Arc::new(store);
 
+    let cluster_tickets = settings.tickets.is_some();
+
     let contexts = server.listener_contexts();
     let mut counts = [0usize; 3];
     let mut listeners = Vec::new();
@@ -221,12 +224,14 @@ fn setup() -> Result<(), String> {
         // null ones), made by uWSGI's option handlers; no other thread uses
         // it: `setup` runs in `jail`, the master's only thread, before the
         // router processes fork.
-        unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout, settings.tls13_tickets) }
+        unsafe { tls::hook_listener(c.ctx, &sid, settings.timeout, settings.tls13_tickets, cluster_tickets) }
             .map_err(|e| format!("cannot set up the TLS context of {} for session caching: {e}", c.name))?;
         digests.push((c.ctx as usize, digest));
         listeners.push(tls::Listener {
             ctx: c.ctx as usize,
             context,
+            verify,
+            fingerprint: sid,
         });
         counts[slot] += 1;
     }
@@ -237,7 +242,7 @@ fn setup() -> Result<(), String> {
         // options were read, its certificate and trust store set then and
         // never again; no other thread uses it before the fork.
         unsafe {
-            tls::prepare_sni_context(*ctx);
+            tls::prepare_sni_context(*ctx, cluster_tickets);
             digests.push((*ctx as usize, fingerprint::context_digest(*ctx)));
         }
     }
@@ -259,13 +264,45 @@ fn setup() -> Result<(), String> {
         counts[2],
         sni.len()
     );
-    // Counters are uWSGI metrics.
-    server.enable_metrics();
-    if settings.replication.is_enabled() {
-        // The sockets come in post_init; key files are readable only now
-        // (uWSGI drops privileges later).
+    // Key files are readable only now (uWSGI drops privileges later): the
+    // engine takes the keys in post_init, cluster tickets derive theirs here.
+    if settings.replication.is_enabled() || settings.tickets.is_some() {
         replication::preload_keys(&settings.replication)?;
     }
+    let ticket_keys = match settings.tickets {
+        None => None,
+        Some(t) => {
+            let schedule = Schedule {
+                interval: t.rotation,
+                lifetime: t.lifetime,
+                skew: settings.replication.max_skew,
+            };
+            let keys = replication::with_preloaded_keys(|keys| TicketKeys::new(keys, schedule))
+                .ok_or("ssl-sessions-tickets = cluster: the cluster key was not read")?
+                .map_err(|e| format!("ssl-sessions-tickets = cluster: {e}"))?;
+            Some(keys)
+        }
+    };
+    if !settings.replication.is_enabled() {
+        replication::drop_preloaded_keys();
+    }
+    if let Some(keys) = &ticket_keys {
+        let s = keys.schedule();
+        log::info!(
+            "TLS session tickets: cluster mode: ticket keys derived from the cluster key ({} key{}, the first seals), \
+             rotated every {}s; tickets live {}s; keys of clocks up to {}s ahead accepted; a key decrypts \
+             for {}s at most; TLS 1.2 ticket clients and TLS 1.3 resume statelessly, session-id clients through \
+             the store",
+            keys.key_count(),
+            if keys.key_count() == 1 { "" } else { "s" },
+            s.interval,
+            s.lifetime,
+            s.skew,
+            s.key_span()
+        );
+    }
+    // Counters are uWSGI metrics.
+    server.enable_metrics();
     if contexts.is_empty() {
         log::warn!("no TLS context (https, https2, sslrouter, https-socket, ssl-socket) is configured: no session will be cached");
     }
@@ -307,6 +344,7 @@ fn setup() -> Result<(), String> {
         counters,
         digests,
         runtime_prepared: Mutex::new(HashSet::new()),
+        tickets: ticket_keys,
     });
     // Before any fork: the application's processes keep none of the above.
     isolation::install(counts[2] > 0);

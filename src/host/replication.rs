@@ -35,6 +35,22 @@ pub fn preload_keys(replication: &Replication) -> Result<(), String> {
     Ok(())
 }
 
+/// Runs `f` with the keys read in `jail`, if any (cluster tickets derive
+/// theirs from them before the engine takes them).
+pub fn with_preloaded_keys<R>(f: impl FnOnce(&[Key]) -> R) -> Option<R> {
+    PRELOADED_KEYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        .map(f)
+}
+
+/// Drops the keys read in `jail` when no engine will take them (cluster
+/// tickets on a node that does not replicate): their pages are zeroed.
+pub fn drop_preloaded_keys() {
+    PRELOADED_KEYS.lock().unwrap_or_else(|e| e.into_inner()).take();
+}
+
 /// Makes the engine (master, before fork), logs where it replicates, and
 /// registers its counters as uWSGI metrics.
 pub fn setup(

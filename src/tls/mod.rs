@@ -5,7 +5,10 @@
 //! 1.3 gets stateful tickets whose identity is the session id), the
 //! configured timeout, and callbacks: `new` (store the DER session), `get`
 //! (decode it back), `remove`, a ClientHello callback that tags the
-//! connection, and a per-connection info callback.
+//! connection, and a per-connection info callback. With cluster tickets
+//! ([`tickets`]) tickets are on instead, with keys derived from the
+//! cluster key: TLS 1.2 clients that send tickets and TLS 1.3 resume
+//! statelessly, session-id clients through the store as before.
 //!
 //! **A session resumes only where it was made.** Each session carries, as
 //! its session id context, the [`fingerprint`] of the context that made it
@@ -53,6 +56,7 @@
 //! never keep a reference to OpenSSL's objects beyond a connection.
 
 pub mod fingerprint;
+pub mod tickets;
 
 use std::collections::HashSet;
 use std::ffi::{c_int, c_long, c_uchar, c_uint, c_void, CString};
@@ -99,6 +103,22 @@ pub struct SessionCounters {
     pub fresh_waits: AtomicU64,
     pub fresh_found: AtomicU64,
     pub fresh_wait_us: AtomicU64,
+    /// Cluster tickets ([`tickets`]): issued; handshakes resumed by one;
+    /// opened with an older key (older epoch or a later cluster key of the
+    /// key file) and renewed; opened with the key of a later epoch (a node
+    /// whose clock is ahead).
+    pub tickets_issued: AtomicU64,
+    pub tickets_resumed: AtomicU64,
+    pub tickets_renewed: AtomicU64,
+    pub tickets_ahead: AtomicU64,
+    /// Tickets refused (each a full handshake): made with a key of no
+    /// cluster key here; with a key past its window or a chain past its
+    /// lifetime; for a context with another fingerprint; that do not open
+    /// (altered, truncated, made up).
+    pub tickets_refused_cluster: AtomicU64,
+    pub tickets_refused_expired: AtomicU64,
+    pub tickets_refused_context: AtomicU64,
+    pub tickets_refused_forged: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -107,7 +127,7 @@ unsafe impl SharedPod for SessionCounters {}
 unsafe impl Concurrent for SessionCounters {}
 
 impl SessionCounters {
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 9] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 17] {
         [
             ("refused_context", &self.refused_context),
             ("refused_plain_identity", &self.refused_plain_identity),
@@ -118,6 +138,14 @@ impl SessionCounters {
             ("fresh_waits", &self.fresh_waits),
             ("fresh_found", &self.fresh_found),
             ("fresh_wait_us", &self.fresh_wait_us),
+            ("tickets_issued", &self.tickets_issued),
+            ("tickets_resumed", &self.tickets_resumed),
+            ("tickets_renewed", &self.tickets_renewed),
+            ("tickets_ahead", &self.tickets_ahead),
+            ("tickets_refused_cluster", &self.tickets_refused_cluster),
+            ("tickets_refused_expired", &self.tickets_refused_expired),
+            ("tickets_refused_context", &self.tickets_refused_context),
+            ("tickets_refused_forged", &self.tickets_refused_forged),
         ]
     }
 }
@@ -161,6 +189,11 @@ pub struct Listener {
     /// The `SSL_CTX`, as an address (only compared, never dereferenced).
     pub ctx: usize,
     pub context: Vec<u8>,
+    /// The policy the context gives its connections, and the fingerprint
+    /// of sessions made under it there (its session id context): the
+    /// common case of [`landing`], without hashing.
+    pub verify: Verify,
+    pub fingerprint: Fingerprint,
 }
 
 /// The state the callbacks use, set once in the master before fork.
@@ -186,6 +219,8 @@ pub struct SessionCache {
     /// Contexts made by uWSGI at run time and set up since, in a
     /// single-threaded process.
     pub runtime_prepared: Mutex<HashSet<usize>>,
+    /// Cluster tickets (`ssl-sessions-tickets = cluster`): the keys.
+    pub tickets: Option<sslcache_core::tickets::TicketKeys>,
 }
 
 static CACHE: OnceLock<SessionCache> = OnceLock::new();
@@ -257,6 +292,8 @@ struct Conn {
     /// The session found by the first lookup, for the second ClientHello
     /// of a HelloRetryRequest, which looks the same id up again.
     last_lookup: Option<(Vec<u8>, Vec<u8>)>,
+    /// Cluster tickets: what the callbacks of one ticket tell each other.
+    ticket: tickets::TicketState,
 }
 
 /// SSL ex_data index of the connection's [`Conn`]; SSL_SESSION ex_data
@@ -358,6 +395,7 @@ unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_int, _arg: *m
                     asked,
                     stored_early: false,
                     last_lookup: None,
+                    ticket: tickets::TicketState::default(),
                 }));
                 // SAFETY: hands the Box to the slot; on_ssl_free frees it.
                 unsafe {
@@ -402,8 +440,17 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
         let ssl = ssl.cast_mut();
         if what & ffi::SSL_CB_HANDSHAKE_DONE != 0 {
             // The client proved it knows the session: removals count now.
+            // Only a marked session is touched (setting ex_data on a
+            // session allocates its table).
             // SAFETY: the live connection and its current session.
-            unsafe { set_unproven(openssl_sys::SSL_get_session(ssl), false) };
+            unsafe {
+                let sess = openssl_sys::SSL_get_session(ssl);
+                if is_unproven(sess) {
+                    set_unproven(sess, false);
+                }
+            }
+            // SAFETY: the live connection, driven by this thread.
+            unsafe { tickets::handshake_done(cache, ssl) };
             if cache.quickack {
                 // SAFETY: the live connection, driven by this thread.
                 unsafe { push_final_ack(ssl) };
@@ -466,15 +513,18 @@ unsafe fn push_final_ack(ssl: *mut SSL) {
 }
 
 /// Sets a context uWSGI made at run time (sni-dir, subscriptions) up for
-/// caching, if this process runs handshakes on one thread only; always
-/// keeps tickets off on the connection itself.
+/// caching, if this process runs handshakes on one thread only; keeps
+/// tickets off on the connection itself, unless cluster tickets are on.
 ///
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 unsafe fn prepare_runtime_context(cache: &SessionCache, ssl: *mut SSL) {
     // SAFETY: per the contract.
     unsafe {
-        ffi::SSL_set_options(ssl, openssl_sys::SSL_OP_NO_TICKET);
+        let cluster_tickets = cache.tickets.is_some();
+        if !cluster_tickets {
+            ffi::SSL_set_options(ssl, openssl_sys::SSL_OP_NO_TICKET);
+        }
         let ctx = openssl_sys::SSL_get_SSL_CTX(ssl);
         // Contexts of the master are set up; in a process with several
         // handshake threads a context is never changed at run time.
@@ -485,7 +535,7 @@ unsafe fn prepare_runtime_context(cache: &SessionCache, ssl: *mut SSL) {
         // context while it changes.
         let mut prepared = cache.runtime_prepared.lock().unwrap_or_else(|e| e.into_inner());
         if prepared.insert(ctx as usize) {
-            prepare_sni_context(ctx);
+            prepare_sni_context(ctx, cluster_tickets);
         }
     }
 }
@@ -666,6 +716,11 @@ unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_
         let Some(cache) = installed() else { return 0 };
         // SAFETY: OpenSSL passes the live connection and its session.
         unsafe {
+            // With cluster tickets TLS 1.3 tickets are stateless: OpenSSL
+            // still reports each, but nothing is stored or replicated.
+            if cache.tickets.is_some() && openssl_sys::SSL_version(ssl) >= openssl_sys::TLS1_3_VERSION {
+                return 0;
+            }
             if let Some(conn) = conn(ssl) {
                 // Stored at the client's Finished already (TLS 1.2).
                 if conn.stored_early && openssl_sys::SSL_version(ssl) < openssl_sys::TLS1_3_VERSION {
@@ -708,6 +763,9 @@ unsafe fn landing(cache: &SessionCache, ssl: *mut SSL, conn: &Conn) -> Option<(F
                 },
             }
         };
+        if ctx == listener_ctx && verify == conn.listener.verify {
+            return Some((conn.listener.fingerprint, verify));
+        }
         Some((cache.fingerprint_of(conn.listener, ctx, verify), verify))
     }
 }
@@ -742,18 +800,30 @@ unsafe fn admit(
         if origin == Origin::Plain && (verify.checks_clients() || !ffi::SSL_SESSION_get0_peer(sess).is_null()) {
             return Err(Refusal::PlainIdentity);
         }
-        // Tell OpenSSL (its own session id context check) and uWSGI (its
-        // SNI callback reads the session's host name on a TLS 1.2
-        // resumption) where this was checked.
-        ffi::SSL_set_session_id_context(ssl, expected.as_ptr(), expected.len() as c_uint);
-        let name = match &conn.asked {
-            ServerName::Name(name) => CString::new(name.clone()).ok(),
-            _ => None,
-        };
-        ffi::SSL_SESSION_set1_hostname(sess, name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()));
+        land_here(ssl, conn, sess, &expected);
         set_unproven(sess, true);
     }
     Ok(())
+}
+
+/// Tells OpenSSL (its own session id context check) and uWSGI (its SNI
+/// callback reads the session's host name on a TLS 1.2 resumption) where a
+/// session about to be resumed was checked: the fingerprint `expected`, for
+/// the server name the ClientHello asked for.
+///
+/// # Safety
+/// `ssl` must be a live connection driven by this thread; `sess` a valid
+/// session it is about to resume.
+unsafe fn land_here(ssl: *mut SSL, conn: &Conn, sess: *mut SSL_SESSION, expected: &Fingerprint) {
+    let name = match &conn.asked {
+        ServerName::Name(name) => CString::new(name.clone()).ok(),
+        _ => None,
+    };
+    // SAFETY: per the contract.
+    unsafe {
+        ffi::SSL_set_session_id_context(ssl, expected.as_ptr(), expected.len() as c_uint);
+        ffi::SSL_SESSION_set1_hostname(sess, name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()));
+    }
 }
 
 unsafe extern "C" fn on_get_session(
@@ -922,6 +992,13 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
         if id.is_empty() {
             return;
         }
+        // A session from a cluster ticket was never stored: its id is the
+        // client's (TLS 1.2) or a dummy (TLS 1.3), and must not remove
+        // a stored session of that id.
+        // SAFETY: as above.
+        if unsafe { tickets::is_ticket_session(sess) } {
+            return;
+        }
         if removed_for_unexpected_eof() {
             if cache.verbose {
                 log::info!("kept session {}.. of a connection closed without close_notify", hex(id));
@@ -951,7 +1028,9 @@ unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSIO
 
 /// Makes a listener's `ctx` cache sessions in the store: session id
 /// context `sid` (its fingerprint), `timeout`, and `tls13_tickets` TLS 1.3
-/// tickets per handshake.
+/// tickets per handshake. Tickets are off (TLS 1.3's stateful), unless
+/// `cluster_tickets`: then tickets are on, with the keys of [`tickets`]
+/// (TLS 1.3's stateless).
 ///
 /// # Safety
 /// `ctx` must be a valid `SSL_CTX` not yet used by another thread (the
@@ -961,6 +1040,7 @@ pub unsafe fn hook_listener(
     sid: &Fingerprint,
     timeout: u32,
     tls13_tickets: u8,
+    cluster_tickets: bool,
 ) -> Result<(), String> {
     ensure_indexes()?;
     // SAFETY: per the contract.
@@ -971,7 +1051,11 @@ pub unsafe fn hook_listener(
                 | openssl_sys::SSL_SESS_CACHE_NO_INTERNAL
                 | openssl_sys::SSL_SESS_CACHE_NO_AUTO_CLEAR,
         );
-        openssl_sys::SSL_CTX_set_options(ctx, openssl_sys::SSL_OP_NO_TICKET as _);
+        if cluster_tickets {
+            tickets::hook(ctx)?;
+        } else {
+            openssl_sys::SSL_CTX_set_options(ctx, openssl_sys::SSL_OP_NO_TICKET as _);
+        }
         ffi::SSL_CTX_set_timeout(ctx, timeout as c_long);
         openssl_sys::SSL_CTX_set_num_tickets(ctx, tls13_tickets as usize);
         openssl_sys::SSL_CTX_sess_set_new_cb(ctx, Some(on_new_session));
@@ -991,13 +1075,15 @@ pub unsafe fn hook_listener(
 /// session cache mode from the connection's current context when it decides
 /// whether a new TLS 1.2 session gets an id, and uWSGI's SNI callback copies
 /// an `sni` context's options onto the connection: so an SNI context needs
-/// server caching on and tickets off, like its listener. The master does
+/// server caching on and tickets off, like its listener (on, with
+/// `cluster_tickets`: OpenSSL makes and opens tickets with the listener's
+/// callbacks, whatever the SNI context). The master does
 /// this for every context it knows before fork; contexts made at run time
 /// are prepared by the info callback before their first ServerHello.
 ///
 /// # Safety
 /// `ctx` must be a valid `SSL_CTX` (or null) that no other thread uses.
-pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX) {
+pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX, cluster_tickets: bool) {
     if ctx.is_null() {
         return;
     }
@@ -1005,7 +1091,10 @@ pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX) {
     // SAFETY: per the contract.
     unsafe {
         let no_ticket = openssl_sys::SSL_OP_NO_TICKET as _;
-        if openssl_sys::SSL_CTX_get_options(ctx) & no_ticket == 0 {
+        let has = openssl_sys::SSL_CTX_get_options(ctx) & no_ticket != 0;
+        if cluster_tickets && has {
+            openssl_sys::SSL_CTX_clear_options(ctx, no_ticket);
+        } else if !cluster_tickets && !has {
             openssl_sys::SSL_CTX_set_options(ctx, no_ticket);
         }
         if openssl_sys::SSL_CTX_ctrl(ctx, ffi::SSL_CTRL_GET_SESS_CACHE_MODE, 0, std::ptr::null_mut()) & mode != mode {

@@ -15,7 +15,7 @@ const CORE: &[&[&str]] = &[
     &["record", "client_hello", "fresh"],
     &["config"],
     &["replication"],
-    &["repeater"],
+    &["repeater", "tickets"],
 ];
 
 /// The replication engine's modules: formats, keys, counters and cookies, then

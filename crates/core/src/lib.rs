@@ -17,7 +17,8 @@
 //! 6. [`replication`]: the engine that spreads sessions between nodes
 //!    (wire and sealed formats, keys, transports, receiver loop).
 //! 7. [`repeater`]: the udprepeater gateway, which forwards the datagrams
-//!    of a cluster to its subscribers.
+//!    of a cluster to its subscribers; [`tickets`]: TLS ticket keys every
+//!    node derives from the cluster key.
 //!
 //! Inner code logs through the `log` crate's macros; the host installs the
 //! logger (uWSGI's log), so no layer reaches up to print.
@@ -33,6 +34,7 @@ pub mod repeater;
 pub mod replication;
 pub mod shm;
 pub mod store;
+pub mod tickets;
 pub mod trace;
 
 #[cfg(test)]

@@ -238,10 +238,30 @@ impl Uwsgi {
     /// `binary <before_ini...> --ini <ini_path>` on a file as it is, with
     /// `dir` as its current directory, its output to `<dir>/<name>.log`.
     pub fn spawn_file(binary: &Path, dir: &Path, name: &str, ini_path: &Path, before_ini: &[&OsStr]) -> Uwsgi {
+        Self::spawn_file_env(binary, dir, name, ini_path, before_ini, &[])
+    }
+
+    /// As `spawn_with`, with these variables added to its environment
+    /// (`LD_PRELOAD` of libfaketime, say).
+    pub fn spawn_env(dir: &Path, name: &str, ini: &str, env: &[(String, String)]) -> Uwsgi {
+        let ini_path = dir.join(format!("{name}.ini"));
+        fs::write(&ini_path, ini).unwrap();
+        Self::spawn_file_env(&uwsgi_binary(), dir, name, &ini_path, &[], env)
+    }
+
+    fn spawn_file_env(
+        binary: &Path,
+        dir: &Path,
+        name: &str,
+        ini_path: &Path,
+        before_ini: &[&OsStr],
+        env: &[(String, String)],
+    ) -> Uwsgi {
         let ini_path = dir.join(ini_path);
         let log_path = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(binary);
         cmd.args(before_ini).arg("--ini").arg(&ini_path);
+        cmd.envs(env.iter().map(|(k, v)| (k, v)));
         let child = spawn_logged(cmd, dir, &log_path);
         let pid = child.id() as i32;
         Uwsgi {

@@ -17,6 +17,7 @@ mod redis;
 pub mod redis_tls;
 mod repeater;
 mod replication;
+mod tickets;
 mod values;
 
 use cache::{cache2_name, default_cache, option_name, parse_cache2, store_size};
@@ -27,6 +28,8 @@ pub use redis_tls::{PemFile, RedisTls};
 pub use repeater::{repeater, RepeaterSettings, SUBSCRIPTION_TOLERANCE_SECS};
 use replication::replication;
 pub use replication::{Multicast, Replication, DEFAULT_MAX_SKEW};
+use tickets::tickets;
+pub use tickets::{Tickets, DEFAULT_TICKET_ROTATION, MAX_TICKET_LIFETIME, MAX_TICKET_ROTATION};
 pub use values::{boolean, flag, parse_kvlist, positive, uwsgi_true, ConfigError};
 use values::{err, means_default};
 
@@ -56,6 +59,8 @@ pub struct Settings {
     pub tls13_tickets: u8,
     /// Push the ACK of the client's Finished on resumed TLS 1.2 handshakes.
     pub quickack: bool,
+    /// Cluster tickets, when on.
+    pub tickets: Option<Tickets>,
     /// Log every session event (uWSGI's `ssl-verbose`).
     pub verbose: bool,
     /// Non-fatal remarks to log once at startup.
@@ -206,11 +211,13 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
         None => true,
     };
     let verbose = raw.ssl_verbose.as_deref().is_some_and(uwsgi_true);
+    let tickets = tickets(raw, &cache, &replication, timeout, &mut warnings)?;
     Ok(Some(Settings {
         cache,
         timeout,
         tls13_tickets,
         quickack,
+        tickets,
         verbose,
         https_session_context,
         sslrouter_session_context: session_context("sslrouter-session-context", &raw.sslrouter_session_context)?,

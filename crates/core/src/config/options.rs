@@ -220,6 +220,22 @@ options! {
         readme: "TLS 1.3 tickets issued per full handshake, 0 to 8 (default 2, OpenSSL's): each is a stored \
             and replicated session; 1 halves both per full handshake, but a client that uses each ticket \
             once (RFC 8446) then resumes only one of two parallel connections (see Benchmarks)";
+    /// `ssl-sessions-tickets`: cluster tickets.
+    tickets: one, Plugin(Required), [c"ssl-sessions-tickets"],
+        help: c"session tickets: off (default: resumption through the store only) or cluster (ticket keys every \
+            node derives from the cluster key: TLS 1.2 ticket clients and TLS 1.3 resume statelessly on any \
+            node; needs a cluster key) [sslcache]",
+        readme: "`off` (default) or `cluster`: TLS session tickets whose keys every node derives from the \
+            cluster key (`cache-udp-key`, or `udp_key=` in cache2; refused without one), rotated every \
+            `ssl-sessions-tickets-rotation`: TLS 1.2 clients that send tickets and TLS 1.3 clients resume on \
+            any node with nothing stored or replicated, session-id clients through the store as before; \
+            tickets live `ssl-sessions-timeout`, at most 7 days (see docs/TICKETS.md)";
+    /// `ssl-sessions-tickets-rotation`: seconds between ticket key rotations.
+    tickets_rotation: one, Plugin(Required), [c"ssl-sessions-tickets-rotation"],
+        help: c"seconds between rotations of the cluster ticket keys (default 3600; the same on every node) \
+            [sslcache]",
+        readme: "seconds between rotations of the cluster ticket keys (default 3600, at most 604800; the same \
+            on every node): a key decrypts for at most this + the ticket lifetime + `ssl-sessions-max-skew`";
     /// uWSGI's `ssl-verbose`.
     ssl_verbose: one, Uwsgi, [c"ssl-verbose"],
         help: c"",

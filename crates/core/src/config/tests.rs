@@ -406,3 +406,72 @@ fn store_sizes_are_bounded_naming_the_setting() {
     r.cache2 = vec!["name=ssl,items=99999999999".into()];
     assert!(error(&r).contains("is too large (at most 10000000 sessions)"));
 }
+
+#[test]
+fn cluster_tickets_need_the_cluster_key() {
+    let mut r = raw();
+    assert_eq!(resolve(&r).unwrap().unwrap().tickets, None);
+    r.tickets = Some("off".into());
+    assert_eq!(resolve(&r).unwrap().unwrap().tickets, None);
+    // Plain mode: refused with one line naming both options.
+    r.tickets = Some("cluster".into());
+    let e = resolve(&r).unwrap_err().0;
+    assert!(
+        e.starts_with("ssl-sessions-tickets = cluster needs a cluster key (cache-udp-key)"),
+        "{e}"
+    );
+    assert!(!e.contains('\n'));
+    r.cache_udp_key = Some("/etc/keys".into());
+    let s = resolve(&r).unwrap().unwrap();
+    assert_eq!(
+        s.tickets,
+        Some(Tickets {
+            rotation: DEFAULT_TICKET_ROTATION,
+            lifetime: DEFAULT_TIMEOUT as u64
+        })
+    );
+    r.tickets_rotation = Some("5".into());
+    r.timeout = Some("700000".into());
+    let s = resolve(&r).unwrap().unwrap();
+    assert_eq!(
+        s.tickets,
+        Some(Tickets {
+            rotation: 5,
+            lifetime: MAX_TICKET_LIFETIME
+        })
+    );
+    assert!(
+        s.warnings.iter().any(|w| w.contains("at most 604800 seconds")),
+        "{:?}",
+        s.warnings
+    );
+    for (v, expected) in [
+        ("0", "ssl-sessions-tickets-rotation"),
+        ("604801", "ssl-sessions-tickets-rotation"),
+        ("hourly", "ssl-sessions-tickets-rotation"),
+    ] {
+        r.tickets_rotation = Some(v.into());
+        let e = resolve(&r).unwrap_err().0;
+        assert!(e.contains(expected), "{v}: {e}");
+    }
+    r.tickets_rotation = None;
+    r.tickets = Some("on".into());
+    assert!(resolve(&r)
+        .unwrap_err()
+        .0
+        .contains("ssl-sessions-tickets = on: expected off or cluster"));
+    // A cache2's key counts, and is named in the error.
+    let mut r = raw();
+    r.use_cache = Some("s".into());
+    r.tickets = Some("cluster".into());
+    r.cache2 = vec!["name=s,items=5".into()];
+    assert!(resolve(&r).unwrap_err().0.contains("(cache2 \"s\" udp_key)"));
+    r.cache2 = vec!["name=s,items=5,udp_key=/k".into()];
+    assert!(resolve(&r).unwrap().unwrap().tickets.is_some());
+    // The rotation alone changes nothing, and says so.
+    let mut r = raw();
+    r.tickets_rotation = Some("60".into());
+    let s = resolve(&r).unwrap().unwrap();
+    assert!(s.tickets.is_none());
+    assert!(s.warnings.iter().any(|w| w.contains("changes nothing")));
+}

@@ -37,12 +37,7 @@ fn nodes_with(dir: &std::path::Path, plugin: bool, adapt: impl Fn(String) -> Str
             Uwsgi::start(dir, &format!("node{i}"), &ini, &[stats_port])
         })
         .collect();
-    let backends: Vec<SocketAddr> = (1..=3u8).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
-    for b in &backends {
-        assert!(eventually(Duration::from_secs(20), || {
-            std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
-        }));
-    }
+    let backends = wait_nodes(3, https);
     (nodes, backends)
 }
 

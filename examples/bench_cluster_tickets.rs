@@ -39,8 +39,6 @@
 //! other processes take from the cores is not counted); 9 alternating
 //! rounds, medians of per-round times and ratios.
 
-use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -50,13 +48,6 @@ const ROUNDS: usize = 7;
 const SECONDS: u32 = 4;
 const CLIENTS: usize = 1000;
 const KEY: &str = "3333333333333333333333333333333333333333333333333333333333333333";
-
-fn key_file(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("cluster.key");
-    std::fs::write(&path, format!("{KEY}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 fn main() {
     let part = std::env::var("BENCH_PART").unwrap_or_default();
@@ -97,7 +88,7 @@ fn measured(node: &Uwsgi, port: u16, version: &str) -> (f64, f64, f64) {
 
 fn rate() {
     let dir = test_dir("bench-cluster-tickets-rate");
-    let keys = key_file(&dir);
+    let keys = key_file(&dir, "cluster.key", &[KEY]);
     let cluster_node = |name: &str, extra: &str| {
         let (https, stats_port) = (free_port(), free_port());
         let ini = seed_setup1(&plugin_dir(), https, stats_port, 4, DEFAULT_CACHE)
@@ -176,7 +167,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &Path, tickets: bool) -> Cluster {
-        let keys = key_file(dir);
+        let keys = key_file(dir, "cluster.key", &[KEY]);
         let (https, udp) = (free_port(), free_port());
         let stats: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let nodes: Vec<Uwsgi> = (1..=3)
@@ -197,12 +188,7 @@ impl Cluster {
                 n
             })
             .collect();
-        let backends: Vec<SocketAddr> = (1..=3u8).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
-        for b in &backends {
-            assert!(eventually(Duration::from_secs(20), || {
-                std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
-            }));
-        }
+        let backends = wait_nodes(3, https);
         let lb = free_port();
         let proxy = haproxy(dir, lb, &backends);
         Cluster {

@@ -56,14 +56,7 @@ fn outage(dir: &std::path::Path) {
             Uwsgi::start(dir, &format!("node{i}"), &ini, &[stats_port])
         })
         .collect();
-    let backends: Vec<std::net::SocketAddr> = (1..=3u8)
-        .map(|i| std::net::SocketAddr::from(([127, 0, 0, i], https)))
-        .collect();
-    for b in &backends {
-        assert!(eventually(Duration::from_secs(20), || {
-            std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
-        }));
-    }
+    let backends = wait_nodes(3, https);
     let lb = free_port();
     let _proxy = haproxy(dir, lb, &backends);
     let (mut before, mut during, mut failed) = (Vec::new(), Vec::new(), 0);

@@ -77,10 +77,7 @@ fn pull_benchmark() {
     let (https, udp) = (free_port(), free_port());
     let (stats_a, stats_b) = (free_port(), free_port());
     let _a = Uwsgi::start(&dir, "a", &node_ini(1, 2, https, stats_a, udp), &[stats_a]);
-    let a_https = SocketAddr::from(([127, 0, 0, 1], https));
-    assert!(eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect_timeout(&a_https, Duration::from_millis(200)).is_ok()
-    }));
+    wait_port(https, "node A");
     inject(SocketAddr::from(([127, 0, 0, 1], udp)), SESSIONS);
     assert!(
         eventually(Duration::from_secs(30), || metric(stats_a, "sslcache.default.applied")
@@ -153,9 +150,7 @@ fn repair_traffic_benchmark() {
         })
         .collect();
     let node1 = SocketAddr::from(([127, 0, 0, 1], https));
-    assert!(eventually(Duration::from_secs(20), || {
-        std::net::TcpStream::connect_timeout(&node1, Duration::from_millis(200)).is_ok()
-    }));
+    wait_addr(node1, "node 1");
     std::thread::sleep(Duration::from_secs(2));
     let sum = |stats: &[u16]| {
         stats.iter().map(|&p| counters(p)).fold([0u64; 4], |mut acc, c| {

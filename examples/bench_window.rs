@@ -119,12 +119,7 @@ impl Cluster {
             stats.push(stats_port);
             traces.push(trace);
         }
-        for i in 1..=3u8 {
-            let addr = SocketAddr::from(([127, 0, 0, i], https));
-            assert!(eventually(Duration::from_secs(20), || {
-                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-            }));
-        }
+        wait_nodes(3, https);
         // Redis: subscribed before the first session.
         std::thread::sleep(Duration::from_millis(500));
         Cluster {

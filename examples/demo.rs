@@ -9,7 +9,6 @@
 //! resumed, and each node's session cache and replication counters from its
 //! stats server.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use sslcache_testkit::*;
@@ -43,15 +42,7 @@ fn cluster(dir: &std::path::Path, with_plugin: bool) -> Cluster {
             Uwsgi::start(dir, &format!("node{i}"), &ini, &[stats[i - 1]])
         })
         .collect();
-    let backends: Vec<SocketAddr> = (1..=NODES)
-        .map(|i| SocketAddr::from(([127, 0, 0, i as u8], https)))
-        .collect();
-    for b in &backends {
-        let ok = eventually(Duration::from_secs(20), || {
-            std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
-        });
-        assert!(ok, "{b} not listening");
-    }
+    let backends = wait_nodes(NODES, https);
     let port = free_port();
     let balancer = haproxy(dir, port, &backends);
     Cluster {

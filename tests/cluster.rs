@@ -32,47 +32,13 @@ impl Cluster {
                 node
             })
             .collect();
-        let cluster = Cluster { nodes, https, stats };
-        for i in 1..=n {
-            wait_addr(SocketAddr::from(([127, 0, 0, i as u8], https)));
-        }
-        cluster
+        wait_nodes(n, https);
+        Cluster { nodes, https, stats }
     }
 
     fn backends(&self) -> Vec<SocketAddr> {
-        (1..=self.nodes.len())
-            .map(|i| SocketAddr::from(([127, 0, 0, i as u8], self.https)))
-            .collect()
+        node_addrs(self.nodes.len(), self.https)
     }
-}
-
-fn wait_addr(addr: SocketAddr) {
-    assert!(
-        eventually(Duration::from_secs(20), || std::net::TcpStream::connect_timeout(
-            &addr,
-            Duration::from_millis(200)
-        )
-        .is_ok()),
-        "{addr} not listening"
-    );
-}
-
-fn rate(out: &Outcome) -> f64 {
-    assert!(out.errors.is_empty(), "connection errors: {:?}", out.errors);
-    out.resumption_rate()
-}
-
-/// Both protocols through a balancer in front of the cluster.
-fn through_balancer(port: u16, what: &str) -> (f64, f64) {
-    let tls12 = Client::new(Proto::Tls12NoTickets).reconnects(port, RECONNECTS, &[]);
-    let tls13 = Client::new(Proto::Tls13).reconnects(port, RECONNECTS, &[]);
-    let rates = (rate(&tls12), rate(&tls13));
-    println!(
-        "{what}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
-        rates.0 * 100.0,
-        rates.1 * 100.0
-    );
-    rates
 }
 
 #[test]
@@ -84,7 +50,8 @@ fn three_nodes_behind_haproxy_resume() {
     let stock = Cluster::start(&stock_dir, 3, false);
     let stock_lb = free_port();
     let stock_proxy = haproxy(&stock_dir, stock_lb, &stock.backends());
-    let (s12, s13) = through_balancer(stock_lb, "stock uWSGI, 3 nodes behind HAProxy");
+    let [stock12, stock13] = reconnects_both(stock_lb, RECONNECTS, "stock uWSGI, 3 nodes behind HAProxy");
+    let (s12, s13) = (stock12.resumption_rate(), stock13.resumption_rate());
     assert!(
         s12 < 0.05 && s13 < 0.40,
         "stock baseline unexpectedly resumed: {s12} {s13}"
@@ -95,8 +62,7 @@ fn three_nodes_behind_haproxy_resume() {
     let cluster = Cluster::start(&dir, 3, true);
     let lb = free_port();
     let _proxy = haproxy(&dir, lb, &cluster.backends());
-    let (r12, r13) = through_balancer(lb, "sslcache, 3 nodes behind HAProxy");
-    assert!(r12 >= RESUME_FLOOR && r13 >= RESUME_FLOOR, "resumption {r12} {r13}");
+    resumed_both(lb, RECONNECTS, "sslcache, 3 nodes behind HAProxy");
     // Every node served and replicated.
     for (i, &port) in cluster.stats.iter().enumerate() {
         assert!(
@@ -117,8 +83,7 @@ fn three_nodes_behind_rawrouter_resume() {
     let cluster = Cluster::start(&dir, 3, true);
     let lb = free_port();
     let _router = rawrouter(&dir, lb, &cluster.backends());
-    let (r12, r13) = through_balancer(lb, "sslcache, 3 nodes behind uWSGI's rawrouter");
-    assert!(r12 >= RESUME_FLOOR && r13 >= RESUME_FLOOR, "resumption {r12} {r13}");
+    resumed_both(lb, RECONNECTS, "sslcache, 3 nodes behind uWSGI's rawrouter");
 }
 
 /// The seed's named-cache example, as written but on loopback ports.
@@ -191,9 +156,7 @@ fn multicast_example() {
             node
         })
         .collect();
-    for i in 1..=3u8 {
-        wait_addr(SocketAddr::from(([127, 0, 0, i], https)));
-    }
+    wait_nodes(3, https);
     for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
         let client = Client::new(proto);
         let mut session = None;

@@ -698,12 +698,9 @@ fn plain_replication_keeps_client_identities_home() {
 fn a_planted_client_identity_never_resumes() {
     use sslcache_core::replication::keys::Key;
     use sslcache_core::replication::seal::Opener;
-    use std::os::unix::fs::PermissionsExt;
 
     let dir = test_dir("isolation-planted-identity");
-    let key_path = dir.join("cluster.key");
-    std::fs::write(&key_path, format!("{}\n", "7e".repeat(32))).unwrap();
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_path = key_file(&dir, "cluster.key", &[&"7e".repeat(32)]);
     let (ux, uy, tap) = (free_port(), free_port(), free_port());
     let tap_socket = std::net::UdpSocket::bind(("127.0.0.1", tap)).unwrap();
     tap_socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();

@@ -5,7 +5,7 @@
 
 use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,13 +15,6 @@ use sslcache_testkit::*;
 
 const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const NEW: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-fn key_file(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, keys.join("\n") + "\n").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 fn key(hex: &str) -> Key {
     let mut bytes = [0u8; 32];
@@ -97,12 +90,7 @@ fn sealed_cluster(name: &str, extra: &str) -> Vec<Uwsgi> {
             n
         })
         .collect();
-    let backends: Vec<SocketAddr> = (1..=3u8).map(|i| SocketAddr::from(([127, 0, 0, i], https))).collect();
-    for b in &backends {
-        assert!(eventually(Duration::from_secs(20), || {
-            std::net::TcpStream::connect_timeout(b, Duration::from_millis(200)).is_ok()
-        }));
-    }
+    let backends = wait_nodes(3, https);
     let lb = free_port();
     let _proxy = haproxy(&dir, lb, &backends);
     for proto in [Proto::Tls12NoTickets, Proto::Tls13] {

@@ -18,8 +18,6 @@
 
 use std::net::{SocketAddr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -518,13 +516,6 @@ fn forged_sources_get_no_more_than_three_times_what_they_sent() {
 
 const KEY_HEX: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 
-fn key_file(dir: &Path) -> std::path::PathBuf {
-    let path = dir.join("cluster.key");
-    std::fs::write(&path, format!("{KEY_HEX}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
-
 fn key() -> Key {
     Key::new([0x5a; 32])
 }
@@ -532,7 +523,7 @@ fn key() -> Key {
 #[test]
 fn sealed_messages_are_answered_only_by_their_recipient_at_their_reply_address() {
     let dir = test_dir("sealed-recipient");
-    let key_path = key_file(&dir);
+    let key_path = key_file(&dir, "cluster.key", &[KEY_HEX]);
     in_namespace(move || {
         // B and C: sealed nodes; A: the peer B and C know, played by the
         // test (it holds A's address and the key); V: a bystander.

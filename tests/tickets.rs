@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,13 +20,6 @@ use sslcache_testkit::*;
 const K1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const K2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-fn key_file(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, keys.join("\n") + "\n").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    path
-}
 
 /// The environment that runs a process with its clock `offset` away
 /// (libfaketime: `+30s`, `-2d`), the monotonic clock left alone; `None`
@@ -74,24 +66,12 @@ impl Fleet {
                 node
             })
             .collect();
-        for i in 1..=n {
-            let addr = SocketAddr::from(([127, 0, 0, i as u8], https));
-            assert!(
-                eventually(Duration::from_secs(20), || std::net::TcpStream::connect_timeout(
-                    &addr,
-                    Duration::from_millis(200)
-                )
-                .is_ok()),
-                "{addr} not listening"
-            );
-        }
+        wait_nodes(n, https);
         Fleet { nodes, https, stats }
     }
 
     fn backends(&self) -> Vec<SocketAddr> {
-        (1..=self.nodes.len())
-            .map(|i| SocketAddr::from(([127, 0, 0, i as u8], self.https)))
-            .collect()
+        node_addrs(self.nodes.len(), self.https)
     }
 
     fn sum(&self, name: &str) -> u64 {

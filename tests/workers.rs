@@ -302,9 +302,7 @@ fn run(name: &str, extra: &str) {
     std::fs::write(dir.join("app.py"), APP_PY).unwrap();
     std::fs::write(dir.join("mule.py"), MULE_PY).unwrap();
     std::fs::write(dir.join("spooltask.py"), SPOOLTASK_PY).unwrap();
-    let key_path = dir.join("cluster.key");
-    std::fs::write(&key_path, format!("{CLUSTER_KEY}\n")).unwrap();
-    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let key_path = key_file(&dir, "cluster.key", &[CLUSTER_KEY]);
 
     let cache = "cache = 2000\ncache-blocksize = 4096\nssl-sessions-use-cache = true";
     let (udp_a, udp_b) = (free_port(), free_port());

@@ -218,11 +218,71 @@ impl Outcome {
     /// or "").
     #[track_caller]
     pub fn assert_resumed(&self, what: impl std::fmt::Display, log: &str) {
-        assert!(
-            self.resumption_rate() >= RESUME_FLOOR,
-            "{what}: resumed {}/{} (floor {RESUME_FLOOR}): {self:?}\n{log}",
+        assert_share_resumed(
+            format_args!("{what}: {self:?}"),
             self.resumed,
-            self.attempts.saturating_sub(1)
+            self.attempts.saturating_sub(1),
+            log,
         );
     }
+
+    /// Asserts that no connection failed; else fails with `what` and the
+    /// errors.
+    #[track_caller]
+    pub fn assert_no_errors(&self, what: impl std::fmt::Display) {
+        assert!(self.errors.is_empty(), "{what}: connection errors {:?}", self.errors);
+    }
+}
+
+/// Asserts that [`RESUME_FLOOR`] of `offered` sessions resumed (`resumed`
+/// of them); else fails with `what`, the figures and `log` (the log of the
+/// node concerned, or ""). The one floor check: [`Outcome::assert_resumed`]
+/// is this for a reconnect loop.
+#[track_caller]
+pub fn assert_share_resumed(what: impl std::fmt::Display, resumed: usize, offered: usize, log: &str) {
+    let share = if offered == 0 {
+        0.0
+    } else {
+        resumed as f64 / offered as f64
+    };
+    assert!(
+        share >= RESUME_FLOOR,
+        "{what}: resumed {resumed}/{offered} (floor {RESUME_FLOOR})\n{log}"
+    );
+}
+
+/// `n` reconnects of a TLS 1.2 client without tickets, then of a TLS 1.3
+/// client, to 127.0.0.1:`port` (a balancer in front of a cluster, say):
+/// their outcomes, each without a connection error, their rates printed
+/// after `what`. The floor is the caller's to assert (a stock baseline
+/// holds to none).
+pub fn reconnects_both(port: u16, n: usize, what: &str) -> [Outcome; 2] {
+    let outcomes = [Proto::Tls12NoTickets, Proto::Tls13].map(|proto| {
+        let out = Client::new(proto).reconnects(port, n, &[]);
+        out.assert_no_errors(format_args!("{what}: {proto:?}"));
+        out
+    });
+    println!(
+        "{what}: TLS 1.2 without tickets {:.1}%, TLS 1.3 {:.1}%",
+        outcomes[0].resumption_rate() * 100.0,
+        outcomes[1].resumption_rate() * 100.0
+    );
+    outcomes
+}
+
+/// Asserts that each of [`reconnects_both`]'s outcomes resumed to the floor
+/// ([`Outcome::assert_resumed`]).
+#[track_caller]
+pub fn assert_both_resumed(outcomes: &[Outcome; 2], what: &str, log: &str) {
+    for (out, proto) in outcomes.iter().zip(["TLS 1.2", "TLS 1.3"]) {
+        out.assert_resumed(format_args!("{what}, {proto}"), log);
+    }
+}
+
+/// [`reconnects_both`], each held to the floor.
+#[track_caller]
+pub fn resumed_both(port: u16, n: usize, what: &str) -> [Outcome; 2] {
+    let outcomes = reconnects_both(port, n, what);
+    assert_both_resumed(&outcomes, what, "");
+    outcomes
 }

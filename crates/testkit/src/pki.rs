@@ -1,6 +1,8 @@
-//! Certificates: self-signed listener certificates, a CA and a client
-//! certificate it signed, made once per test run with the `openssl` CLI.
+//! Key material: self-signed listener certificates, a CA and a client
+//! certificate it signed, made once per test run with the `openssl` CLI;
+//! cluster key files.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -79,4 +81,13 @@ pub fn pki() -> &'static Pki {
             client_key: dir.join("client.key"),
         }
     })
+}
+
+/// A cluster key file `dir/name` (mode 0600, as sslcache requires) holding
+/// `keys` (hex), one a line.
+pub fn key_file(dir: &Path, name: &str, keys: &[&str]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, keys.join("\n") + "\n").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }

@@ -51,11 +51,33 @@ pub fn free_port() -> u16 {
 
 /// Waits until 127.0.0.1:`port` accepts TCP connections.
 pub fn wait_port(port: u16, what: &str) {
+    wait_addr(SocketAddr::from(([127, 0, 0, 1], port)), what);
+}
+
+/// Waits until `addr` accepts TCP connections (20 s at most).
+pub fn wait_addr(addr: SocketAddr, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{what} not listening on {port}");
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "{what} not listening on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The addresses of a cluster's nodes on loopback: `port` on 127.0.0.1 to
+/// 127.0.0.`n`.
+pub fn node_addrs(n: usize, port: u16) -> Vec<SocketAddr> {
+    (1..=n)
+        .map(|i| SocketAddr::from(([127, 0, 0, i as u8], port)))
+        .collect()
+}
+
+/// [`node_addrs`], once each of them accepts TCP connections.
+pub fn wait_nodes(n: usize, port: u16) -> Vec<SocketAddr> {
+    let addrs = node_addrs(n, port);
+    for &addr in &addrs {
+        wait_addr(addr, "node");
+    }
+    addrs
 }
 
 /// Which of `pids` holds the accepted socket of the connection from

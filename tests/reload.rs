@@ -10,33 +10,6 @@ use sslcache_testkit::*;
 
 const SESSIONS: usize = 500;
 
-/// `n` full handshakes; the sessions they made.
-fn make_sessions(client: &Client, port: u16, n: usize) -> Vec<SslSession> {
-    (0..n)
-        .map(|i| {
-            let conn = client
-                .connect(port, None, &[])
-                .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
-            conn.session.expect("a session")
-        })
-        .collect()
-}
-
-/// Offers each session once; returns how many resumed, and replaces each
-/// by the session of its connection (a TLS 1.3 ticket is used once).
-fn resume_all(client: &Client, port: u16, sessions: &mut [SslSession]) -> usize {
-    let mut resumed = 0;
-    for session in sessions.iter_mut() {
-        if let Ok(conn) = client.connect(port, Some(session), &[]) {
-            resumed += usize::from(conn.resumed);
-            if let Some(next) = conn.session {
-                *session = next;
-            }
-        }
-    }
-    resumed
-}
-
 /// Waits until the node has come back from its `n`-th reload and serves.
 fn wait_reloaded(node: &Uwsgi, https: u16, n: usize, marker: &str) {
     assert!(
@@ -97,8 +70,8 @@ fn sessions_survive_every_kind_of_reload() {
         &[https],
     );
     let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
-    let mut sessions12 = make_sessions(&tls12, https, SESSIONS);
-    let mut sessions13 = make_sessions(&tls13, https, SESSIONS);
+    let mut sessions12 = tls12.sessions(loopback(https), SESSIONS);
+    let mut sessions13 = tls13.sessions(loopback(https), SESSIONS);
     let marker = "sessions came back from before the reload";
     let reloads = [
         ("SIGHUP", Reload::Sighup),
@@ -111,8 +84,8 @@ fn sessions_survive_every_kind_of_reload() {
     for (round, (name, reload)) in reloads.iter().enumerate() {
         trigger(reload, &node, &dir, round as u64 + 1);
         wait_reloaded(&node, https, round + 1, marker);
-        let r12 = resume_all(&tls12, https, &mut sessions12);
-        let r13 = resume_all(&tls13, https, &mut sessions13);
+        let r12 = tls12.resume_all(loopback(https), &mut sessions12);
+        let r13 = tls13.resume_all(loopback(https), &mut sessions13);
         println!("after {name}: TLS 1.2 {r12}/{SESSIONS}, TLS 1.3 {r13}/{SESSIONS} resumed");
         let least = SESSIONS * 99 / 100;
         assert!(
@@ -146,13 +119,13 @@ fn stock_uwsgi_loses_every_session_at_a_reload() {
     );
     let node = Uwsgi::start(&dir, "stock", &ini, &[https]);
     let client = Client::new(Proto::Tls12Tickets);
-    let mut sessions = make_sessions(&client, https, 50);
-    let before = resume_all(&client, https, &mut sessions);
+    let mut sessions = client.sessions(loopback(https), 50);
+    let before = client.resume_all(loopback(https), &mut sessions);
     assert!(before >= 49, "stock resumes by tickets before the reload: {before}");
     // SAFETY: signals the test's own child process by pid.
     assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
     wait_reloaded(&node, https, 1, "binary reloading uWSGI");
-    let after = resume_all(&client, https, &mut sessions);
+    let after = client.resume_all(loopback(https), &mut sessions);
     println!("stock after SIGHUP: {after}/50 resumed");
     assert_eq!(after, 0);
 }
@@ -173,7 +146,7 @@ fn a_store_of_other_sizes_is_discarded_in_one_line() {
     };
     let node = Uwsgi::start(&dir, "node", &ini(20000), &[https]);
     let client = Client::new(Proto::Tls12NoTickets);
-    let mut sessions = make_sessions(&client, https, 20);
+    let mut sessions = client.sessions(loopback(https), 20);
     // The reload reads the ini again: the cache is now smaller.
     std::fs::write(&node.ini_path, ini(10000)).unwrap();
     std::fs::write(dir.join("master.fifo"), "r").unwrap();
@@ -184,7 +157,7 @@ fn a_store_of_other_sizes_is_discarded_in_one_line() {
         log.contains("made for items=20000, keysize=2048, blocksize=4096"),
         "{log}"
     );
-    assert_eq!(resume_all(&client, https, &mut sessions), 0);
+    assert_eq!(client.resume_all(loopback(https), &mut sessions), 0);
     assert_eq!(metric(stats_port, "sslcache.default.restore_discarded"), 1);
     // And it caches again.
     assert!(
@@ -223,17 +196,17 @@ fn sealed_replication_goes_on_across_a_reload() {
     let (_a, https_a, stats_a) = node("a", udp_a, udp_b);
     let (b, https_b, stats_b) = node("b", udp_b, udp_a);
     let client = Client::new(Proto::Tls12NoTickets);
-    let resumed_on = |port: u16, sessions: &mut Vec<SslSession>| resume_all(&client, port, sessions);
+    let resumed_on = |port: u16, sessions: &mut Vec<SslSession>| client.resume_all(loopback(port), sessions);
 
-    let mut before = make_sessions(&client, https_a, 50);
+    let mut before = client.sessions(loopback(https_a), 50);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signals the test's own child process by pid.
     assert_eq!(unsafe { libc::kill(b.pid, libc::SIGHUP) }, 0);
     wait_reloaded(&b, https_b, 1, "sessions came back from before the reload");
     assert!(resumed_on(https_b, &mut before) >= 49, "{}", b.log());
 
-    let mut from_a = make_sessions(&client, https_a, 50);
-    let mut from_b = make_sessions(&client, https_b, 50);
+    let mut from_a = client.sessions(loopback(https_a), 50);
+    let mut from_b = client.sessions(loopback(https_b), 50);
     std::thread::sleep(Duration::from_millis(500));
     let (on_b, on_a) = (resumed_on(https_b, &mut from_a), resumed_on(https_a, &mut from_b));
     println!("after B reloaded: A's new sessions {on_b}/50 on B, B's new sessions {on_a}/50 on A");
@@ -273,8 +246,8 @@ fn a_store_file_keeps_sessions_across_a_stop_and_start() {
     assert!(!status.expect("exits").success(), "{log}");
     assert!(log.contains("another uWSGI instance uses this store file"), "{log}");
     let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
-    let mut sessions12 = make_sessions(&tls12, https, SESSIONS);
-    let mut sessions13 = make_sessions(&tls13, https, SESSIONS);
+    let mut sessions12 = tls12.sessions(loopback(https), SESSIONS);
+    let mut sessions13 = tls13.sessions(loopback(https), SESSIONS);
     node.stop();
     let node = Uwsgi::start(&dir, "node-again", &ini, &[https]);
     assert!(
@@ -282,8 +255,8 @@ fn a_store_file_keeps_sessions_across_a_stop_and_start() {
         "{}",
         node.log()
     );
-    let r12 = resume_all(&tls12, https, &mut sessions12);
-    let r13 = resume_all(&tls13, https, &mut sessions13);
+    let r12 = tls12.resume_all(loopback(https), &mut sessions12);
+    let r13 = tls13.resume_all(loopback(https), &mut sessions13);
     println!("after a stop and start: TLS 1.2 {r12}/{SESSIONS}, TLS 1.3 {r13}/{SESSIONS} resumed");
     let least = SESSIONS * 99 / 100;
     assert!(
@@ -344,7 +317,7 @@ fn bad_store_files_are_refused_or_discarded_in_one_line() {
     let log = node.log();
     assert!(!log.contains("discarded"), "{log}");
     let client = Client::new(Proto::Tls12NoTickets);
-    let mut sessions = make_sessions(&client, https, 20);
+    let mut sessions = client.sessions(loopback(https), 20);
     node.stop();
     // Other cache sizes: discarded, saying what it was made for.
     let node = Uwsgi::start(&dir, "smaller", &ini(10000), &[https]);
@@ -354,7 +327,7 @@ fn bad_store_files_are_refused_or_discarded_in_one_line() {
         log.contains("made for items=20000, keysize=2048, blocksize=4096"),
         "{log}"
     );
-    assert_eq!(resume_all(&client, https, &mut sessions), 0);
+    assert_eq!(client.resume_all(loopback(https), &mut sessions), 0);
     assert!(client.reconnects(https, 10, &[]).resumption_rate() >= 0.9);
 }
 
@@ -385,10 +358,10 @@ fn a_root_owned_store_file_survives_a_reload_with_dropped_privileges() {
     );
     assert_eq!(std::fs::metadata(&store).unwrap().uid(), 0);
     let client = Client::new(Proto::Tls12NoTickets);
-    let mut sessions = make_sessions(&client, https, 100);
+    let mut sessions = client.sessions(loopback(https), 100);
     // SAFETY: signals the test's own child process by pid.
     assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
     wait_reloaded(&node, https, 1, "sessions came back from before the reload");
-    let resumed = resume_all(&client, https, &mut sessions);
+    let resumed = client.resume_all(loopback(https), &mut sessions);
     assert!(resumed >= 99, "{resumed}/100\n{}", node.log());
 }

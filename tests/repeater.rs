@@ -305,21 +305,6 @@ fn repeater_udp_of(nodes: &Nodes, i: usize) -> String {
     format!("127.0.0.{i}:{}", nodes.udp)
 }
 
-/// Offers each session once at `addr`; how many resumed (each replaced by
-/// its connection's: a TLS 1.3 ticket is used once).
-fn resume_all(client: &Client, addr: SocketAddr, sessions: &mut [openssl::ssl::SslSession]) -> usize {
-    let mut resumed = 0;
-    for s in sessions.iter_mut() {
-        if let Ok(c) = client.connect_to(addr, Some(s), &[]) {
-            resumed += usize::from(c.resumed);
-            if let Some(next) = c.session {
-                *s = next;
-            }
-        }
-    }
-    resumed
-}
-
 fn a_node_that_joins_pulls_through_the_repeater(sealed: bool) {
     let _heavy = heavy();
     let dir = test_dir(if sealed {
@@ -353,7 +338,7 @@ fn a_node_that_joins_pulls_through_the_repeater(sealed: bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let ready = opened.elapsed();
-    let resumed = resume_all(&client, nodes.addr(4), &mut before);
+    let resumed = client.resume_all(nodes.addr(4), &mut before);
     let log = nodes.nodes[3].log();
     println!(
         "{}: node 4 pulled {} sessions through the repeater, ready {:.2} s after its HTTPS port opened; \
@@ -370,7 +355,7 @@ fn a_node_that_joins_pulls_through_the_repeater(sealed: bool) {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     for i in 1..=3 {
-        let resumed = resume_all(&client, nodes.addr(i), &mut made.clone());
+        let resumed = client.resume_all(nodes.addr(i), &mut made.clone());
         assert!(resumed >= 99, "node {i}: {resumed}/100 of node 4's sessions");
     }
 }
@@ -416,7 +401,7 @@ fn repair_mends_what_the_repeater_lost_under_30_percent_loss() {
             })
             .collect();
         let resumed: Vec<usize> = (2..=3)
-            .map(|i| resume_all(&client, nodes.addr(i), &mut sessions.clone()))
+            .map(|i| client.resume_all(nodes.addr(i), &mut sessions.clone()))
             .collect();
         let repaired: Vec<[u64; 3]> = (1..=3)
             .map(|i| {
@@ -758,7 +743,7 @@ fn a_repeater_inside_a_node_serves_its_cluster() {
             .map(|_| client.connect_to(addrs[from], None, &[]).unwrap().session.unwrap())
             .collect();
         std::thread::sleep(Duration::from_millis(300));
-        let resumed = resume_all(&client, addrs[to], &mut made);
+        let resumed = client.resume_all(addrs[to], &mut made);
         assert!(
             resumed >= 49,
             "node {} resumed {resumed}/50 of node {}'s sessions",
@@ -798,6 +783,6 @@ fn a_reloaded_repeater_forwards_again() {
         .map(|_| client.connect_to(nodes.addr(1), None, &[]).unwrap().session.unwrap())
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let resumed = resume_all(&client, nodes.addr(2), &mut made);
+    let resumed = client.resume_all(nodes.addr(2), &mut made);
     assert!(resumed >= 49, "{resumed}/50 after the repeater's reload");
 }

@@ -95,30 +95,6 @@ fn connect(client: &Client, addr: SocketAddr, session: Option<&SslSession>) -> s
     Ok((conn.resumed, next))
 }
 
-/// `n` full handshakes on `addr`; their sessions.
-fn make_sessions(client: &Client, addr: SocketAddr, n: usize) -> Vec<SslSession> {
-    (0..n)
-        .map(|i| {
-            connect(client, addr, None)
-                .unwrap_or_else(|e| panic!("handshake {i}: {e}"))
-                .1
-        })
-        .collect()
-}
-
-/// Offers each session once at `addr`; how many resumed. Each is replaced
-/// by its connection's (a TLS 1.3 ticket is used once).
-fn resume_all(client: &Client, addr: SocketAddr, sessions: &mut [SslSession]) -> usize {
-    let mut resumed = 0;
-    for session in sessions.iter_mut() {
-        if let Ok((r, next)) = connect(client, addr, Some(session)) {
-            resumed += usize::from(r);
-            *session = next;
-        }
-    }
-    resumed
-}
-
 fn sealed_lines(dir: &Path) -> String {
     let keys = key_file(dir, "keys", &[&"3".repeat(64)]);
     format!("cache-udp-key = {}\n", keys.display())
@@ -143,7 +119,7 @@ fn resumed_after_warm_start(
     }
     let ready = opened.elapsed();
     let resumed: usize = (0..2)
-        .map(|p| resume_all(clients[p], cluster.addr(i), &mut sessions[p]))
+        .map(|p| clients[p].resume_all(cluster.addr(i), &mut sessions[p]))
         .sum();
     (resumed, total, ready)
 }
@@ -164,8 +140,8 @@ fn warm_start(sealed: bool) {
     let (tls12, tls13) = (Client::new(Proto::Tls12NoTickets), Client::new(Proto::Tls13));
     let clients = [&tls12, &tls13];
     let mut sessions = [
-        make_sessions(&tls12, lb_addr, SESSIONS_PER_PROTOCOL),
-        make_sessions(&tls13, lb_addr, SESSIONS_PER_PROTOCOL),
+        tls12.sessions(lb_addr, SESSIONS_PER_PROTOCOL),
+        tls13.sessions(lb_addr, SESSIONS_PER_PROTOCOL),
     ];
     std::thread::sleep(Duration::from_millis(500));
 
@@ -245,7 +221,7 @@ fn lossy_cluster(name: &str, extra: &str, loss: f64) -> Vec<(f64, f64)> {
             );
         }
         let client = Client::new(Proto::Tls12NoTickets);
-        let sessions = make_sessions(&client, cluster.addr(1), 600);
+        let sessions = client.sessions(cluster.addr(1), 600);
         std::thread::sleep(Duration::from_secs(2));
         let n = sessions.len() as f64;
         let held: Vec<f64> = (2..=3)
@@ -261,7 +237,7 @@ fn lossy_cluster(name: &str, extra: &str, loss: f64) -> Vec<(f64, f64)> {
             .map(|i| {
                 (
                     held[i - 2],
-                    resume_all(&client, cluster.addr(i), &mut sessions.clone()) as f64 / n,
+                    client.resume_all(cluster.addr(i), &mut sessions.clone()) as f64 / n,
                 )
             })
             .collect();
@@ -327,7 +303,7 @@ fn full_stores_that_evicted_differently_settle_instead_of_churning() {
     };
     let mut old = make(ITEMS);
     std::thread::sleep(Duration::from_millis(1500));
-    let touched = resume_all(&client, cluster.addr(2), &mut old[..ITEMS / 3]);
+    let touched = client.resume_all(cluster.addr(2), &mut old[..ITEMS / 3]);
     assert!(touched >= ITEMS / 3 - 1, "{touched}");
     std::thread::sleep(Duration::from_millis(1500));
     let new = make(200);
@@ -357,7 +333,7 @@ fn full_stores_that_evicted_differently_settle_instead_of_churning() {
     );
     // And the newest sessions resume on every node.
     for i in 1..=3 {
-        let resumed = resume_all(&client, cluster.addr(i), &mut new.clone());
+        let resumed = client.resume_all(cluster.addr(i), &mut new.clone());
         assert!(resumed >= 198, "node {i}: {resumed}/200 of the newest sessions resumed");
     }
 }

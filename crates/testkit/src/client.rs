@@ -189,6 +189,35 @@ impl Client {
         }
         out
     }
+
+    /// `n` full handshakes on `addr`; their sessions (a failed handshake
+    /// fails the test).
+    pub fn sessions(&self, addr: SocketAddr, n: usize) -> Vec<SslSession> {
+        (0..n)
+            .map(|i| {
+                let conn = self
+                    .connect_to(addr, None, &[])
+                    .unwrap_or_else(|e| panic!("handshake {i}: {e}"));
+                conn.session.unwrap_or_else(|| panic!("handshake {i}: no session"))
+            })
+            .collect()
+    }
+
+    /// Offers each of `sessions` once at `addr`; how many resumed (a
+    /// connection that fails resumed nothing). Each is replaced by its
+    /// connection's (a TLS 1.3 ticket is used once).
+    pub fn resume_all(&self, addr: SocketAddr, sessions: &mut [SslSession]) -> usize {
+        let mut resumed = 0;
+        for (i, session) in sessions.iter_mut().enumerate() {
+            if let Ok(conn) = self.connect_to(addr, Some(session), &[]) {
+                resumed += usize::from(conn.resumed);
+                *session = conn
+                    .session
+                    .unwrap_or_else(|| panic!("session {i}: a connection without a session"));
+            }
+        }
+        resumed
+    }
 }
 
 /// Result of a reconnect loop. The first connection is a full handshake by

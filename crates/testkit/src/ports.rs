@@ -49,9 +49,14 @@ pub fn free_port() -> u16 {
     panic!("no free port left between {FIRST} and {LAST}");
 }
 
+/// 127.0.0.1:`port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
 /// Waits until 127.0.0.1:`port` accepts TCP connections.
 pub fn wait_port(port: u16, what: &str) {
-    wait_addr(SocketAddr::from(([127, 0, 0, 1], port)), what);
+    wait_addr(loopback(port), what);
 }
 
 /// Waits until `addr` accepts TCP connections (20 s at most).

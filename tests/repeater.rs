@@ -385,9 +385,26 @@ fn repair_mends_what_the_repeater_lost_under_30_percent_loss() {
         let mut nodes = Nodes::start_with_udp(&dir, &repeater, 3, udp, "subscribe-freq = 1\n");
         repeater.wait_subscribers(CLUSTER, 3);
         // The nodes find each other through the repeater (a digest a second
-        // each, 30% lost each way); no metric shows it yet, so a settling
-        // time: the check is about a running cluster, not one still meeting.
-        std::thread::sleep(Duration::from_secs(5));
+        // each, 30% lost each way): the check is about a running cluster,
+        // not one still meeting, so each node has learnt the other two
+        // (proven: peers of its repair) first.
+        let learned = || -> Vec<u64> {
+            nodes
+                .stats
+                .iter()
+                .map(|&p| metric(p, "sslcache.default.learned"))
+                .collect()
+        };
+        let meeting = Instant::now();
+        assert!(
+            eventually(Duration::from_secs(30), || learned().iter().all(|&n| n >= 2)),
+            "nodes learnt through the repeater: {:?}",
+            learned()
+        );
+        println!(
+            "each node learnt the other two through the repeater {:.1} s after they subscribed",
+            meeting.elapsed().as_secs_f64()
+        );
         let client = Client::new(Proto::Tls12NoTickets);
         let sessions: Vec<_> = (0..600)
             .map(|_| client.connect_to(nodes.addr(1), None, &[]).unwrap().session.unwrap())

@@ -93,6 +93,11 @@ pub struct ReplicationCounters {
     pub sync_unproven: AtomicU64,
     pub sync_misdirected: AtomicU64,
     pub sync_throttled: AtomicU64,
+    /// Nodes learnt through a relay (a udprepeater) that proved they
+    /// receive at their address: peers of this node's warm start and repair
+    /// from then on (one forgotten when silent and learnt again counts
+    /// again).
+    pub learned: AtomicU64,
 }
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
@@ -103,7 +108,7 @@ unsafe impl Concurrent for ReplicationCounters {}
 
 impl ReplicationCounters {
     /// Names and fields, in the order they are shown.
-    pub fn fields(&self) -> [(&'static str, &AtomicU64); 36] {
+    pub fn fields(&self) -> [(&'static str, &AtomicU64); 37] {
         [
             ("sent", &self.sent),
             ("send_dropped", &self.send_dropped),
@@ -141,6 +146,7 @@ impl ReplicationCounters {
             ("sync_unproven", &self.sync_unproven),
             ("sync_misdirected", &self.sync_misdirected),
             ("sync_throttled", &self.sync_throttled),
+            ("learned", &self.learned),
         ]
     }
 

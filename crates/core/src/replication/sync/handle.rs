@@ -129,6 +129,9 @@ impl Worker<'_> {
             return;
         }
         if let Some(peer) = self.peers.iter_mut().find(|p| p.addr == from) {
+            if peer.learned && !peer.proven {
+                ReplicationCounters::bump(&self.counters.learned);
+            }
             peer.proven = true;
             peer.heard_ms = now;
         }

@@ -17,16 +17,7 @@ fn fails_with(name: &str, body: &str, expected: &str) {
         crt.display(),
         key.display()
     );
-    let (status, log) = run_to_exit(&dir, name, &ini);
-    let status = status.unwrap_or_else(|| panic!("{name}: uWSGI did not exit:\n{log}"));
-    assert_eq!(status.code(), Some(1), "{name}: {status}\n{log}");
-    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
-    assert_eq!(ours.len(), 1, "{name}: expected one [sslcache] line:\n{log}");
-    assert!(
-        ours[0].contains(expected),
-        "{name}: {:?} does not contain {expected:?}",
-        ours[0]
-    );
+    assert_refused(&dir, name, &ini, expected);
 }
 
 #[test]

@@ -830,17 +830,8 @@ fn rediss_verifying_clients_takes_the_client_certificate_option() {
 /// `[sslcache]` line naming the option.
 fn refuses_to_start(dir: &Path, name: &str, lines: &str, expected: &str) {
     let ini = seed_setup2_node(&plugin_dir(), 1, free_port(), free_port(), lines);
-    let (status, log) = run_to_exit(dir, name, &ini);
-    let status = status.unwrap_or_else(|| panic!("{name}: uWSGI did not exit:\n{log}"));
-    assert_eq!(status.code(), Some(1), "{name}: {status}\n{log}");
-    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
-    assert_eq!(ours.len(), 1, "{name}: expected one [sslcache] line:\n{log}");
-    assert!(
-        ours[0].contains(expected),
-        "{name}: {:?} does not contain {expected:?}",
-        ours[0]
-    );
-    println!("{name}: {}", ours[0]);
+    let line = assert_refused(dir, name, &ini, expected);
+    println!("{name}: {line}");
 }
 
 #[test]

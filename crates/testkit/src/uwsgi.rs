@@ -190,6 +190,24 @@ pub fn run_to_exit_with(binary: &Path, dir: &Path, name: &str, ini: &str) -> (Op
     (status, log)
 }
 
+/// Runs an instance that must refuse to start: uWSGI exits with status 1
+/// and its log holds one `[sslcache]` line, which contains `expected`;
+/// that line.
+#[track_caller]
+pub fn assert_refused(dir: &Path, name: &str, ini: &str, expected: &str) -> String {
+    let (status, log) = run_to_exit(dir, name, ini);
+    let status = status.unwrap_or_else(|| panic!("{name}: uWSGI did not exit:\n{log}"));
+    assert_eq!(status.code(), Some(1), "{name}: {status}\n{log}");
+    let ours: Vec<&str> = log.lines().filter(|l| l.starts_with("[sslcache]")).collect();
+    assert_eq!(ours.len(), 1, "{name}: expected one [sslcache] line:\n{log}");
+    assert!(
+        ours[0].contains(expected),
+        "{name}: {:?} does not contain {expected:?}",
+        ours[0]
+    );
+    ours[0].to_string()
+}
+
 /// The JSON of a stats server.
 pub fn stats(port: u16) -> serde_json::Value {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("stats server");

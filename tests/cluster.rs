@@ -377,8 +377,7 @@ fn reload_keeps_replication_working() {
         resumed
     };
     assert!(alternate(Proto::Tls12NoTickets) >= 38);
-    // SAFETY: signals the master this test started.
-    unsafe { libc::kill(a.pid, libc::SIGHUP) };
+    a.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(20), || a
             .log()

@@ -34,10 +34,8 @@ enum Reload {
 
 fn trigger(reload: &Reload, node: &Uwsgi, dir: &std::path::Path, round: u64) {
     match reload {
-        // SAFETY: signals the test's own child process by pid.
-        Reload::Sighup => assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0),
-        // SAFETY: as above.
-        Reload::Sigterm => assert_eq!(unsafe { libc::kill(node.pid, libc::SIGTERM) }, 0),
+        Reload::Sighup => node.signal(libc::SIGHUP),
+        Reload::Sigterm => node.signal(libc::SIGTERM),
         Reload::Touch => {
             let file = std::fs::File::options()
                 .write(true)
@@ -122,8 +120,7 @@ fn stock_uwsgi_loses_every_session_at_a_reload() {
     let mut sessions = client.sessions(loopback(https), 50);
     let before = client.resume_all(loopback(https), &mut sessions);
     assert!(before >= 49, "stock resumes by tickets before the reload: {before}");
-    // SAFETY: signals the test's own child process by pid.
-    assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
+    node.signal(libc::SIGHUP);
     wait_reloaded(&node, https, 1, "binary reloading uWSGI");
     let after = client.resume_all(loopback(https), &mut sessions);
     println!("stock after SIGHUP: {after}/50 resumed");
@@ -200,8 +197,7 @@ fn sealed_replication_goes_on_across_a_reload() {
 
     let mut before = client.sessions(loopback(https_a), 50);
     std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: signals the test's own child process by pid.
-    assert_eq!(unsafe { libc::kill(b.pid, libc::SIGHUP) }, 0);
+    b.signal(libc::SIGHUP);
     wait_reloaded(&b, https_b, 1, "sessions came back from before the reload");
     assert!(resumed_on(https_b, &mut before) >= 49, "{}", b.log());
 
@@ -359,8 +355,7 @@ fn a_root_owned_store_file_survives_a_reload_with_dropped_privileges() {
     assert_eq!(std::fs::metadata(&store).unwrap().uid(), 0);
     let client = Client::new(Proto::Tls12NoTickets);
     let mut sessions = client.sessions(loopback(https), 100);
-    // SAFETY: signals the test's own child process by pid.
-    assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
+    node.signal(libc::SIGHUP);
     wait_reloaded(&node, https, 1, "sessions came back from before the reload");
     let resumed = client.resume_all(loopback(https), &mut sessions);
     assert!(resumed >= 99, "{resumed}/100\n{}", node.log());

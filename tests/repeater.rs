@@ -253,8 +253,7 @@ fn stock_nodes_subscribe_and_nodes_that_leave_get_nothing() {
     // SIGKILL: no unsubscribe; gone within the tolerance (3 s) + 1 s.
     let mut second = nodes;
     let killed = second.nodes.remove(1);
-    // SAFETY: signals the test's own child process by pid.
-    assert_eq!(unsafe { libc::kill(killed.pid, libc::SIGKILL) }, 0);
+    killed.signal(libc::SIGKILL);
     let killed_at = Instant::now();
     assert!(
         eventually(Duration::from_secs(6), || repeater.subscribers(CLUSTER).len() == 1),
@@ -497,10 +496,8 @@ fn two_repeaters_one_killed_under_load_lose_nothing() {
             (made, resumed, errors, missed_at)
         });
         std::thread::sleep(Duration::from_secs(2));
-        let pid = first.process.pid;
         events.push(format!("killed at {:.2}", began.elapsed().as_secs_f64()));
-        // SAFETY: signals the test's own child process by pid.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        first.process.signal(libc::SIGKILL);
         first.process.stop();
         std::thread::sleep(Duration::from_secs(3));
         events.push(format!("started again at {:.2}", began.elapsed().as_secs_f64()));
@@ -780,8 +777,7 @@ fn a_reloaded_repeater_forwards_again() {
     let repeater = Repeater::start(&dir, "repeater", "");
     let nodes = Nodes::start(&dir, &repeater, 2, "subscribe-freq = 1\n");
     repeater.wait_subscribers(CLUSTER, 2);
-    // SAFETY: signals the test's own child process by pid.
-    assert_eq!(unsafe { libc::kill(repeater.process.pid, libc::SIGHUP) }, 0);
+    repeater.process.signal(libc::SIGHUP);
     assert!(
         eventually(Duration::from_secs(20), || repeater
             .process

@@ -636,8 +636,7 @@ fn tickets_survive_reloads_and_follow_the_cluster_key_rotation() {
     let (node, port, stats_port) = lone_node(&dir, "node", &keys, "", &[]);
     let marker = "TLS session tickets: cluster mode";
     let reload = |n: usize| {
-        // SAFETY: signals the test's own child process by pid.
-        assert_eq!(unsafe { libc::kill(node.pid, libc::SIGHUP) }, 0);
+        node.signal(libc::SIGHUP);
         assert!(
             eventually(Duration::from_secs(60), || node.log().matches(marker).count() >= n),
             "reload {n}: {}",

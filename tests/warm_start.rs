@@ -75,8 +75,7 @@ impl Cluster {
     fn kill_master(&mut self, i: usize) {
         let mut node = self.nodes[i - 1].take().expect("a running node");
         let routers = node.children();
-        // SAFETY: signals the test's own child process by pid.
-        assert_eq!(unsafe { libc::kill(node.pid, libc::SIGKILL) }, 0);
+        node.signal(libc::SIGKILL);
         assert!(node.wait_exit(Duration::from_secs(10)).is_some());
         let gone = |pid: &i32| !Path::new(&format!("/proc/{pid}")).exists();
         assert!(

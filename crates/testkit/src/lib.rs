@@ -6,12 +6,14 @@
 //! sslcache_testkit::*;`):
 //!
 //! - `env`: the repository, the uWSGI binary, the plugin, test directories;
-//! - `pki`: certificates, a CA and a client certificate;
-//! - `ports`: free ports, waiting for one, who holds a connection;
-//! - `process`, `uwsgi`: processes started and stopped by their pid, uWSGI
-//!   instances and their stats;
+//! - `pki`: certificates, a CA and a client certificate, cluster key files;
+//! - `ports`: free ports, a cluster's addresses, waiting for them, who holds
+//!   a connection;
+//! - `process`, `uwsgi`: processes started, signalled and stopped by their
+//!   pid, uWSGI instances (one that must refuse to start) and their stats;
 //! - `ini`: the seed's setups as ini texts;
-//! - `client`: TLS clients, reconnect loops, [`Outcome`] and [`RESUME_FLOOR`];
+//! - `client`: TLS clients, sessions made and offered, reconnect loops,
+//!   [`Outcome`] and the one floor check against [`RESUME_FLOOR`];
 //! - `backend`, `services`: backends, HAProxy, Redis, the rawrouter;
 //! - `wait`, `netns`, `bench`: bounded waits, lossy network namespaces,
 //!   benchmark load.

@@ -156,6 +156,22 @@ impl Uwsgi {
         self.children()
     }
 
+    /// Sends `sig` to the master (SIGHUP: a reload; SIGKILL: `kill -9`);
+    /// fails the test when it cannot be sent.
+    #[track_caller]
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of the master this harness started
+        // (kept until `Drop`: not reused while `self` lives).
+        let sent = unsafe { libc::kill(self.pid, sig) };
+        assert_eq!(
+            sent,
+            0,
+            "{}: signal {sig}: {}",
+            self.name,
+            std::io::Error::last_os_error()
+        );
+    }
+
     pub fn stop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
             return;

@@ -85,12 +85,9 @@ fn sessions_survive_every_kind_of_reload() {
         let r12 = tls12.resume_all(loopback(https), &mut sessions12);
         let r13 = tls13.resume_all(loopback(https), &mut sessions13);
         println!("after {name}: TLS 1.2 {r12}/{SESSIONS}, TLS 1.3 {r13}/{SESSIONS} resumed");
-        let least = SESSIONS * 99 / 100;
-        assert!(
-            r12 >= least && r13 >= least,
-            "after {name}: {r12} and {r13} of {SESSIONS}\n{}",
-            node.log()
-        );
+        let log = node.log();
+        assert_share_resumed(format_args!("after {name}, TLS 1.2"), r12, SESSIONS, &log);
+        assert_share_resumed(format_args!("after {name}, TLS 1.3"), r13, SESSIONS, &log);
     }
     let log = node.log();
     assert!(!log.contains("discarded the store"), "{log}");
@@ -254,12 +251,9 @@ fn a_store_file_keeps_sessions_across_a_stop_and_start() {
     let r12 = tls12.resume_all(loopback(https), &mut sessions12);
     let r13 = tls13.resume_all(loopback(https), &mut sessions13);
     println!("after a stop and start: TLS 1.2 {r12}/{SESSIONS}, TLS 1.3 {r13}/{SESSIONS} resumed");
-    let least = SESSIONS * 99 / 100;
-    assert!(
-        r12 >= least && r13 >= least,
-        "{r12} and {r13} of {SESSIONS}\n{}",
-        node.log()
-    );
+    let log = node.log();
+    assert_share_resumed("after a stop and start, TLS 1.2", r12, SESSIONS, &log);
+    assert_share_resumed("after a stop and start, TLS 1.3", r13, SESSIONS, &log);
 }
 
 /// A store file others may read, or random bytes, are refused (uWSGI does
@@ -358,5 +352,5 @@ fn a_root_owned_store_file_survives_a_reload_with_dropped_privileges() {
     node.signal(libc::SIGHUP);
     wait_reloaded(&node, https, 1, "sessions came back from before the reload");
     let resumed = client.resume_all(loopback(https), &mut sessions);
-    assert!(resumed >= 99, "{resumed}/100\n{}", node.log());
+    assert_share_resumed("after the reload", resumed, 100, &node.log());
 }

@@ -16,12 +16,12 @@
 //! - the key callback ([`on_ticket_key`]): to make a ticket, the keys of the
 //!   current epoch for that fingerprint; to open one, the keys its key name
 //!   names, derived for the fingerprint of where the connection lands (the
-//!   same [`super::landing`] check as stored sessions, made before SNI
+//!   same [`super::admit::landing`] check as stored sessions, made before SNI
 //!   switches the context) — so a ticket made for another fingerprint
 //!   cannot even be decrypted; refused key names are counted;
 //! - the decrypt callback ([`on_decrypt`]), with the opened session: checks
 //!   its fingerprint and age once more, points OpenSSL and uWSGI's SNI at
-//!   the context that was checked ([`super::land_here`]), and counts what
+//!   the context that was checked ([`super::admit::land_here`]), and counts what
 //!   did not open (forged, truncated).
 //!
 //! Nothing of this touches the store: TLS 1.2 clients that send the ticket
@@ -38,8 +38,12 @@ use sslcache_core::boundary::Boundary;
 use sslcache_core::clock::unix_secs;
 use sslcache_core::tickets::{self, Material, Refused};
 
+use super::admit::{land_here, landing};
+use super::codec::session_context;
+use super::connection::conn;
 use super::fingerprint::{Fingerprint, Verify};
-use super::{bump, conn, ffi, hex, installed, land_here, landing, session_context, SessionCache};
+use super::{bump, hex, installed, SessionCache};
+use crate::ffi;
 
 /// What the ticket callbacks of one connection tell each other.
 #[derive(Default)]

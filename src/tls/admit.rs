@@ -35,7 +35,14 @@ use crate::ffi;
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 pub(super) unsafe fn landing(cache: &SessionCache, ssl: *mut SSL, conn: &Conn) -> Option<(Fingerprint, Verify)> {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the get session or ticket key
+    // callback in progress, driven by this thread (the caller's promise);
+    // SSL_get_SSL_CTX and Verify::of_ssl only read it. Every context handed
+    // to Verify::of_ctx and fingerprint_of is alive for the whole callback:
+    // the listener's (made by uWSGI at startup, never freed), the
+    // connection's current one (the connection holds a reference to it), or
+    // one uWSGI's SNI table holds, read as uWSGI's own SNI callback reads it
+    // (host/sni.rs) to switch to it right after.
     unsafe {
         let listener_ctx = conn.listener.ctx as *const SSL_CTX;
         let current = openssl_sys::SSL_get_SSL_CTX(ssl);
@@ -83,7 +90,11 @@ pub(super) unsafe fn admit(
     sess: *mut SSL_SESSION,
     origin: Origin,
 ) -> Result<(), Refusal> {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the get session callback in
+    // progress, driven by this thread, and `sess` a session that callback
+    // decoded and still owns (the caller's promise): landing,
+    // session_context and SSL_SESSION_get0_peer only read them; land_here and
+    // set_unproven write to `sess`, which nobody else holds yet.
     unsafe {
         let Some((expected, verify)) = landing(cache, ssl, conn) else {
             return Err(Refusal::Context);
@@ -113,7 +124,11 @@ pub(super) unsafe fn land_here(ssl: *mut SSL, conn: &Conn, sess: *mut SSL_SESSIO
         ServerName::Name(name) => CString::new(name.clone()).ok(),
         _ => None,
     };
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the get session or decrypt callback
+    // in progress, driven by this thread, and `sess` the session it is about
+    // to resume, not yet shared with another thread (the caller's promise);
+    // both setters copy their bytes (`expected`, and `name`, a CString alive
+    // across the call, or null).
     unsafe {
         ffi::SSL_set_session_id_context(ssl, expected.as_ptr(), expected.len() as c_uint);
         ffi::SSL_SESSION_set1_hostname(sess, name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()));

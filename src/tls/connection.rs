@@ -39,7 +39,9 @@ pub(super) fn ensure_indexes() -> Result<(), String> {
     if CONN_INDEX.load(Ordering::Relaxed) >= 0 {
         return Ok(());
     }
-    // SAFETY: registers a free hook for a new SSL ex_data index.
+    // SAFETY: no pointer is passed but the free hook, `on_ssl_free`, an
+    // `extern "C"` fn with OpenSSL's CRYPTO_EX_free signature, in this .so,
+    // which uWSGI never unloads.
     let conn = unsafe { openssl_sys::SSL_get_ex_new_index(0, std::ptr::null_mut(), None, None, Some(on_ssl_free)) };
     // SAFETY: a plain SSL_SESSION ex_data index: the mark is an integer,
     // nothing to free or duplicate.
@@ -71,8 +73,15 @@ pub(super) unsafe fn conn<'a>(ssl: *const SSL) -> Option<&'a mut Conn> {
     if index < 0 || ssl.is_null() {
         return None;
     }
-    // SAFETY: per the contract; the value is null or a Box<Conn> this
-    // module leaked into the slot, freed only by on_ssl_free.
+    // SAFETY: `ssl` is not null (checked) and alive, used by this thread
+    // only (the caller's promise: every caller is an OpenSSL callback for
+    // this connection, on the thread driving it). `index` is the index
+    // ensure_indexes made (>= 0, checked); its slot holds null or the
+    // Box<Conn> on_client_hello put there, freed only by on_ssl_free when
+    // OpenSSL frees the connection, so the Conn outlives the callback that
+    // borrows it. Each callback takes one such reference, except that
+    // store_early keeps its own across store_session, which takes another
+    // and only reads `listener` through it while store_early's is unused.
     unsafe { openssl_sys::SSL_get_ex_data(ssl, index).cast::<Conn>().as_mut() }
 }
 
@@ -84,7 +93,11 @@ pub(super) unsafe fn conn<'a>(ssl: *const SSL) -> Option<&'a mut Conn> {
 pub(super) unsafe fn set_unproven(sess: *mut SSL_SESSION, unproven: bool) {
     let index = UNPROVEN_INDEX.load(Ordering::Relaxed);
     if index >= 0 && !sess.is_null() {
-        // SAFETY: per the contract; the value is a flag, not a pointer.
+        // SAFETY: `sess` is not null (checked) and valid (the caller's
+        // promise: the session admit is handing to OpenSSL, or the current
+        // session of the connection in an info callback); `index` is the
+        // index ensure_indexes made, with no free or dup hook; the value is
+        // 0 or 1 cast to a pointer, never dereferenced.
         unsafe { ffi::SSL_SESSION_set_ex_data(sess, index, unproven as usize as *mut c_void) };
     }
 }
@@ -93,6 +106,9 @@ pub(super) unsafe fn set_unproven(sess: *mut SSL_SESSION, unproven: bool) {
 /// `sess` must be a valid session.
 pub(super) unsafe fn is_unproven(sess: *const SSL_SESSION) -> bool {
     let index = UNPROVEN_INDEX.load(Ordering::Relaxed);
-    // SAFETY: per the contract.
+    // SAFETY: `sess` is not null (checked first) and valid (the caller's
+    // promise: the session of the OpenSSL callback in progress); `index` is
+    // ensure_indexes's (>= 0, checked first); get_ex_data only reads the
+    // session's table.
     index >= 0 && !sess.is_null() && !unsafe { ffi::SSL_SESSION_get_ex_data(sess, index) }.is_null()
 }

@@ -38,7 +38,11 @@ pub unsafe fn hook_listener(
     cluster_tickets: bool,
 ) -> Result<(), String> {
     ensure_indexes()?;
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is a valid SSL_CTX no other thread uses yet (the
+    // caller's promise: `setup` passes uWSGI's listener contexts in `jail`,
+    // the master's only thread, before any fork). These calls set its mode,
+    // options, timeout and callbacks (`extern "C"` fns of this .so, which
+    // uWSGI never unloads) and copy `sid`.
     unsafe {
         openssl_sys::SSL_CTX_set_session_cache_mode(
             ctx,
@@ -83,7 +87,11 @@ pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX, cluster_tickets: bool) {
         return;
     }
     let mode = openssl_sys::SSL_SESS_CACHE_SERVER | openssl_sys::SSL_SESS_CACHE_NO_INTERNAL;
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is not null (checked above) and valid, and no other
+    // thread uses it (the caller's promise: the master's SNI contexts in
+    // `jail` before fork, or, from prepare_runtime_context, a context of a
+    // process that runs handshakes on one thread). These calls read and set
+    // its options and cache mode.
     unsafe {
         let no_ticket = openssl_sys::SSL_OP_NO_TICKET as _;
         let has = openssl_sys::SSL_CTX_get_options(ctx) & no_ticket != 0;
@@ -105,7 +113,12 @@ pub unsafe fn prepare_sni_context(ctx: *mut SSL_CTX, cluster_tickets: bool) {
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 pub(super) unsafe fn prepare_runtime_context(cache: &SessionCache, ssl: *mut SSL) {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the info callback in progress,
+    // driven by this thread (the caller's promise); SSL_set_options changes
+    // only this connection. `ctx` is the context SNI switched it to, which
+    // the connection holds; it is changed (prepare_sni_context) only in a
+    // process that runs handshakes on one thread, this one, so nobody reads
+    // it meanwhile.
     unsafe {
         let cluster_tickets = cache.tickets.is_some();
         if !cluster_tickets {

@@ -38,24 +38,30 @@ pub(super) unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_in
         let (Some(cache), index) = (installed(), CONN_INDEX.load(Ordering::Relaxed)) else {
             return;
         };
-        // SAFETY: OpenSSL passes the live connection; before SNI, its
-        // context is the listener's.
+        // SAFETY: `ssl` is the connection OpenSSL runs this ClientHello
+        // callback for, alive for the call; SSL_get_SSL_CTX only reads it
+        // (before SNI, its context is the listener's).
         let ctx = unsafe { openssl_sys::SSL_get_SSL_CTX(ssl) } as usize;
         let Some(listener) = cache.listeners.iter().find(|l| l.ctx == ctx) else {
             return;
         };
         let mut ext: *const c_uchar = std::ptr::null();
         let mut len: usize = 0;
-        // SAFETY: reads the raw extension from the ClientHello being
-        // processed; the pointer is valid during this callback.
+        // SAFETY: `ssl` is in its ClientHello callback, the only time
+        // SSL_client_hello_get0_ext may be called; it writes the locals `ext`
+        // and `len`, pointing `ext` into the ClientHello being processed.
         let asked = if unsafe { openssl_sys::SSL_client_hello_get0_ext(ssl, 0, &mut ext, &mut len) } == 1 {
-            // SAFETY: OpenSSL returned `len` readable bytes at `ext`.
+            // SAFETY: OpenSSL returned 1: `len` readable bytes at `ext`,
+            // inside the ClientHello, alive until this callback returns; the
+            // slice does not outlive parse_server_name.
             client_hello::parse_server_name(unsafe { std::slice::from_raw_parts(ext, len) })
         } else {
             ServerName::Absent
         };
-        // SAFETY: as above; a second ClientHello (after a HelloRetryRequest)
-        // finds the Conn of the first.
+        // SAFETY: `ssl` is this callback's connection, alive and driven by
+        // this thread, and no Conn reference of an earlier callback of it
+        // survives; a second ClientHello (after a HelloRetryRequest) finds
+        // the Conn of the first.
         match unsafe { conn(ssl) } {
             Some(c) => c.asked = asked,
             None => {
@@ -66,7 +72,12 @@ pub(super) unsafe extern "C" fn on_client_hello(ssl: *mut SSL, _alert: *mut c_in
                     last_lookup: None,
                     ticket: tickets::TicketState::default(),
                 }));
-                // SAFETY: hands the Box to the slot; on_ssl_free frees it.
+                // SAFETY: `ssl` is this callback's live connection and
+                // `index` the index ensure_indexes made before the callback
+                // was set (hook_listener). The Box goes to the slot: its free
+                // hook, on_ssl_free, drops it when OpenSSL frees the
+                // connection. on_info is an `extern "C"` fn of this .so, which
+                // uWSGI never unloads.
                 unsafe {
                     openssl_sys::SSL_set_ex_data(ssl, index, c.cast());
                     ffi::SSL_set_info_callback(ssl, Some(on_info));
@@ -92,9 +103,11 @@ pub(super) unsafe extern "C" fn on_ssl_free(
             return;
         }
         let ssl = parent.cast::<SSL>();
-        // SAFETY: OpenSSL calls this with the SSL being freed, still intact;
-        // setting the shutdown flags only changes an int in it. `data` is the
-        // Box<Conn> leaked by on_client_hello, freed exactly once, here.
+        // SAFETY: OpenSSL calls this free hook with the SSL being freed,
+        // still intact, on the thread freeing it; setting the shutdown flags
+        // only changes an int in it. `data` is the slot's value, not null
+        // (checked): the Box<Conn> leaked by on_client_hello, freed exactly
+        // once, here (OpenSSL calls the hook once per connection and index).
         unsafe {
             openssl_sys::SSL_set_shutdown(ssl, openssl_sys::SSL_get_shutdown(ssl) | openssl_sys::SSL_SENT_SHUTDOWN);
             drop(Box::from_raw(data.cast::<Conn>()));
@@ -111,17 +124,23 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
             // The client proved it knows the session: removals count now.
             // Only a marked session is touched (setting ex_data on a
             // session allocates its table).
-            // SAFETY: the live connection and its current session.
+            // SAFETY: `ssl` is the connection OpenSSL runs this info callback
+            // for, on the thread driving it; SSL_get_session returns its
+            // current session (or null, which is_unproven checks), held by
+            // the connection for the whole callback.
             unsafe {
                 let sess = openssl_sys::SSL_get_session(ssl);
                 if is_unproven(sess) {
                     set_unproven(sess, false);
                 }
             }
-            // SAFETY: the live connection, driven by this thread.
+            // SAFETY: `ssl` is this info callback's connection, alive for the
+            // call and driven by this thread, as handshake_done requires.
             unsafe { tickets::handshake_done(cache, ssl) };
             if cache.quickack {
-                // SAFETY: the live connection, driven by this thread.
+                // SAFETY: `ssl` is this info callback's connection, alive for
+                // the call and driven by this thread, as push_final_ack
+                // requires.
                 unsafe { push_final_ack(ssl) };
             }
             return;
@@ -129,15 +148,18 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
         if what != ffi::SSL_CB_ACCEPT_LOOP {
             return;
         }
-        // SAFETY: the live connection.
+        // SAFETY: `ssl` is this info callback's connection, alive for the
+        // call; SSL_get_state only reads it.
         match unsafe { ffi::SSL_get_state(ssl) } {
             // The ClientHello is processed (SNI switch done), the
             // ServerHello is next: a context made at run time is set up
             // here, before its first session needs it.
-            // SAFETY: the live connection and its current context.
+            // SAFETY: `ssl` is this info callback's connection, alive and
+            // driven by this thread, as prepare_runtime_context requires.
             ffi::TLS_ST_SR_CLNT_HELLO => unsafe { prepare_runtime_context(cache, ssl) },
             // Write side, right after the client's Finished verified.
-            // SAFETY: as above.
+            // SAFETY: `ssl` is this info callback's connection, alive and
+            // driven by this thread, as store_early requires.
             ffi::TLS_ST_SR_FINISHED => unsafe { store_early(cache, ssl) },
             _ => {}
         }
@@ -155,7 +177,9 @@ unsafe extern "C" fn on_info(ssl: *const SSL, what: c_int, _value: c_int) {
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 unsafe fn push_final_ack(ssl: *mut SSL) {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is a live connection driven by this thread (the
+    // caller's promise: its info callback calls this); the three calls only
+    // read it.
     let (reused, version, fd) = unsafe {
         (
             openssl_sys::SSL_session_reused(ssl) == 1,
@@ -186,7 +210,10 @@ unsafe fn push_final_ack(ssl: *mut SSL) {
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 unsafe fn store_early(cache: &SessionCache, ssl: *mut SSL) {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the info callback that calls this,
+    // alive and driven by this thread (the caller's promise); SSL_get_session
+    // returns its current session (null checked), which the connection holds
+    // for the callback: what conn and store_session require.
     unsafe {
         if openssl_sys::SSL_session_reused(ssl) != 0 || openssl_sys::SSL_version(ssl) >= openssl_sys::TLS1_3_VERSION {
             return;

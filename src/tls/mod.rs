@@ -86,7 +86,8 @@ pub struct SessionCounters {
 
 // SAFETY: repr(C), atomics only, zero is a valid value of each.
 unsafe impl SharedPod for SessionCounters {}
-// SAFETY: atomics only.
+// SAFETY: every field is an AtomicU64: the processes and threads that map
+// these counters only ever touch them through atomic operations.
 unsafe impl Concurrent for SessionCounters {}
 
 impl SessionCounters {
@@ -214,8 +215,12 @@ impl SessionCache {
     unsafe fn digest(&self, ctx: *const SSL_CTX) -> [u8; 32] {
         match self.digests.iter().find(|(c, _)| *c == ctx as usize) {
             Some((_, d)) => *d,
-            // SAFETY: per the contract; uWSGI never changes a context's
-            // certificates or CA lists after making it.
+            // SAFETY: `ctx` is a live SSL_CTX (this function's # Safety,
+            // which every caller meets with a context alive for the whole
+            // callback in progress: its listener's, the connection's current
+            // one, or one uWSGI's SNI table holds); context_digest only reads
+            // its certificate, CA list and trust store, which uWSGI never
+            // changes after making the context.
             None => unsafe { fingerprint::context_digest(ctx) },
         }
     }
@@ -226,7 +231,9 @@ impl SessionCache {
     /// # Safety
     /// `ctx` must be a valid `SSL_CTX`.
     unsafe fn fingerprint_of(&self, listener: &Listener, ctx: *const SSL_CTX, verify: Verify) -> Fingerprint {
-        // SAFETY: per the contract.
+        // SAFETY: `ctx` is a live SSL_CTX (this function's # Safety, met by
+        // every caller with a context alive for its callback), as digest
+        // requires.
         fingerprint::fingerprint(&listener.context, &unsafe { self.digest(ctx) }, verify)
     }
 }

@@ -57,29 +57,39 @@ static WAIT_BUDGET: Mutex<fresh::WaitBudget> = Mutex::new(fresh::WaitBudget::new
 /// `ssl` must be the live connection `sess` belongs to, driven by this
 /// thread.
 pub(super) unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *mut SSL_SESSION) -> bool {
-    // SAFETY: per the contract.
+    // SAFETY: `sess` is the session of the connection `ssl` in the
+    // new-session or info callback that calls this (the caller's promise),
+    // valid for this call; the id is copied at once.
     let id = unsafe { session_id(sess) }.to_vec();
     if id.is_empty() {
         return false;
     }
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is that callback's connection, alive and driven by this
+    // thread (the caller's promise), as conn requires.
     let Some(conn) = (unsafe { conn(ssl) }) else {
         return false;
     };
-    // SAFETY: per the contract: the connection's current context and
-    // policy are the ones that made the session.
+    // SAFETY: `ssl` is alive for this call (the caller's promise);
+    // SSL_get_SSL_CTX returns the context it holds a reference to, valid
+    // meanwhile, as fingerprint_of requires; Verify::of_ssl only reads `ssl`.
+    // The connection's current context and policy are the ones that made
+    // the session.
     let made = unsafe {
         let ctx = openssl_sys::SSL_get_SSL_CTX(ssl);
         cache.fingerprint_of(conn.listener, ctx, Verify::of_ssl(ssl))
     };
-    // SAFETY: the session is this connection's, not yet shared.
+    // SAFETY: `sess` is valid for this call (the caller's promise) and in
+    // neither the store nor another thread's hands yet: the id context,
+    // copied from `made`, is written while nobody else reads it.
     if unsafe { ffi::SSL_SESSION_set1_id_context(sess, made.as_ptr(), made.len() as c_uint) } != 1 {
-        // SAFETY: drops the error OpenSSL queued.
+        // SAFETY: ERR_clear_error has no precondition: it drops the error
+        // OpenSSL queued on this thread.
         unsafe { openssl_sys::ERR_clear_error() };
         return false;
     }
     let now = unix_secs();
-    // SAFETY: as above.
+    // SAFETY: `sess` is valid for this call (the caller's promise); both
+    // getters only read it.
     let (established, lifetime) = unsafe {
         (
             openssl_sys::SSL_SESSION_get_time(sess).max(0) as u64,
@@ -89,8 +99,8 @@ pub(super) unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *m
     let expires = (established + lifetime).min(now + cache.timeout as u64);
     // A client identity (a certificate, or a context that verifies
     // clients): the session never leaves the node in the clear.
-    // SAFETY: `sess` is this connection's session and `ssl` the live
-    // connection (the contract); both calls only read them.
+    // SAFETY: `sess` is the session and `ssl` the live connection of the
+    // callback that calls this, on this thread; both calls only read them.
     let identified = unsafe { !ffi::SSL_SESSION_get0_peer(sess).is_null() || Verify::of_ssl(ssl).checks_clients() };
     let origin = if identified {
         Origin::LocalIdentity
@@ -99,7 +109,8 @@ pub(super) unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *m
     };
     let limits = cache.store.limits();
     let max = (limits.blocksize as usize).saturating_sub(record::OVERHEAD);
-    // SAFETY: as above.
+    // SAFETY: `sess` is valid for this call (the session of the callback's
+    // connection), as encode requires; it only serializes it.
     let stored = match unsafe { encode(sess, max) } {
         Some(der) => {
             let result = cache.store.insert(&id, &record::encode(origin, &der), expires, now);
@@ -133,7 +144,9 @@ pub(super) unsafe fn store_session(cache: &SessionCache, ssl: *mut SSL, sess: *m
 pub(super) unsafe extern "C" fn on_new_session(ssl: *mut SSL, sess: *mut SSL_SESSION) -> c_int {
     NEW_SESSION.guard(0, || {
         let Some(cache) = installed() else { return 0 };
-        // SAFETY: OpenSSL passes the live connection and its session.
+        // SAFETY: OpenSSL runs this callback for the connection `ssl` and
+        // its new session `sess`, on the thread driving it, both alive for
+        // the call: what SSL_version, conn and store_session require.
         unsafe {
             // With cluster tickets TLS 1.3 tickets are stateless: OpenSSL
             // still reports each, but nothing is stored or replicated.
@@ -160,22 +173,25 @@ pub(super) unsafe extern "C" fn on_get_session(
     copy: *mut c_int,
 ) -> *mut SSL_SESSION {
     if !copy.is_null() {
-        // SAFETY: OpenSSL passes a valid out-parameter. 0: the returned
-        // reference is handed over to OpenSSL.
+        // SAFETY: `copy` is not null (checked) and points at OpenSSL's int
+        // for this call. 0: the returned reference is handed over to OpenSSL.
         unsafe { *copy = 0 };
     }
     GET_SESSION.guard(std::ptr::null_mut(), || {
         let Some(cache) = installed() else {
             return std::ptr::null_mut();
         };
-        // SAFETY: the live connection, driven by this thread.
+        // SAFETY: `ssl` is the connection OpenSSL runs this get session
+        // callback for, alive for the call and driven by this thread.
         let Some(conn) = (unsafe { conn(ssl) }) else {
             return std::ptr::null_mut();
         };
         if id.is_null() || len <= 0 {
             return std::ptr::null_mut();
         }
-        // SAFETY: OpenSSL passes `len` readable bytes at `id`.
+        // SAFETY: `id` is not null and `len` positive (checked): OpenSSL
+        // passes the id the ClientHello offered, `len` readable bytes alive
+        // for the callback; the slice does not outlive it.
         let id = unsafe { std::slice::from_raw_parts(id, len as usize) };
         let now = unix_secs();
         // The second ClientHello of a HelloRetryRequest offers the same
@@ -207,7 +223,9 @@ pub(super) unsafe extern "C" fn on_get_session(
             cache.store.remove(id, now);
             return std::ptr::null_mut();
         };
-        // SAFETY: the live connection; `sess` is ours until returned.
+        // SAFETY: `ssl` is this callback's connection, driven by this
+        // thread; `sess` was made by decode and is owned here until it is
+        // returned to OpenSSL or freed below.
         match unsafe { admit(cache, ssl, conn, sess, origin) } {
             Ok(()) => {
                 conn.last_lookup = Some((id.to_vec(), value));
@@ -222,7 +240,9 @@ pub(super) unsafe extern "C" fn on_get_session(
                 if cache.verbose {
                     log::info!("session {}.. not resumed here: {refusal:?}", hex(id));
                 }
-                // SAFETY: we own the only reference.
+                // SAFETY: `sess` came from decode and was not handed to
+                // OpenSSL (admit refused it): the only reference is ours,
+                // dropped here once.
                 unsafe { openssl_sys::SSL_SESSION_free(sess) };
                 std::ptr::null_mut()
             }
@@ -279,8 +299,8 @@ pub(super) unsafe extern "C" fn on_generate_id(_ssl: *const SSL, id: *mut c_ucha
         if id.is_null() || len.is_null() {
             return 0;
         }
-        // SAFETY: OpenSSL passes the most it takes in `*len`, and `id`
-        // holds that many bytes.
+        // SAFETY: `len` is not null (checked) and points at OpenSSL's count
+        // of the bytes its buffer at `id` holds, the most it takes.
         let max = unsafe { *len } as usize;
         let mut random = [0u8; fresh::ID_LEN];
         if openssl::rand::rand_bytes(&mut random).is_err() {
@@ -292,7 +312,9 @@ pub(super) unsafe extern "C" fn on_generate_id(_ssl: *const SSL, id: *mut c_ucha
             random
         };
         let n = max.min(fresh::ID_LEN);
-        // SAFETY: `n` fits both buffers (see above).
+        // SAFETY: `n` is at most `max`, the size of OpenSSL's buffer at
+        // `id`, and at most fresh::ID_LEN, the size of `made`, a local that
+        // cannot overlap it; `len` is OpenSSL's, not null (checked).
         unsafe {
             std::ptr::copy_nonoverlapping(made.as_ptr(), id, n);
             *len = n as c_uint;
@@ -304,7 +326,8 @@ pub(super) unsafe extern "C" fn on_generate_id(_ssl: *const SSL, id: *mut c_ucha
 /// Whether OpenSSL is removing a session only because the peer closed the
 /// connection without close_notify (the error is still on the queue).
 fn removed_for_unexpected_eof() -> bool {
-    // SAFETY: peeks at this thread's error queue without consuming it.
+    // SAFETY: ERR_peek_last_error has no precondition: it reads this
+    // thread's error queue without consuming it.
     let e = unsafe { openssl_sys::ERR_peek_last_error() };
     e != 0
         && openssl_sys::ERR_GET_LIB(e) == ffi::ERR_LIB_SSL
@@ -314,7 +337,9 @@ fn removed_for_unexpected_eof() -> bool {
 pub(super) unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut SSL_SESSION) {
     REMOVE_SESSION.guard((), || {
         let Some(cache) = installed() else { return };
-        // SAFETY: OpenSSL passes a valid session for the duration of the call.
+        // SAFETY: OpenSSL runs this remove callback with `sess`, a session
+        // it holds a reference to for the whole call; session_id only reads
+        // it, and `id` is not kept past the call.
         let id = unsafe { session_id(sess) };
         if id.is_empty() {
             return;
@@ -322,7 +347,8 @@ pub(super) unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut
         // A session from a cluster ticket was never stored: its id is the
         // client's (TLS 1.2) or a dummy (TLS 1.3), and must not remove
         // a stored session of that id.
-        // SAFETY: as above.
+        // SAFETY: `sess` is the session OpenSSL holds for this call;
+        // is_ticket_session only reads it.
         if unsafe { tickets::is_ticket_session(sess) } {
             return;
         }
@@ -332,7 +358,8 @@ pub(super) unsafe extern "C" fn on_remove_session(_ctx: *mut SSL_CTX, sess: *mut
             }
             return;
         }
-        // SAFETY: as above.
+        // SAFETY: `sess` is the session OpenSSL holds for this call;
+        // is_unproven only reads its ex_data.
         if unsafe { is_unproven(sess) } {
             bump(&cache.counters.get().kept_unproven);
             if cache.verbose {

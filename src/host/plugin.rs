@@ -347,6 +347,7 @@ fn setup() -> Result<(), String> {
         }),
         verbose: settings.verbose,
         quickack: settings.quickack,
+        fresh_wait_us: settings.fresh_wait_ms * 1000,
         listeners,
         // SAFETY: `host.server` is this process's `uwsgi` symbol
         // (symbols::get), whose layout abi::check verified in on_load, as

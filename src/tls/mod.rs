@@ -172,6 +172,9 @@ pub struct SessionCache {
     /// Acknowledge the client's Finished at once on resumed TLS 1.2
     /// handshakes (`ssl-sessions-quickack`).
     pub quickack: bool,
+    /// Longest wait for a session made an instant ago, microseconds
+    /// (`ssl-sessions-fresh-wait`); 0: never wait.
+    pub fresh_wait_us: u64,
     /// Every hooked listener; fixed once installed.
     pub listeners: Vec<Listener>,
     pub sni: Box<dyn SniResolver>,

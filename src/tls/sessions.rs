@@ -251,8 +251,8 @@ pub(super) unsafe extern "C" fn on_get_session(
 }
 
 /// After a miss for a session made an instant ago (elsewhere: replication
-/// may bring it any moment), looks again for a few milliseconds at most,
-/// within this process's budget. Returns whether it came.
+/// may bring it any moment), looks again for `ssl-sessions-fresh-wait` at
+/// most, within this process's budget. Returns whether it came.
 fn wait_for_fresh(cache: &SessionCache, id: &[u8], value: &mut Vec<u8>) -> bool {
     let now_ms = unix_ms();
     if !fresh::worth_waiting(id, now_ms) {
@@ -261,7 +261,7 @@ fn wait_for_fresh(cache: &SessionCache, id: &[u8], value: &mut Vec<u8>) -> bool 
     let allowance = WAIT_BUDGET
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .allowance_us(now_ms);
+        .allowance_us(now_ms, cache.fresh_wait_us);
     if allowance == 0 {
         return false;
     }

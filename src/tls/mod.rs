@@ -34,7 +34,6 @@ use sslcache_core::shm::{Concurrent, Shared, SharedPod};
 use sslcache_core::store::Store;
 
 use crate::ffi;
-
 use fingerprint::{Fingerprint, Verify};
 
 pub use contexts::{hook_listener, prepare_sni_context};

@@ -79,9 +79,9 @@ pub(super) unsafe fn conn<'a>(ssl: *const SSL) -> Option<&'a mut Conn> {
     // ensure_indexes made (>= 0, checked); its slot holds null or the
     // Box<Conn> on_client_hello put there, freed only by on_ssl_free when
     // OpenSSL frees the connection, so the Conn outlives the callback that
-    // borrows it. Each callback takes one such reference, except that
-    // store_early keeps its own across store_session, which takes another
-    // and only reads `listener` through it while store_early's is unused.
+    // borrows it. Callers hold the reference they get no longer than the
+    // calls that cannot take another (store_early lets go of its own before
+    // store_session takes one), so no two are alive at once.
     unsafe { openssl_sys::SSL_get_ex_data(ssl, index).cast::<Conn>().as_mut() }
 }
 

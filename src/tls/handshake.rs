@@ -218,13 +218,19 @@ unsafe fn store_early(cache: &SessionCache, ssl: *mut SSL) {
         if openssl_sys::SSL_session_reused(ssl) != 0 || openssl_sys::SSL_version(ssl) >= openssl_sys::TLS1_3_VERSION {
             return;
         }
-        let Some(conn) = conn(ssl) else { return };
+        // Each reference to the Conn lives for one statement: store_session
+        // takes one of its own.
+        let Some(stored_early) = conn(ssl).map(|c| c.stored_early) else {
+            return;
+        };
         let sess = openssl_sys::SSL_get_session(ssl);
-        if sess.is_null() || conn.stored_early {
+        if sess.is_null() || stored_early {
             return;
         }
         if store_session(cache, ssl, sess) {
-            conn.stored_early = true;
+            if let Some(conn) = conn(ssl) {
+                conn.stored_early = true;
+            }
             bump(&cache.counters.get().stored_early);
         }
     }

@@ -408,6 +408,7 @@ mod in_process {
                 events: Box::new(NoEvents),
                 verbose: false,
                 quickack: false,
+                fresh_wait_us: sslcache_core::fresh::WAIT_MAX_US,
                 listeners: vec![Listener {
                     ctx: ctx as usize,
                     context: b"foobar".to_vec(),

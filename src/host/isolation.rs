@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use sslcache_core::shm::scrub;
 
-use super::replication;
+use super::plugin;
 use crate::ffi::RTLD_DL_SYMENT;
 
 /// What the next child will be, decided by the prepare handler.
@@ -147,7 +147,7 @@ extern "C" fn child() {
         return;
     }
     let done = scrub::forget_in_child();
-    let contexts = replication::forget_secrets();
+    let contexts = plugin::forget_replication_secrets();
     if done.failed > 0 || !contexts {
         let line =
             c"[sslcache] warning: this application process could not drop all of the TLS session store and keys\n";

@@ -108,6 +108,9 @@ struct Active {
     hashsize: u32,
     /// No sessions were handed over by a reload: ask the peers for theirs.
     warm_start: bool,
+    /// The replication engine, made by `post_init`: the handle the session
+    /// cache's [`Events`] hold too.
+    replicator: replication::Slot,
 }
 
 static ACTIVE: OnceLock<Active> = OnceLock::new();
@@ -146,17 +149,22 @@ unsafe extern "C" fn jail(_start: Option<unsafe extern "C" fn(*mut c_void) -> c_
 }
 
 /// Forwards store changes to the peers and to the stats entry.
-struct Events;
+struct Events {
+    /// The replication engine, once `post_init` made it (the cache is
+    /// installed in `jail`, before): empty while it is not, and for good
+    /// on a node that does not replicate.
+    replicator: replication::Slot,
+}
 
 impl SessionEvents for Events {
     fn stored(&self, id: &[u8], der: &[u8], expires: u64, origin: sslcache_core::record::Origin) {
-        if let Some(r) = replication::get() {
+        if let Some(r) = self.replicator.get() {
             r.stored(id, der, expires, origin);
         }
     }
 
     fn removed(&self, id: &[u8]) {
-        if let Some(r) = replication::get() {
+        if let Some(r) = self.replicator.get() {
             r.removed(id);
         }
     }
@@ -330,12 +338,16 @@ fn setup() -> Result<(), String> {
             log::warn!("TLS session cache \"{}\": discarded {why}; starting empty", cache.name);
         }
     }
+    let replicator = replication::Slot::default();
     tls::install(SessionCache {
         store,
         timeout: settings.timeout,
-        events: Box::new(Events),
+        events: Box::new(Events {
+            replicator: Arc::clone(&replicator),
+        }),
         verbose: settings.verbose,
         quickack: settings.quickack,
+        fresh_wait_us: settings.fresh_wait_ms * 1000,
         listeners,
         // SAFETY: `host.server` is this process's `uwsgi` symbol
         // (symbols::get), whose layout abi::check verified in on_load, as
@@ -352,8 +364,19 @@ fn setup() -> Result<(), String> {
         settings,
         hashsize,
         warm_start,
+        replicator,
     });
     Ok(())
+}
+
+/// In a process forked for the application (`isolation`'s fork handler,
+/// a C entry point with no argument of ours): drops the replication
+/// engine's secrets, if `jail` set a cache up and `post_init` made the
+/// engine. False if a context was busy.
+pub(super) fn forget_replication_secrets() -> bool {
+    ACTIVE
+        .get()
+        .is_none_or(|active| replication::forget_secrets(&active.replicator))
 }
 
 unsafe extern "C" fn init() -> c_int {
@@ -389,6 +412,7 @@ unsafe extern "C" fn post_init() {
             return Ok(());
         }
         replication::setup(
+            &active.replicator,
             replication,
             name,
             Arc::clone(&cache.store),
@@ -404,7 +428,7 @@ unsafe extern "C" fn master_cycle() {
             return;
         };
         // After the first fork: threads never live across the initial forks.
-        replication::start_receivers(&cache.store, active.warm_start);
+        replication::start_receivers(&active.replicator, &cache.store, active.warm_start);
         metrics::update_gauges(&cache.store);
         let now = unix_secs();
         if now < NEXT_SWEEP.load(Ordering::Relaxed) {

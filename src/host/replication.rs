@@ -4,6 +4,10 @@
 //! uWSGI closed the descriptors it does not know of on a reload), receivers
 //! start from the first `master_cycle` (after the first fork), its counters
 //! are uWSGI metrics, and each applied datagram refreshes the stats entry.
+//!
+//! The engine lives in a [`Slot`], made empty in `jail` and filled by
+//! [`setup`] in `post_init`: the session cache's events (installed in
+//! `jail`) hold one handle of it, the plugin's later hooks another.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, Once, OnceLock};
@@ -16,14 +20,12 @@ use sslcache_core::store::Store;
 
 use super::{metrics, stats_entry};
 
-static REPLICATOR: OnceLock<Arc<Replicator>> = OnceLock::new();
+/// Where the engine is, once [`setup`] made it: a handle shared by the
+/// session cache's events and the plugin's later hooks.
+pub type Slot = Arc<OnceLock<Arc<Replicator>>>;
 
 /// Keys read in `jail`, taken by `setup`.
 static PRELOADED_KEYS: Mutex<Option<Vec<Key>>> = Mutex::new(None);
-
-pub fn get() -> Option<&'static Arc<Replicator>> {
-    REPLICATOR.get()
-}
 
 /// Reads the replication keys, if any (master, before privileges drop).
 pub fn preload_keys(replication: &Replication) -> Result<(), String> {
@@ -51,9 +53,10 @@ pub fn drop_preloaded_keys() {
     PRELOADED_KEYS.lock().unwrap_or_else(|e| e.into_inner()).take();
 }
 
-/// Makes the engine (master, before fork), logs where it replicates, and
-/// registers its counters as uWSGI metrics.
+/// Makes the engine (master, before fork) into `slot`, logs where it
+/// replicates, and registers its counters as uWSGI metrics.
 pub fn setup(
+    slot: &'static OnceLock<Arc<Replicator>>,
     replication: &Replication,
     cache: &str,
     store: Arc<Store>,
@@ -75,15 +78,16 @@ pub fn setup(
     }
     // Registered from the engine that stays: uWSGI's metrics thread reads
     // these counters for the life of the process.
-    let replicator = REPLICATOR.get_or_init(|| Arc::new(replicator));
+    let replicator = slot.get_or_init(|| Arc::new(replicator));
     metrics::register(cache, metrics::Kind::Counter, &replicator.counters().fields());
     Ok(())
 }
 
 /// In a process forked for the application: drops the engine's sealing
-/// and opening contexts (see `isolation`). False if one was busy.
-pub fn forget_secrets() -> bool {
-    get().is_none_or(|r| r.forget_secrets())
+/// and opening contexts, if it was made (see `isolation`). False if one
+/// was busy.
+pub fn forget_secrets(slot: &OnceLock<Arc<Replicator>>) -> bool {
+    slot.get().is_none_or(|r| r.forget_secrets())
 }
 
 /// Refreshes the stats entry after each datagram.
@@ -97,9 +101,9 @@ impl Observer for StatsEntry {
 
 /// Starts the receiver and sync threads, once (master, after the first
 /// fork); `warm_start`: pull the peers' sessions first.
-pub fn start_receivers(store: &Arc<Store>, warm_start: bool) {
+pub fn start_receivers(slot: &OnceLock<Arc<Replicator>>, store: &Arc<Store>, warm_start: bool) {
     static STARTED: Once = Once::new();
-    if let Some(replicator) = get() {
+    if let Some(replicator) = slot.get() {
         STARTED.call_once(|| replicator.start_receivers(Arc::new(StatsEntry(Arc::clone(store))), warm_start));
     }
 }

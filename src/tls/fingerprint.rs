@@ -36,7 +36,10 @@ impl Verify {
     /// # Safety
     /// `ctx` must be a valid `SSL_CTX`.
     pub unsafe fn of_ctx(ctx: *const SSL_CTX) -> Verify {
-        // SAFETY: per the contract; both only read the context.
+        // SAFETY: `ctx` is a valid SSL_CTX (the caller's promise: a
+        // listener context uWSGI made, in `jail`, or an SNI context read
+        // from uWSGI's table during a callback, alive meanwhile); both
+        // getters only read it.
         unsafe {
             Verify {
                 mode: openssl_sys::SSL_CTX_get_verify_mode(ctx),
@@ -51,7 +54,9 @@ impl Verify {
     /// # Safety
     /// `ssl` must be a valid connection.
     pub unsafe fn of_ssl(ssl: *const SSL) -> Verify {
-        // SAFETY: per the contract; both only read the connection.
+        // SAFETY: `ssl` is a valid connection (the caller's promise: the
+        // connection of an OpenSSL callback in progress, on this thread);
+        // both getters only read it.
         unsafe {
             Verify {
                 mode: openssl_sys::SSL_get_verify_mode(ssl),
@@ -75,7 +80,9 @@ unsafe fn cert_digest(cert: *const X509) -> [u8; 32] {
         return out;
     }
     let mut len: c_uint = 0;
-    // SAFETY: `out` holds the 32 bytes SHA-256 writes.
+    // SAFETY: `cert` is not null (checked) and valid (the caller's promise:
+    // a certificate of a live context, read from it just before); `out`
+    // holds the 32 bytes SHA-256 writes, `len` is a local.
     let ok = unsafe { openssl_sys::X509_digest(cert, openssl_sys::EVP_sha256(), out.as_mut_ptr(), &mut len) };
     if ok != 1 || len != 32 {
         // SAFETY: drops the error X509_digest may have queued.
@@ -94,7 +101,12 @@ unsafe fn cert_digest(cert: *const X509) -> [u8; 32] {
 /// context and never again).
 pub unsafe fn context_digest(ctx: *const SSL_CTX) -> [u8; 32] {
     let mut h = Sha256::new();
-    // SAFETY: per the contract: every call below only reads the context.
+    // SAFETY: `ctx` is a valid SSL_CTX whose certificate, CA list and trust
+    // store no thread changes meanwhile (the caller's promise: uWSGI sets
+    // them when it makes the context, never again). Every call below only
+    // reads them; each pointer read from them (certificate, names, store,
+    // objects) is checked for null and used only while `ctx` holds it, and
+    // `der` holds the `len` bytes i2d measured.
     unsafe {
         h.update(&cert_digest(openssl_sys::SSL_CTX_get0_certificate(ctx)));
         let names = ffi::SSL_CTX_get_client_CA_list(ctx).cast::<openssl_sys::OPENSSL_STACK>();

@@ -16,12 +16,12 @@
 //! - the key callback ([`on_ticket_key`]): to make a ticket, the keys of the
 //!   current epoch for that fingerprint; to open one, the keys its key name
 //!   names, derived for the fingerprint of where the connection lands (the
-//!   same [`super::landing`] check as stored sessions, made before SNI
+//!   same [`super::admit::landing`] check as stored sessions, made before SNI
 //!   switches the context) — so a ticket made for another fingerprint
 //!   cannot even be decrypted; refused key names are counted;
 //! - the decrypt callback ([`on_decrypt`]), with the opened session: checks
 //!   its fingerprint and age once more, points OpenSSL and uWSGI's SNI at
-//!   the context that was checked ([`super::land_here`]), and counts what
+//!   the context that was checked ([`super::admit::land_here`]), and counts what
 //!   did not open (forged, truncated).
 //!
 //! Nothing of this touches the store: TLS 1.2 clients that send the ticket
@@ -38,8 +38,12 @@ use sslcache_core::boundary::Boundary;
 use sslcache_core::clock::unix_secs;
 use sslcache_core::tickets::{self, Material, Refused};
 
+use super::admit::{land_here, landing};
+use super::codec::session_context;
+use super::connection::conn;
 use super::fingerprint::{Fingerprint, Verify};
-use super::{bump, conn, ffi, hex, installed, land_here, landing, session_context, SessionCache};
+use super::{bump, hex, installed, SessionCache};
+use crate::ffi;
 
 /// What the ticket callbacks of one connection tell each other.
 #[derive(Default)]
@@ -100,7 +104,10 @@ fn aes_256_cbc() -> *const EVP_CIPHER {
 /// `ctx` must be a valid `SSL_CTX` no other thread uses yet.
 pub(super) unsafe fn hook(ctx: *mut SSL_CTX) -> Result<(), String> {
     aes_256_cbc();
-    // SAFETY: per the contract.
+    // SAFETY: `ctx` is a valid SSL_CTX no other thread uses yet (the
+    // caller's promise: hook_listener, from the master's `jail` before any
+    // fork); these calls set its options and callbacks, `extern "C"` fns of
+    // this .so, which uWSGI never unloads.
     unsafe {
         openssl_sys::SSL_CTX_clear_options(ctx, openssl_sys::SSL_OP_NO_TICKET as _);
         if ffi::SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, Some(on_ticket_key)) != 1
@@ -121,8 +128,10 @@ pub(super) unsafe fn hook(ctx: *mut SSL_CTX) -> Result<(), String> {
 unsafe fn authenticated_at(sess: *mut SSL_SESSION) -> Option<u64> {
     let mut data: *mut c_void = std::ptr::null_mut();
     let mut len: usize = 0;
-    // SAFETY: per the contract; OpenSSL returns a pointer into the session
-    // (or null), valid while the session is.
+    // SAFETY: `sess` is a valid session (the caller's promise: the session
+    // of a remove, generate or decrypt callback in progress); OpenSSL points
+    // `data` into it (or at null, checked) at `len` bytes valid while the
+    // session is, and the slice lives only for this call.
     unsafe {
         if ffi::SSL_SESSION_get0_ticket_appdata(sess, &mut data, &mut len) != 1 || data.is_null() {
             return None;
@@ -136,7 +145,8 @@ unsafe fn authenticated_at(sess: *mut SSL_SESSION) -> Option<u64> {
 /// # Safety
 /// `sess` must be a valid session.
 pub(super) unsafe fn is_ticket_session(sess: *mut SSL_SESSION) -> bool {
-    // SAFETY: per the contract.
+    // SAFETY: `sess` is a valid session (the caller's promise: the one
+    // OpenSSL passed to the remove callback that calls this).
     installed().is_some_and(|c| c.tickets.is_some()) && unsafe { authenticated_at(sess) }.is_some()
 }
 
@@ -152,10 +162,13 @@ fn count_refusal(state: &mut TicketState, counter: &std::sync::atomic::AtomicU64
 /// # Safety
 /// `ssl` must be a live connection driven by this thread.
 pub(super) unsafe fn handshake_done(cache: &SessionCache, ssl: *mut SSL) {
-    // SAFETY: per the contract.
+    // SAFETY: `ssl` is the connection of the info callback that calls this,
+    // alive and driven by this thread (the caller's promise), as conn
+    // requires.
     let Some(conn) = (unsafe { conn(ssl) }) else { return };
     if std::mem::take(&mut conn.ticket.resuming) {
-        // SAFETY: per the contract.
+        // SAFETY: `ssl` is that same live connection; SSL_session_reused
+        // only reads it.
         if unsafe { openssl_sys::SSL_session_reused(ssl) } == 1 {
             bump(&cache.counters.get().tickets_resumed);
         }
@@ -170,8 +183,12 @@ unsafe extern "C" fn on_generate(ssl: *mut SSL, _arg: *mut c_void) -> c_int {
         // SAFETY: OpenSSL passes the live connection, driven by this thread.
         let Some(conn) = (unsafe { conn(ssl) }) else { return 1 };
         conn.ticket.issue_for = None;
-        // SAFETY: as above; the session about to go into the ticket is the
-        // connection's own.
+        // SAFETY: `ssl` is this callback's live connection, driven by this
+        // thread; SSL_get_session returns its current session (null
+        // checked), the one about to go into the ticket, which only this
+        // connection holds; its context is alive while the connection holds
+        // it, as fingerprint_of requires; the id context and appdata set on
+        // the session are copied.
         unsafe {
             let sess = openssl_sys::SSL_get_session(ssl);
             if sess.is_null() {
@@ -221,9 +238,11 @@ unsafe fn init_contexts(
     encrypt: bool,
 ) -> bool {
     let mut digest = *b"SHA256\0";
-    // SAFETY: per the contract; the parameters point at the HMAC key and
-    // the digest name, which outlive the call (OpenSSL copies the key, and
-    // only reads both).
+    // SAFETY: `cctx` and `hctx` are the contexts OpenSSL passed to the key
+    // callback for this ticket, and `iv` holds TICKET_IV_LENGTH bytes (the
+    // caller's promise: on_ticket_key passes its own arguments); the
+    // parameters point at the HMAC key and the digest name, which outlive
+    // the call (OpenSSL copies the key, and only reads both).
     unsafe {
         let params = [
             openssl_sys::OSSL_PARAM_construct_octet_string(
@@ -302,7 +321,8 @@ unsafe extern "C" fn on_ticket_key(
                 .try_into()
                 .expect("16 bytes")
         };
-        // SAFETY: the live connection, driven by this thread.
+        // SAFETY: `ssl` is this key callback's connection, driven by this
+        // thread, as landing requires.
         let Some((fp, _)) = (unsafe { landing(cache, ssl, conn) }) else {
             conn.ticket.counted = true;
             count_refusal(&mut conn.ticket, &counters.tickets_refused_context);
@@ -414,7 +434,9 @@ unsafe extern "C" fn on_decrypt(
                     }
                     return REFUSE;
                 }
-                // SAFETY: the live connection and the session it resumes.
+                // SAFETY: `ssl` is this decrypt callback's connection, driven
+                // by this thread, and `sess` the session it is about to
+                // resume, not yet shared: what land_here requires.
                 unsafe { land_here(ssl, conn, sess, &opened.fp) };
                 // Counted once (a HelloRetryRequest opens the ticket again).
                 if !std::mem::replace(&mut conn.ticket.resuming, true) {
@@ -428,7 +450,9 @@ unsafe extern "C" fn on_decrypt(
                 // TLS 1.3: a new ticket at every resumption, as OpenSSL's
                 // own keys do (clients may use each ticket once, RFC 8446
                 // §C.4); it keeps the chain's first authentication time.
-                // SAFETY: the opened session.
+                // SAFETY: `sess` is the session OpenSSL opened from the
+                // ticket and passed to this callback, valid for the call; the
+                // getter only reads it.
                 let tls13 =
                     unsafe { openssl_sys::SSL_SESSION_get_protocol_version(sess) } >= openssl_sys::TLS1_3_VERSION;
                 if opened.renew || tls13 {

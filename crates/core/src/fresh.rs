@@ -8,9 +8,10 @@
 //! wait for a CPU. sslcache makes every session id itself: the first six
 //! bytes are the creation time in milliseconds, the rest random. On a miss
 //! for an id made in the last [`RECENT_MS`], a router process looks again
-//! a few times, for [`WAIT_MAX_US`] at most, and never for more than
-//! [`BUDGET_US_PER_SEC`] in a second (anyone can make up an id that looks
-//! fresh; the budget bounds what that costs).
+//! a few times, for `ssl-sessions-fresh-wait` at most ([`WAIT_MAX_US`] by
+//! default), and never for more than [`BUDGET_US_PER_SEC`] in a second
+//! (anyone can make up an id that looks fresh; the budget bounds what that
+//! costs).
 
 /// Bytes of the ids sslcache makes (`SSL_MAX_SSL_SESSION_ID_LENGTH`).
 pub const ID_LEN: usize = 32;
@@ -20,8 +21,8 @@ const STAMP_LEN: usize = 6;
 pub const RECENT_MS: u64 = 250;
 /// Clocks of two nodes may differ this much (an id "from the future").
 const CLOCK_SLACK_MS: u64 = 50;
-/// Longest wait for one lookup, and how often the store is looked at. Two
-/// and a half scheduler ticks at HZ 250: on a loaded node the session can
+/// Longest wait for one lookup by default (`ssl-sessions-fresh-wait`), and
+/// how often the store is looked at. Two and a half scheduler ticks at HZ 250: on a loaded node the session can
 /// come one tick late (its receiving thread, or this router process after
 /// a sleep, waited out a busy process's slice), and a 4 ms bound missed
 /// those by a hair (a pair of udprepeaters under two busy processes: 19 of
@@ -64,13 +65,14 @@ impl WaitBudget {
         WaitBudget { second: 0, used_us: 0 }
     }
 
-    /// How long the next wait may last at `now_ms`.
-    pub fn allowance_us(&mut self, now_ms: u64) -> u64 {
+    /// How long the next wait may last at `now_ms`, `max_us` at most (the
+    /// longest wait for one lookup).
+    pub fn allowance_us(&mut self, now_ms: u64, max_us: u64) -> u64 {
         if now_ms / 1000 != self.second {
             self.second = now_ms / 1000;
             self.used_us = 0;
         }
-        BUDGET_US_PER_SEC.saturating_sub(self.used_us).min(WAIT_MAX_US)
+        BUDGET_US_PER_SEC.saturating_sub(self.used_us).min(max_us)
     }
 
     pub fn spend(&mut self, us: u64) {
@@ -111,13 +113,16 @@ mod tests {
         let mut b = WaitBudget::new();
         let mut waited = 0;
         for _ in 0..100 {
-            let a = b.allowance_us(NOW);
+            let a = b.allowance_us(NOW, WAIT_MAX_US);
             assert!(a <= WAIT_MAX_US);
             b.spend(a);
             waited += a;
         }
         assert_eq!(waited, BUDGET_US_PER_SEC);
-        assert_eq!(b.allowance_us(NOW + 999 - NOW % 1000), 0);
-        assert_eq!(b.allowance_us(NOW + 1000), WAIT_MAX_US);
+        assert_eq!(b.allowance_us(NOW + 999 - NOW % 1000, WAIT_MAX_US), 0);
+        assert_eq!(b.allowance_us(NOW + 1000, WAIT_MAX_US), WAIT_MAX_US);
+        // A shorter longest wait, and none at all.
+        assert_eq!(b.allowance_us(NOW + 2000, 3_000), 3_000);
+        assert_eq!(b.allowance_us(NOW + 2000, 0), 0);
     }
 }

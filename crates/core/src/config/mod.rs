@@ -33,12 +33,19 @@ pub use tickets::{Tickets, DEFAULT_TICKET_ROTATION, MAX_TICKET_LIFETIME, MAX_TIC
 pub use values::{boolean, flag, parse_kvlist, positive, uwsgi_true, ConfigError};
 use values::{err, means_default};
 
+use crate::fresh;
+
 /// Default `ssl-sessions-timeout`, seconds (as stock uWSGI).
 pub const DEFAULT_TIMEOUT: u32 = 300;
 /// A TLS session id is up to 32 bytes (SSL_MAX_SSL_SESSION_ID_LENGTH).
 pub const SESSION_ID_MAX: u32 = 32;
 /// Below this, most DER sessions do not fit and are not cached.
 pub const SMALL_BLOCKSIZE: u32 = 1024;
+
+/// Default and largest `ssl-sessions-fresh-wait`, milliseconds: a wait
+/// longer than a router process's budget for a second could never happen.
+pub const DEFAULT_FRESH_WAIT_MS: u64 = fresh::WAIT_MAX_US / 1000;
+pub const MAX_FRESH_WAIT_MS: u64 = fresh::BUDGET_US_PER_SEC / 1000;
 
 /// Default and largest `ssl-sessions-tls13-tickets`.
 pub const DEFAULT_TLS13_TICKETS: u8 = 2;
@@ -59,6 +66,9 @@ pub struct Settings {
     pub tls13_tickets: u8,
     /// Push the ACK of the client's Finished on resumed TLS 1.2 handshakes.
     pub quickack: bool,
+    /// Longest wait, in milliseconds, for a session made an instant ago
+    /// ([`fresh`](crate::fresh)); 0: never wait.
+    pub fresh_wait_ms: u64,
     /// Cluster tickets, when on.
     pub tickets: Option<Tickets>,
     /// Log every session event (uWSGI's `ssl-verbose`).
@@ -210,6 +220,11 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
         Some(v) => flag("ssl-sessions-quickack", v)?,
         None => true,
     };
+    let fresh_wait_ms = match raw.fresh_wait.as_deref().map(str::trim) {
+        None => DEFAULT_FRESH_WAIT_MS,
+        Some("0") => 0,
+        Some(v) => positive("ssl-sessions-fresh-wait", v, MAX_FRESH_WAIT_MS)?,
+    };
     let verbose = raw.ssl_verbose.as_deref().is_some_and(uwsgi_true);
     let tickets = tickets(raw, &cache, &replication, timeout, &mut warnings)?;
     Ok(Some(Settings {
@@ -217,6 +232,7 @@ pub fn resolve(raw: &RawOptions) -> Result<Option<Settings>, ConfigError> {
         timeout,
         tls13_tickets,
         quickack,
+        fresh_wait_ms,
         tickets,
         verbose,
         https_session_context,

@@ -213,6 +213,13 @@ options! {
             a balancer that does not set TCP_NODELAY, like uWSGI's rawrouter, otherwise holds the request \
             that follows about 40 ms behind this node's delayed ACK (default true; see Behind uWSGI's \
             rawrouter)";
+    /// `ssl-sessions-fresh-wait`: longest wait for a session a peer made an instant ago.
+    fresh_wait: one, Plugin(Required), [c"ssl-sessions-fresh-wait"],
+        help: c"milliseconds a router process waits, at most, for a session another node made an instant ago \
+            and has not replicated here yet, 0 to 50 (default 10, 0: never wait) [sslcache]",
+        readme: "on a miss for a session made in the last 250 ms (elsewhere: replication may bring it any \
+            moment), look again for this many milliseconds at most, 0 to 50 (default 10; 0: never wait); a \
+            router process never waits more than 50 ms in a second (see docs/SECURITY.md)";
     /// `ssl-sessions-tls13-tickets`: TLS 1.3 tickets per full handshake.
     tls13_tickets: one, Plugin(Required), [c"ssl-sessions-tls13-tickets"],
         help: c"TLS 1.3 session tickets issued per full handshake, 0 to 8 (default 2): each is a stored \

@@ -282,6 +282,27 @@ fn quickack_on_unless_turned_off() {
 }
 
 #[test]
+fn fresh_wait_from_zero_to_the_budget() {
+    let mut r = raw();
+    assert_eq!(resolve(&r).unwrap().unwrap().fresh_wait_ms, 10);
+    r.fresh_wait = Some("0".into());
+    assert_eq!(resolve(&r).unwrap().unwrap().fresh_wait_ms, 0);
+    r.fresh_wait = Some(" 25 ".into());
+    assert_eq!(resolve(&r).unwrap().unwrap().fresh_wait_ms, 25);
+    r.fresh_wait = Some("50".into());
+    assert_eq!(resolve(&r).unwrap().unwrap().fresh_wait_ms, 50);
+    for (value, says) in [
+        ("51", "ssl-sessions-fresh-wait = 51 is too large (at most 50)"),
+        ("4ms", "ssl-sessions-fresh-wait = \"4ms\" is not a number"),
+        ("-1", "ssl-sessions-fresh-wait = \"-1\" is not a number"),
+    ] {
+        r.fresh_wait = Some(value.into());
+        let e = resolve(&r).unwrap_err().0;
+        assert!(e.contains(says), "{e}");
+    }
+}
+
+#[test]
 fn tls13_tickets_from_zero_to_eight() {
     let mut r = raw();
     assert_eq!(resolve(&r).unwrap().unwrap().tls13_tickets, DEFAULT_TLS13_TICKETS);

@@ -204,21 +204,6 @@ fn across_nodes(what: &str, addrs: &[SocketAddr], n: usize) {
     }
 }
 
-/// Both protocols through a balancer on 127.0.0.1:`port`.
-fn through_balancer(what: &str, port: u16) {
-    for proto in [Proto::Tls12NoTickets, Proto::Tls13] {
-        let out = Client::new(proto).reconnects(port, RECONNECTS, &[]);
-        assert!(out.errors.is_empty(), "{what}: {proto:?}: {:?}", out.errors);
-        println!(
-            "{what}: {proto:?} {}/{} reconnects resumed ({:.1}%)",
-            out.resumed,
-            out.attempts - 1,
-            out.resumption_rate() * 100.0
-        );
-        out.assert_resumed(format_args!("{what}: {proto:?}"), "");
-    }
-}
-
 /// The three nodes of a family (`<prefix>-node<i>.ini`), started in order,
 /// each listening on its HTTPS address and stats port.
 fn start_nodes(dir: &Path, prefix: &str) -> Vec<Node> {
@@ -340,7 +325,7 @@ fn setup2_behind_rawrouter_resumes() {
         &[SocketAddr::from(([127, 0, 0, 1], RAWROUTER))],
     );
     assert_served(SocketAddr::from(([127, 0, 0, 1], RAWROUTER)));
-    through_balancer("setup2 behind the rawrouter", RAWROUTER);
+    resumed_both(RAWROUTER, RECONNECTS, "setup2 behind the rawrouter");
     check_replicated(&nodes, "setup2 behind the rawrouter");
 }
 
@@ -357,7 +342,7 @@ fn setup2_behind_haproxy_resumes() {
     let _haproxy = Process::spawn(&dir, "haproxy", "haproxy", &["-db", "-f", "haproxy.cfg"]);
     wait_port(HAPROXY, "haproxy");
     assert_served(SocketAddr::from(([127, 0, 0, 1], HAPROXY)));
-    through_balancer("setup2 behind HAProxy", HAPROXY);
+    resumed_both(HAPROXY, RECONNECTS, "setup2 behind HAProxy");
     check_replicated(&nodes, "setup2 behind HAProxy");
 }
 
@@ -406,7 +391,7 @@ fn nodes_through_the_udprepeater_behind_haproxy_resume() {
     let _haproxy = Process::spawn(&dir, "haproxy", "haproxy", &["-db", "-f", "haproxy.cfg"]);
     wait_port(HAPROXY, "haproxy");
     assert_served(SocketAddr::from(([127, 0, 0, 1], HAPROXY)));
-    through_balancer("udprepeater behind HAProxy", HAPROXY);
+    resumed_both(HAPROXY, RECONNECTS, "udprepeater behind HAProxy");
     check_replicated(&nodes, "udprepeater behind HAProxy");
     assert!(metric(repeater_stats, "sslcache.udprepeater.forwarded") > 0);
 }

@@ -390,7 +390,9 @@ mod in_process {
             // SAFETY: a context of this process, not yet used by any connection.
             let (digest, verify) = unsafe { (fingerprint::context_digest(ctx), Verify::of_ctx(ctx)) };
             let sid = fingerprint::fingerprint(b"foobar", &digest, verify);
-            // SAFETY: as above; this thread alone uses it.
+            // SAFETY: `ctx` is the context `cluster` owns, alive for this
+            // call; no connection uses it yet and this thread alone holds it,
+            // so hook_listener may set its callbacks and options.
             unsafe { tls::hook_listener(ctx, &sid, 300, 2, true) }.unwrap();
             let limits = Limits {
                 capacity: 1000,

@@ -813,7 +813,8 @@ fn capture(port: u16, max: usize, within: Duration) -> Vec<Captured> {
     let mut buf = vec![0u8; 65_536];
     let deadline = Instant::now() + within;
     while out.len() < max && Instant::now() < deadline {
-        // SAFETY: as above.
+        // SAFETY: sockaddr_ll is plain old data (integers and a byte
+        // array): all zero bytes is a valid value.
         let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
         // SAFETY: recvfrom(2) into `buf` and `from`, with their sizes.

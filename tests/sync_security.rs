@@ -33,8 +33,9 @@ const LIMITS: FrameLimits = FrameLimits {
     max_value: 65_535,
 };
 /// The bound on bytes answered per byte received, from a source that did
-/// not prove it receives.
-const MAX_AMPLIFICATION: f64 = 3.0;
+/// not prove it receives: no answer is larger than its question (the worst
+/// measured is 0.82; a node's own digests and pulls are not answers).
+const MAX_AMPLIFICATION: f64 = 1.0;
 
 fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
@@ -448,7 +449,7 @@ fn forged(to: SocketAddr, from: SocketAddr, ids: &[Vec<u8>], buckets: usize) -> 
 }
 
 #[test]
-fn forged_sources_get_no_more_than_three_times_what_they_sent() {
+fn forged_sources_get_no_more_bytes_than_they_sent() {
     let dir = test_dir("reflection");
     in_namespace(move || {
         let (udp, victim_port, https, stats_port) = (free_port(), free_port(), free_port(), free_port());

@@ -434,8 +434,8 @@ pub mod fork_guard {
         // SAFETY: LOCK is a valid static mutex (see `lock`), held by the
         // calling thread: the parent and child handlers run on the thread
         // that ran the prepare handler `lock` (in the child, its copy), and
-        // `Held` is dropped by the thread that made it in `hold` (its users
-        // keep it in a local).
+        // `Held` is dropped by the thread that made it in `hold` (it is not
+        // `Send`).
         unsafe { libc::pthread_mutex_unlock(LOCK.0.get()) };
     }
 
@@ -449,12 +449,13 @@ pub mod fork_guard {
         });
     }
 
-    /// Held while a thread does work a fork must not split.
-    pub struct Held(());
+    /// Held while a thread does work a fork must not split. Not `Send`: a
+    /// pthread mutex must be unlocked by the thread that locked it.
+    pub struct Held(std::marker::PhantomData<*const ()>);
 
     pub fn hold() -> Held {
         lock();
-        Held(())
+        Held(std::marker::PhantomData)
     }
 
     impl Drop for Held {

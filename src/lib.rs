@@ -14,6 +14,10 @@
 //! Below them all, [`sslcache_core`]: store, formats, keys, configuration,
 //! the replication engine — no uWSGI in it.
 
+// Its documentation is for the engineers who work on it: links to private
+// modules are meant (`cargo doc --document-private-items`).
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod ffi;
 pub mod host;
 pub mod tls;

@@ -154,7 +154,7 @@ pub struct Listener {
     pub context: Vec<u8>,
     /// The policy the context gives its connections, and the fingerprint
     /// of sessions made under it there (its session id context): the
-    /// common case of [`landing`], without hashing.
+    /// common case of [`landing`](admit::landing), without hashing.
     pub verify: Verify,
     pub fingerprint: Fingerprint,
 }

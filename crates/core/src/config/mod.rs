@@ -67,7 +67,7 @@ pub struct Settings {
     /// Push the ACK of the client's Finished on resumed TLS 1.2 handshakes.
     pub quickack: bool,
     /// Longest wait, in milliseconds, for a session made an instant ago
-    /// ([`fresh`](crate::fresh)); 0: never wait.
+    /// ([`crate::fresh`]); 0: never wait.
     pub fresh_wait_ms: u64,
     /// Cluster tickets, when on.
     pub tickets: Option<Tickets>,

@@ -21,13 +21,14 @@ const STAMP_LEN: usize = 6;
 pub const RECENT_MS: u64 = 250;
 /// Clocks of two nodes may differ this much (an id "from the future").
 const CLOCK_SLACK_MS: u64 = 50;
-/// Longest wait for one lookup by default (`ssl-sessions-fresh-wait`), and
-/// how often the store is looked at. Two and a half scheduler ticks at HZ 250: on a loaded node the session can
-/// come one tick late (its receiving thread, or this router process after
-/// a sleep, waited out a busy process's slice), and a 4 ms bound missed
-/// those by a hair (a pair of udprepeaters under two busy processes: 19 of
-/// 221 immediate reconnects).
+/// Longest wait for one lookup by default (`ssl-sessions-fresh-wait`):
+/// two and a half scheduler ticks at HZ 250. On a loaded node the session
+/// can come one tick late (its receiving thread, or this router process
+/// after a sleep, waited out a busy process's slice), and a 4 ms bound
+/// missed those by a hair (a pair of udprepeaters under two busy
+/// processes: 19 of 221 immediate reconnects).
 pub const WAIT_MAX_US: u64 = 10_000;
+/// How often a waiting lookup looks at the store again.
 pub const POLL_US: u64 = 200;
 /// Waiting a router process may do in a second, at most.
 pub const BUDGET_US_PER_SEC: u64 = 50_000;
